@@ -1,0 +1,82 @@
+"""The exception tree of kvs-toolkit.
+
+Every error the package raises on purpose derives from :class:`KvsError`, so a caller
+can catch the whole toolkit with one ``except``. Errors from lower libraries (sockets,
+botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
+
+::
+
+    KvsError
+    ├── MkvError                  malformed, truncated or over-limit MKV/EBML input
+    ├── FragmentMetadataError     fragment metadata that breaks the service's limits
+    ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
+    ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
+    ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
+    └── EmulatorError             the local emulator could not start or serve
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BitstreamError",
+    "EmulatorError",
+    "FragmentMetadataError",
+    "GetMediaError",
+    "KvsError",
+    "MkvError",
+    "PutMediaError",
+]
+
+
+class KvsError(Exception):
+    """Base class of every error kvs-toolkit raises."""
+
+
+class MkvError(KvsError):
+    """Malformed, truncated or over-limit MKV/EBML input.
+
+    ``offset`` is the absolute byte offset in the input where the problem was found
+    (``None`` when no single offset applies).
+    """
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        self.message = message
+        self.offset = offset
+        super().__init__(message if offset is None else f"{message} (at byte offset {offset})")
+
+
+class FragmentMetadataError(KvsError):
+    """Fragment metadata that the service would refuse (ErrorId 4009 on PutMedia)."""
+
+
+class BitstreamError(KvsError):
+    """A malformed H.264/H.265 elementary stream, NAL unit or parameter set."""
+
+
+class PutMediaError(KvsError):
+    """A PutMedia upload failed: an HTTP error, or an ERROR acknowledgement."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        error_id: int | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.status = status
+        self.error_id = error_id
+        self.error_code = error_code
+        super().__init__(message)
+
+
+class GetMediaError(KvsError):
+    """A GetMedia (or archived media) read failed."""
+
+    def __init__(self, message: str, *, error_id: int | None = None) -> None:
+        self.error_id = error_id
+        super().__init__(message)
+
+
+class EmulatorError(KvsError):
+    """The local KVS emulator could not start, or was used wrongly."""
