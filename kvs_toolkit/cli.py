@@ -1,0 +1,113 @@
+"""The ``kvs`` command: one entry point, one subcommand per task."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from kvs_toolkit.errors import KvsError
+
+Handler = Callable[[argparse.Namespace], int]
+# Exit status for invalid input or a usage error (argparse uses 2 as well).
+EXIT_INVALID = 2
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from kvs_toolkit.inspect import inspect_stream, read_chunks, to_json, to_table
+
+    if args.file == "-":
+        result = inspect_stream(read_chunks(sys.stdin.buffer))
+    else:
+        try:
+            with open(args.file, "rb") as stream:
+                result = inspect_stream(read_chunks(stream))
+        except OSError as exc:
+            print(f"kvs inspect: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return EXIT_INVALID
+    print(to_json(result) if args.json else to_table(result))
+    if result.error is not None:
+        print(f"kvs inspect: {args.file}: {result.error}", file=sys.stderr)
+        return EXIT_INVALID
+    return 0
+
+
+def _cmd_emulator(args: argparse.Namespace) -> int:
+    from kvs_toolkit.emulator.server import run_forever
+
+    credentials: dict[str, str] = {}
+    for pair in args.verify_sigv4 or ():
+        access_key, sep, secret = pair.partition(":")
+        if not sep or not access_key or not secret:
+            print("kvs emulator: --verify-sigv4 takes ACCESS_KEY:SECRET_KEY", file=sys.stderr)
+            return EXIT_INVALID
+        credentials[access_key] = secret
+    run_forever(
+        host=args.host,
+        port=args.port,
+        data_dir=Path(args.data_dir) if args.data_dir else None,
+        credentials=credentials or None,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from kvs_toolkit.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvs", description="Amazon Kinesis Video Streams from Python."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    inspect = sub.add_parser(
+        "inspect", help="show the fragments, frames and tags of a GetMedia capture or MKV file"
+    )
+    inspect.add_argument("file", help="MKV file or GetMedia capture ('-' for stdin)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+    emulator = sub.add_parser("emulator", help="run the local KVS emulator in the foreground")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=4567, help="0 picks a free port")
+    emulator.add_argument("--data-dir", help="where fragments persist (default: a temp dir)")
+    emulator.add_argument(
+        "--verify-sigv4",
+        action="append",
+        metavar="ACCESS_KEY:SECRET_KEY",
+        help="check SigV4 signatures against these credentials (repeatable)",
+    )
+    emulator.set_defaults(handler=_cmd_emulator)
+
+    demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
+    demo.add_argument("--output", default="demo-output", help="folder for the demo's results")
+    demo.add_argument("--seconds", type=float, default=10.0, help="length of the sample video")
+    demo.set_defaults(handler=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KvsError as exc:
+        print(f"kvs {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Matroska/EBML element IDs this package reads or writes (RFC 8794, RFC 9559)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# EBML header (RFC 8794 section 11.2)
+EBML: Final = 0x1A45DFA3
+EBML_VERSION: Final = 0x4286
+EBML_READ_VERSION: Final = 0x42F7
+EBML_MAX_ID_LENGTH: Final = 0x42F2
+EBML_MAX_SIZE_LENGTH: Final = 0x42F3
+DOC_TYPE: Final = 0x4282
+DOC_TYPE_VERSION: Final = 0x4287
+DOC_TYPE_READ_VERSION: Final = 0x4285
+
+# Global elements, allowed anywhere (RFC 8794 section 11.3)
+VOID: Final = 0xEC
+CRC32: Final = 0xBF
+
+SEGMENT: Final = 0x18538067
+
+# Top-level (level 1) elements of a Segment
+SEEK_HEAD: Final = 0x114D9B74
+INFO: Final = 0x1549A966
+TRACKS: Final = 0x1654AE6B
+CLUSTER: Final = 0x1F43B675
+CUES: Final = 0x1C53BB6B
+TAGS: Final = 0x1254C367
+CHAPTERS: Final = 0x1043A770
+ATTACHMENTS: Final = 0x1941A469
+
+# Info
+TIMECODE_SCALE: Final = 0x2AD7B1
+DURATION: Final = 0x4489
+SEGMENT_UID: Final = 0x73A4
+TITLE: Final = 0x7BA9
+MUXING_APP: Final = 0x4D80
+WRITING_APP: Final = 0x5741
+
+# Tracks
+TRACK_ENTRY: Final = 0xAE
+TRACK_NUMBER: Final = 0xD7
+TRACK_UID: Final = 0x73C5
+TRACK_TYPE: Final = 0x83
+CODEC_ID: Final = 0x86
+CODEC_PRIVATE: Final = 0x63A2
+CODEC_NAME: Final = 0x258688
+TRACK_NAME: Final = 0x536E
+DEFAULT_DURATION: Final = 0x23E383
+FLAG_LACING: Final = 0x9C
+VIDEO: Final = 0xE0
+PIXEL_WIDTH: Final = 0xB0
+PIXEL_HEIGHT: Final = 0xBA
+AUDIO: Final = 0xE1
+SAMPLING_FREQUENCY: Final = 0xB5
+CHANNELS: Final = 0x9F
+BIT_DEPTH: Final = 0x6264
+
+# Cluster
+TIMECODE: Final = 0xE7
+POSITION: Final = 0xA7
+PREV_SIZE: Final = 0xAB
+SILENT_TRACKS: Final = 0x5854
+SIMPLE_BLOCK: Final = 0xA3
+BLOCK_GROUP: Final = 0xA0
+BLOCK: Final = 0xA1
+BLOCK_DURATION: Final = 0x9B
+REFERENCE_BLOCK: Final = 0xFB
+ENCRYPTED_BLOCK: Final = 0xAF
+
+# Tags
+TAG: Final = 0x7373
+TARGETS: Final = 0x63C0
+SIMPLE_TAG: Final = 0x67C8
+TAG_NAME: Final = 0x45A3
+TAG_LANGUAGE: Final = 0x447A
+TAG_DEFAULT: Final = 0x4484
+TAG_STRING: Final = 0x4487
+TAG_BINARY: Final = 0x4485
+
+SEGMENT_CHILDREN: Final = frozenset(
+    {SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, TAGS, CHAPTERS, ATTACHMENTS}
+)
+CLUSTER_CHILDREN: Final = frozenset(
+    {TIMECODE, POSITION, PREV_SIZE, SILENT_TRACKS, SIMPLE_BLOCK, BLOCK_GROUP, ENCRYPTED_BLOCK}
+)
+GLOBAL_ELEMENTS: Final = frozenset({VOID, CRC32})

@@ -1,0 +1,768 @@
+"""Sans-I/O streaming MKV reader: bytes in (any chunking), events and fragments out.
+
+:class:`MkvReader` turns bytes into :data:`Event` objects; :class:`FragmentReader`
+groups those into :class:`~kvs_toolkit.mkv.model.Fragment` objects. Neither does I/O.
+
+How it stays linear and bounded (the habits of h11's receive buffer):
+
+* Bytes accumulate in one ``bytearray``; a read position moves forward and consumed
+  bytes are dropped in amortised O(1) per byte. Nothing already parsed is parsed again.
+* The reader buffers at most one element it must read whole (a block, a Tags or Tracks
+  element) plus the chunk being fed. Such an element claiming more than
+  ``max_element_size`` is an error before anything is allocated.
+* Elements it does not need (SeekHead, Cues, Void, unknown IDs) are skipped by size
+  without being buffered, however large they claim to be.
+* Segments and Clusters are descended into, so their size (known or unknown) costs
+  nothing; an unknown-size one ends where an element that cannot be its child starts
+  (RFC 8794 section 6.2; only Segment and Cluster may have unknown size in Matroska).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+from kvs_toolkit.errors import MkvError
+from kvs_toolkit.mkv import ids
+from kvs_toolkit.mkv.ebml import (
+    UNKNOWN_SIZE,
+    decode_float,
+    decode_string,
+    decode_uint,
+    iter_children,
+    read_element_id,
+    read_size,
+    read_vint,
+)
+from kvs_toolkit.mkv.model import (
+    TAG_CONTINUATION_TOKEN,
+    Fragment,
+    Frame,
+    Tag,
+    TrackInfo,
+)
+
+# 64 MiB: above the service's 50 MB fragment limit (KVS-WIRE.md "Limits"), so any single
+# frame KVS accepts fits, while a garbage size cannot make us allocate gigabytes.
+DEFAULT_MAX_ELEMENT_SIZE: Final = 64 * 1024 * 1024
+# A Matroska EBML header is a few dozen bytes; anything huge is not an MKV stream.
+_MAX_EBML_HEADER_SIZE: Final = 4096
+# Drop consumed bytes once this many have piled up at the front of the buffer.
+_COMPACT_THRESHOLD: Final = 1 << 16
+
+
+# --- events ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class DocumentStart:
+    """An EBML header: a new EBML document (in GetMedia, a new fragment) starts."""
+
+    offset: int
+    doc_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStart:
+    offset: int
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEnd:
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentInfo:
+    offset: int
+    timecode_scale_ns: int
+    title: str
+    muxing_app: str
+    writing_app: str
+    segment_uid: bytes
+    duration: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class TracksRead:
+    offset: int
+    tracks: tuple[TrackInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TagsRead:
+    """One Tags element, with its SimpleTags flattened in document order."""
+
+    offset: int
+    tags: tuple[Tag, ...]
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStart:
+    offset: int
+    size: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterTimecode:
+    offset: int
+    timecode: int
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRead:
+    frame: Frame
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEnd:
+    offset: int
+
+
+Event: TypeAlias = (
+    DocumentStart
+    | SegmentStart
+    | SegmentEnd
+    | SegmentInfo
+    | TracksRead
+    | TagsRead
+    | ClusterStart
+    | ClusterTimecode
+    | FrameRead
+    | ClusterEnd
+)
+
+
+# --- element handling tables ------------------------------------------------------------
+_DESCEND: Final = frozenset({ids.SEGMENT, ids.CLUSTER})
+# Read whole, then parsed from memory: small metadata and the blocks themselves.
+_READ_WHOLE: Final = frozenset(
+    {
+        ids.EBML,
+        ids.INFO,
+        ids.TRACKS,
+        ids.TAGS,
+        ids.TIMECODE,
+        ids.SIMPLE_BLOCK,
+        ids.BLOCK_GROUP,
+    }
+)
+# IDs that may not appear inside an unknown-size parent; they close it (RFC 8794 6.2).
+_CLOSES_CLUSTER: Final = ids.SEGMENT_CHILDREN | {ids.EBML, ids.SEGMENT}
+_CLOSES_SEGMENT: Final = frozenset({ids.EBML, ids.SEGMENT})
+
+
+@dataclass(slots=True)
+class _OpenMaster:
+    element_id: int
+    offset: int
+    end: int | None  # absolute end offset; None while the size is unknown
+
+
+class MkvReader:
+    """Incremental MKV/EBML parser. Feed bytes; get events.
+
+    >>> reader = MkvReader()
+    >>> events = reader.feed(chunk)      # any chunking
+    >>> events += reader.close()         # at end of input
+
+    Raises :class:`~kvs_toolkit.errors.MkvError` (with the absolute byte offset) on
+    malformed, truncated or over-limit input. Events returned before an error stay valid.
+    """
+
+    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
+        self.max_element_size = max_element_size
+        self._buf = bytearray()
+        self._pos = 0  # read position inside _buf
+        self._base = 0  # absolute offset of _buf[0]
+        self._skip = 0  # bytes of a skipped element still to discard
+        self._need = 0  # bytes needed at _pos before trying again
+        self._stack: list[_OpenMaster] = []
+        self._seen_header = False
+        self._cluster_timecode: int | None = None
+        self._timecode_scale = 1_000_000
+        self._closed = False
+        self._failed: MkvError | None = None
+
+    @property
+    def offset(self) -> int:
+        """Absolute offset of the next byte to parse."""
+        return self._base + self._pos
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held but not yet parsed (bounded by one element plus one chunk)."""
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
+        """Parse as much of the input so far as possible."""
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            raise MkvError("feed() after close()", self.offset)
+        if self._skip:
+            # Discard skipped bytes straight from the chunk, without buffering them.
+            dropped = min(self._skip, len(data))
+            self._skip -= dropped
+            self._base += dropped
+            data = memoryview(data)[dropped:]
+        if data:
+            self._buf += data
+        if self._need and len(self._buf) - self._pos < self._need:
+            return []
+        events: list[Event] = []
+        try:
+            self._parse(events)
+        except MkvError as exc:
+            self._failed = exc
+            raise
+        self._compact()
+        return events
+
+    def close(self) -> list[Event]:
+        """Signal end of input: closes open unknown-size elements, or raises if truncated."""
+        if self._failed is not None:
+            raise self._failed
+        if self._closed:
+            return []
+        self._closed = True
+        events: list[Event] = []
+        remaining = len(self._buf) - self._pos
+        if self._skip or remaining:
+            raise MkvError(
+                "input ends in the middle of an element "
+                f"({self._skip or remaining} bytes short or dangling)",
+                self.offset,
+            )
+        while self._stack:
+            top = self._stack[-1]
+            if top.end is not None and top.end != self.offset:
+                raise MkvError(
+                    f"input ends inside element 0x{top.element_id:X} "
+                    f"({top.end - self.offset} bytes missing)",
+                    self.offset,
+                )
+            self._pop(events, self.offset)
+        if not self._seen_header and self.offset > 0:
+            raise MkvError("no EBML header: not an MKV stream", 0)
+        return events
+
+    # --- internals ----------------------------------------------------------------------
+    def _compact(self) -> None:
+        if self._pos >= _COMPACT_THRESHOLD and self._pos * 2 >= len(self._buf):
+            del self._buf[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+
+    def _pop(self, events: list[Event], at: int) -> None:
+        top = self._stack.pop()
+        if top.element_id == ids.CLUSTER:
+            self._cluster_timecode = None
+            events.append(ClusterEnd(at))
+        elif top.element_id == ids.SEGMENT:
+            events.append(SegmentEnd(at))
+
+    def _parse(self, events: list[Event]) -> None:
+        buf = self._buf
+        end = len(buf)
+        stack = self._stack
+        while True:
+            pos = self._pos
+            here = self._base + pos
+            # Close sized masters whose data is complete.
+            while stack and stack[-1].end is not None and here >= stack[-1].end:
+                if here > stack[-1].end:  # pragma: no cover - children are checked on entry
+                    raise MkvError("element overran its parent", here)
+                self._pop(events, here)
+            if pos >= end:
+                self._need = 0
+                return
+            element_id, id_len = read_element_id(buf, pos, end)
+            if id_len == 0:
+                self._need = 1 + (end - pos)
+                return
+            size, size_len = read_size(buf, pos + id_len, end)
+            if size_len == 0:
+                self._need = id_len + 1 + (end - pos - id_len)
+                return
+            header_len = id_len + size_len
+
+            if not self._seen_header:
+                if element_id != ids.EBML:
+                    raise MkvError(
+                        f"not an MKV stream: expected an EBML header, found element "
+                        f"0x{element_id:X}",
+                        here,
+                    )
+                self._seen_header = True
+
+            # An element that cannot be a child of an unknown-size parent ends it.
+            while stack and stack[-1].end is None:
+                parent = stack[-1].element_id
+                if (parent == ids.CLUSTER and element_id in _CLOSES_CLUSTER) or (
+                    parent == ids.SEGMENT and element_id in _CLOSES_SEGMENT
+                ):
+                    self._pop(events, here)
+                    continue
+                break
+
+            if size == UNKNOWN_SIZE and element_id not in _DESCEND:
+                raise MkvError(
+                    f"element 0x{element_id:X} has unknown size (only Segment and Cluster may)",
+                    here,
+                )
+            parent_end = stack[-1].end if stack else None
+            if (
+                size != UNKNOWN_SIZE
+                and parent_end is not None
+                and here + header_len + size > parent_end
+            ):
+                raise MkvError(
+                    f"element 0x{element_id:X} of {size} bytes overruns its parent "
+                    f"by {here + header_len + size - parent_end} bytes",
+                    here,
+                )
+
+            if element_id in _DESCEND:
+                self._enter(events, element_id, here, header_len, size)
+                self._pos = pos + header_len
+                continue
+
+            if element_id in _READ_WHOLE and self._in_place_for(element_id):
+                limit = _MAX_EBML_HEADER_SIZE if element_id == ids.EBML else self.max_element_size
+                if size > limit:
+                    raise MkvError(
+                        f"element 0x{element_id:X} claims {size} bytes, over the "
+                        f"{limit}-byte limit",
+                        here,
+                    )
+                total = header_len + size
+                if end - pos < total:
+                    self._need = total
+                    return
+                self._need = 0
+                data_start = pos + header_len
+                payload = bytes(buf[data_start : data_start + size])
+                self._pos = pos + total
+                self._handle(events, element_id, payload, here, here + header_len)
+                continue
+
+            # Skip by size: Void, CRC-32, SeekHead, Cues, unknown IDs, misplaced elements.
+            available = end - pos - header_len
+            if size <= available:
+                self._pos = pos + header_len + size
+                continue
+            self._skip = size - available
+            self._base += end
+            self._buf.clear()
+            buf = self._buf
+            end = 0
+            self._pos = 0
+            self._need = 0
+            return
+
+    def _in_place_for(self, element_id: int) -> bool:
+        """Whether ``element_id`` sits where this reader interprets it."""
+        parent = self._stack[-1].element_id if self._stack else None
+        if element_id == ids.EBML:
+            return parent is None
+        if element_id in (ids.TIMECODE, ids.SIMPLE_BLOCK, ids.BLOCK_GROUP):
+            return parent == ids.CLUSTER
+        return parent == ids.SEGMENT
+
+    def _enter(
+        self, events: list[Event], element_id: int, here: int, header_len: int, size: int
+    ) -> None:
+        parent = self._stack[-1].element_id if self._stack else None
+        known = None if size == UNKNOWN_SIZE else size
+        end = None if known is None else here + header_len + known
+        if element_id == ids.SEGMENT:
+            if parent is not None:
+                raise MkvError("Segment nested inside another element", here)
+            self._stack.append(_OpenMaster(element_id, here, end))
+            events.append(SegmentStart(here, known))
+            return
+        if parent != ids.SEGMENT:
+            raise MkvError("Cluster outside a Segment", here)
+        if known is not None and known > 0 and known > (1 << 40):
+            raise MkvError(f"Cluster claims an absurd size of {known} bytes", here)
+        self._stack.append(_OpenMaster(element_id, here, end))
+        self._cluster_timecode = None
+        events.append(ClusterStart(here, known))
+
+    def _handle(
+        self, events: list[Event], element_id: int, payload: bytes, offset: int, data_offset: int
+    ) -> None:
+        if element_id == ids.SIMPLE_BLOCK:
+            self._block(events, payload, offset, data_offset, simple=True, has_reference=False)
+        elif element_id == ids.TIMECODE:
+            self._cluster_timecode = decode_uint(payload, offset)
+            events.append(ClusterTimecode(offset, self._cluster_timecode))
+        elif element_id == ids.BLOCK_GROUP:
+            block: memoryview | None = None
+            block_offset = offset
+            has_reference = False
+            for child_id, child, child_offset in iter_children(payload, data_offset):
+                if child_id == ids.BLOCK:
+                    block, block_offset = child, child_offset
+                elif child_id == ids.REFERENCE_BLOCK:
+                    has_reference = True
+            if block is not None:
+                self._block(
+                    events,
+                    block,
+                    block_offset,
+                    block_offset,
+                    simple=False,
+                    has_reference=has_reference,
+                )
+        elif element_id == ids.EBML:
+            doc_type = "matroska"
+            for child_id, child, _ in iter_children(payload, data_offset):
+                if child_id == ids.DOC_TYPE:
+                    doc_type = decode_string(child)
+            if doc_type not in ("matroska", "webm"):
+                raise MkvError(f"unsupported EBML DocType {doc_type!r}", offset)
+            events.append(DocumentStart(offset, doc_type))
+        elif element_id == ids.INFO:
+            info = _parse_info(payload, data_offset, offset)
+            self._timecode_scale = info.timecode_scale_ns
+            events.append(info)
+        elif element_id == ids.TRACKS:
+            events.append(TracksRead(offset, _parse_tracks(payload, data_offset)))
+        elif element_id == ids.TAGS:
+            end = data_offset + len(payload)
+            events.append(TagsRead(offset, _parse_tags(payload, data_offset), end))
+
+    def _block(
+        self,
+        events: list[Event],
+        payload: bytes | memoryview,
+        offset: int,
+        data_offset: int,
+        *,
+        simple: bool,
+        has_reference: bool,
+    ) -> None:
+        if self._cluster_timecode is None:
+            raise MkvError("block before the Cluster's Timecode", offset)
+        end = len(payload)
+        track, track_len = read_vint(payload, 0, end)
+        header_end = track_len + 3
+        if header_end > end:
+            raise MkvError("truncated block header", offset)
+        relative = int.from_bytes(payload[track_len : track_len + 2], "big", signed=True)
+        flags = payload[track_len + 2]
+        timecode = self._cluster_timecode + relative
+        if simple:
+            keyframe = bool(flags & 0x80)
+            discardable = bool(flags & 0x01)
+        else:
+            keyframe = not has_reference
+            discardable = False
+        invisible = bool(flags & 0x08)
+        timestamp_ns = timecode * self._timecode_scale
+        view = memoryview(payload)
+        lacing = (flags >> 1) & 0x03
+        if lacing == 0:
+            laces = [view[header_end:]]
+        else:
+            laces = _split_laces(view, header_end, lacing, data_offset)
+        for lace in laces:
+            events.append(
+                FrameRead(
+                    Frame(
+                        track_number=track,
+                        timecode=timecode,
+                        timestamp_ns=timestamp_ns,
+                        keyframe=keyframe,
+                        data=lace,
+                        invisible=invisible,
+                        discardable=discardable,
+                        offset=offset,
+                    )
+                )
+            )
+
+
+def _split_laces(view: memoryview, pos: int, lacing: int, offset: int) -> list[memoryview]:
+    """Split a laced block (Matroska 10.3: Xiph=1, fixed=2, EBML=3) into frames."""
+    end = len(view)
+    if pos >= end:
+        raise MkvError("truncated lacing header", offset)
+    count = view[pos] + 1
+    pos += 1
+    sizes: list[int] = []
+    if lacing == 1:  # Xiph: each size is a run of 255s plus a final byte
+        for _ in range(count - 1):
+            size = 0
+            while True:
+                if pos >= end:
+                    raise MkvError("truncated Xiph lace sizes", offset)
+                byte = view[pos]
+                pos += 1
+                size += byte
+                if byte != 255:
+                    break
+            sizes.append(size)
+    elif lacing == 3:  # EBML: first size unsigned, then signed differences
+        size, length = read_vint(view, pos, end)
+        pos += length
+        sizes.append(size)
+        for _ in range(count - 2):
+            raw, length = read_vint(view, pos, end)
+            pos += length
+            size += raw - ((1 << (7 * length - 1)) - 1)
+            if size < 0:
+                raise MkvError("negative EBML lace size", offset)
+            sizes.append(size)
+    else:  # fixed-size lacing
+        total = end - pos
+        if total % count:
+            raise MkvError(f"fixed lacing: {total} bytes do not split into {count} frames", offset)
+        sizes = [total // count] * (count - 1)
+    laces: list[memoryview] = []
+    for size in sizes:
+        if pos + size > end:
+            raise MkvError("lace sizes overrun the block", offset)
+        laces.append(view[pos : pos + size])
+        pos += size
+    laces.append(view[pos:end])
+    return laces
+
+
+def _parse_info(payload: bytes, data_offset: int, offset: int) -> SegmentInfo:
+    scale = 1_000_000
+    title = muxing_app = writing_app = ""
+    uid = b""
+    duration: float | None = None
+    for child_id, child, child_offset in iter_children(payload, data_offset):
+        if child_id == ids.TIMECODE_SCALE:
+            scale = decode_uint(child, child_offset)
+            if scale == 0:
+                raise MkvError("TimecodeScale is 0", child_offset)
+        elif child_id == ids.TITLE:
+            title = decode_string(child)
+        elif child_id == ids.MUXING_APP:
+            muxing_app = decode_string(child)
+        elif child_id == ids.WRITING_APP:
+            writing_app = decode_string(child)
+        elif child_id == ids.SEGMENT_UID:
+            uid = bytes(child)
+        elif child_id == ids.DURATION:
+            duration = decode_float(child, child_offset)
+    return SegmentInfo(offset, scale, title, muxing_app, writing_app, uid, duration)
+
+
+def _parse_tracks(payload: bytes, data_offset: int) -> tuple[TrackInfo, ...]:
+    tracks: list[TrackInfo] = []
+    for child_id, entry, entry_offset in iter_children(payload, data_offset):
+        if child_id != ids.TRACK_ENTRY:
+            continue
+        fields: dict[str, object] = {}
+        for field_id, value, field_offset in iter_children(entry, entry_offset):
+            if field_id == ids.TRACK_NUMBER:
+                fields["number"] = decode_uint(value, field_offset)
+            elif field_id == ids.TRACK_UID:
+                fields["uid"] = decode_uint(value, field_offset)
+            elif field_id == ids.TRACK_TYPE:
+                fields["track_type"] = decode_uint(value, field_offset)
+            elif field_id == ids.CODEC_ID:
+                fields["codec_id"] = decode_string(value)
+            elif field_id == ids.CODEC_PRIVATE:
+                fields["codec_private"] = bytes(value)
+            elif field_id == ids.TRACK_NAME:
+                fields["name"] = decode_string(value)
+            elif field_id == ids.DEFAULT_DURATION:
+                fields["default_duration_ns"] = decode_uint(value, field_offset)
+            elif field_id == ids.VIDEO:
+                for video_id, v, v_offset in iter_children(value, field_offset):
+                    if video_id == ids.PIXEL_WIDTH:
+                        fields["width"] = decode_uint(v, v_offset)
+                    elif video_id == ids.PIXEL_HEIGHT:
+                        fields["height"] = decode_uint(v, v_offset)
+            elif field_id == ids.AUDIO:
+                for audio_id, a, a_offset in iter_children(value, field_offset):
+                    if audio_id == ids.SAMPLING_FREQUENCY:
+                        fields["sampling_frequency"] = decode_float(a, a_offset)
+                    elif audio_id == ids.CHANNELS:
+                        fields["channels"] = decode_uint(a, a_offset)
+                    elif audio_id == ids.BIT_DEPTH:
+                        fields["bit_depth"] = decode_uint(a, a_offset)
+        if "number" not in fields:
+            raise MkvError("TrackEntry without a TrackNumber", entry_offset)
+        fields.setdefault("codec_id", "")
+        tracks.append(TrackInfo(**fields))  # type: ignore[arg-type]
+    return tuple(tracks)
+
+
+def _parse_tags(payload: bytes, data_offset: int) -> tuple[Tag, ...]:
+    tags: list[Tag] = []
+    for child_id, tag, tag_offset in iter_children(payload, data_offset):
+        if child_id != ids.TAG:
+            continue
+        for tag_child_id, simple, simple_offset in iter_children(tag, tag_offset):
+            if tag_child_id == ids.SIMPLE_TAG:
+                _collect_simple_tag(simple, simple_offset, tags)
+    return tuple(tags)
+
+
+def _collect_simple_tag(payload: memoryview, offset: int, out: list[Tag]) -> None:
+    name = ""
+    value = ""
+    binary: bytes | None = None
+    nested: list[tuple[memoryview, int]] = []
+    for child_id, child, child_offset in iter_children(payload, offset):
+        if child_id == ids.TAG_NAME:
+            name = decode_string(child)
+        elif child_id == ids.TAG_STRING:
+            value = decode_string(child)
+        elif child_id == ids.TAG_BINARY:
+            binary = bytes(child)
+        elif child_id == ids.SIMPLE_TAG:
+            nested.append((child, child_offset))
+    out.append(Tag(name, value, binary))
+    for child, child_offset in nested:
+        _collect_simple_tag(child, child_offset, out)
+
+
+# --- fragments ----------------------------------------------------------------------------
+class FragmentReader:
+    """Groups reader events into fragments.
+
+    A fragment is one EBML document of a GetMedia stream (the service sends every
+    fragment as its own document), or one Cluster when a document holds several (a plain
+    MKV file or a producer's PutMedia stream). Tags are attached to the fragment whose
+    part of the stream they sit in: tags before a document's first Cluster and after its
+    last go with that Cluster; tags between two Clusters go with the later one, which is
+    where a producer writes a fragment's metadata.
+
+    A fragment is handed out as soon as it is known to be complete: when the Tags
+    carrying ``AWS_KINESISVIDEO_CONTINUATION_TOKEN`` after its Cluster arrive (GetMedia
+    writes them last), or when the next Cluster or document starts, or at ``close()``.
+    """
+
+    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
+        self._reader = MkvReader(max_element_size=max_element_size)
+        self._tracks: tuple[TrackInfo, ...] = ()
+        self._scale = 1_000_000
+        self._document = -1
+        self._tags: list[Tag] = []  # tags of the fragment being built, up to its Cluster
+        self._trailing: list[Tag] = []  # tags after the Cluster of the fragment being built
+        self._frames: list[Frame] = []
+        self._cluster_timecode: int | None = None
+        self._has_cluster = False
+        self._start = 0
+        self.fragments_read = 0
+        # Set by close(keep_truncated=True) when the input ended inside an element.
+        self.truncation: MkvError | None = None
+
+    @property
+    def offset(self) -> int:
+        return self._reader.offset
+
+    @property
+    def buffered(self) -> int:
+        return self._reader.buffered
+
+    @property
+    def tracks(self) -> tuple[TrackInfo, ...]:
+        return self._tracks
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Fragment]:
+        """Parse ``data``; return the fragments it completed."""
+        return self._consume(self._reader.feed(data))
+
+    def close(self, *, keep_truncated: bool = False) -> list[Fragment]:
+        """End of input: return the last fragment.
+
+        Input that ends inside an element raises :class:`MkvError`. With
+        ``keep_truncated`` the frames that were complete are returned instead, as a
+        fragment whose ``truncated`` flag is set (a capture cut off mid-fragment).
+        """
+        try:
+            events = self._reader.close()
+        except MkvError as exc:
+            if not keep_truncated:
+                raise
+            self.truncation = exc
+            out: list[Fragment] = []
+            if self._has_cluster or self._tags or self._frames:
+                self._emit(out, self._reader.offset, with_trailing=True, truncated=True)
+            return out
+        out = self._consume(events)
+        self._finish_document(out, self._reader.offset)
+        return out
+
+    def _consume(self, events: Iterable[Event]) -> list[Fragment]:
+        out: list[Fragment] = []
+        for event in events:
+            if isinstance(event, FrameRead):
+                self._frames.append(event.frame)
+            elif isinstance(event, TagsRead):
+                if self._has_cluster:
+                    self._trailing.extend(event.tags)
+                    if any(t.name == TAG_CONTINUATION_TOKEN for t in event.tags):
+                        self._emit(out, event.end, with_trailing=True)
+                else:
+                    self._tags.extend(event.tags)
+            elif isinstance(event, ClusterStart):
+                if self._has_cluster:
+                    self._emit(out, event.offset, with_trailing=False)
+                self._has_cluster = True
+            elif isinstance(event, ClusterTimecode):
+                self._cluster_timecode = event.timecode
+            elif isinstance(event, DocumentStart):
+                self._finish_document(out, event.offset)
+                self._document += 1
+                self._start = event.offset
+            elif isinstance(event, TracksRead):
+                self._tracks = event.tracks
+            elif isinstance(event, SegmentInfo):
+                self._scale = event.timecode_scale_ns
+        return out
+
+    def _finish_document(self, out: list[Fragment], at: int) -> None:
+        # A document with tags and no Cluster (KVS sends such fragments, for example
+        # with an error code) is a fragment of its own with no frames.
+        if self._has_cluster or self._tags:
+            self._emit(out, at, with_trailing=True)
+
+    def _emit(
+        self, out: list[Fragment], end: int, *, with_trailing: bool, truncated: bool = False
+    ) -> None:
+        tags = (*self._tags, *self._trailing) if with_trailing else tuple(self._tags)
+        out.append(
+            Fragment(
+                tags=tags,
+                tracks=self._tracks,
+                cluster_timecode=self._cluster_timecode if self._has_cluster else None,
+                frames=tuple(self._frames),
+                timecode_scale_ns=self._scale,
+                offset=self._start,
+                size=end - self._start,
+                document_index=max(self._document, 0),
+                truncated=truncated,
+            )
+        )
+        self.fragments_read += 1
+        # Tags after a Cluster that did not end its document belong to the next Cluster.
+        self._tags = [] if with_trailing else self._trailing
+        self._trailing = []
+        self._frames = []
+        self._cluster_timecode = None
+        self._has_cluster = False
+        self._start = end
+
+
+def read_fragments(
+    chunks: Iterable[bytes | bytearray | memoryview],
+    *,
+    max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+) -> Iterator[Fragment]:
+    """Fragments from an iterable of byte chunks (a file, a socket, a botocore stream)."""
+    reader = FragmentReader(max_element_size=max_element_size)
+    for chunk in chunks:
+        yield from reader.feed(chunk)
+    yield from reader.close()
