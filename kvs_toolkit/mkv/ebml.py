@@ -24,11 +24,13 @@ def vint_length(first_byte: int) -> int:
     return _VINT_LENGTH[first_byte]
 
 
-def read_element_id(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+def read_element_id(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, base: int = 0
+) -> tuple[int, int]:
     """Read an element ID at ``pos``. Returns ``(id, length)``; length 0 means "need more".
 
     Element IDs keep their length marker bits, as Matroska writes them (0x1A45DFA3).
-    Raises :class:`MkvError` (offset relative to ``buf``) for an invalid first byte or an
+    Raises :class:`MkvError` (at offset ``base + pos``) for an invalid first byte or an
     ID longer than 4 bytes (EBMLMaxIDLength is 4 for Matroska).
     """
     if pos >= end:
@@ -36,13 +38,15 @@ def read_element_id(buf: bytes | bytearray | memoryview, pos: int, end: int) -> 
     first = buf[pos]
     length = _VINT_LENGTH[first]
     if length == 0 or length > 4:
-        raise MkvError(f"invalid element ID first byte 0x{first:02x}", pos)
+        raise MkvError(f"invalid element ID first byte 0x{first:02x}", base + pos)
     if pos + length > end:
         return 0, 0
     return int.from_bytes(buf[pos : pos + length], "big"), length
 
 
-def read_size(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+def read_size(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, base: int = 0
+) -> tuple[int, int]:
     """Read an element data size at ``pos``. Returns ``(size, length)``.
 
     ``size`` is :data:`UNKNOWN_SIZE` when all value bits are set; ``length`` 0 means
@@ -53,7 +57,7 @@ def read_size(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[
     first = buf[pos]
     length = _VINT_LENGTH[first]
     if length == 0:
-        raise MkvError("invalid element size: first byte is 0x00", pos)
+        raise MkvError("invalid element size: first byte is 0x00", base + pos)
     if pos + length > end:
         return 0, 0
     value = int.from_bytes(buf[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
@@ -62,15 +66,17 @@ def read_size(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[
     return value, length
 
 
-def read_vint(buf: bytes | bytearray | memoryview, pos: int, end: int) -> tuple[int, int]:
+def read_vint(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, base: int = 0
+) -> tuple[int, int]:
     """Read an unsigned vint (marker bit removed). Raises :class:`MkvError` if truncated."""
     if pos >= end:
-        raise MkvError("truncated variable-size integer", pos)
+        raise MkvError("truncated variable-size integer", base + pos)
     length = _VINT_LENGTH[buf[pos]]
     if length == 0:
-        raise MkvError("invalid variable-size integer: first byte is 0x00", pos)
+        raise MkvError("invalid variable-size integer: first byte is 0x00", base + pos)
     if pos + length > end:
-        raise MkvError("truncated variable-size integer", pos)
+        raise MkvError("truncated variable-size integer", base + pos)
     value = int.from_bytes(buf[pos : pos + length], "big") & ((1 << (7 * length)) - 1)
     return value, length
 
@@ -148,10 +154,10 @@ def iter_children(data: bytes | memoryview, base_offset: int) -> list[tuple[int,
     pos = 0
     children: list[tuple[int, memoryview, int]] = []
     while pos < end:
-        element_id, id_len = read_element_id(view, pos, end)
+        element_id, id_len = read_element_id(view, pos, end, base_offset)
         if id_len == 0:
             raise MkvError("truncated element ID inside a master element", base_offset + pos)
-        size, size_len = read_size(view, pos + id_len, end)
+        size, size_len = read_size(view, pos + id_len, end, base_offset)
         if size_len == 0:
             raise MkvError("truncated element size inside a master element", base_offset + pos)
         if size == UNKNOWN_SIZE:

@@ -278,11 +278,11 @@ class MkvReader:
             if pos >= end:
                 self._need = 0
                 return
-            element_id, id_len = read_element_id(buf, pos, end)
+            element_id, id_len = read_element_id(buf, pos, end, self._base)
             if id_len == 0:
                 self._need = 1 + (end - pos)
                 return
-            size, size_len = read_size(buf, pos + id_len, end)
+            size, size_len = read_size(buf, pos + id_len, end, self._base)
             if size_len == 0:
                 self._need = id_len + 1 + (end - pos - id_len)
                 return
@@ -448,7 +448,7 @@ class MkvReader:
         if self._cluster_timecode is None:
             raise MkvError("block before the Cluster's Timecode", offset)
         end = len(payload)
-        track, track_len = read_vint(payload, 0, end)
+        track, track_len = read_vint(payload, 0, end, data_offset)
         header_end = track_len + 3
         if header_end > end:
             raise MkvError("truncated block header", offset)
@@ -507,11 +507,11 @@ def _split_laces(view: memoryview, pos: int, lacing: int, offset: int) -> list[m
                     break
             sizes.append(size)
     elif lacing == 3:  # EBML: first size unsigned, then signed differences
-        size, length = read_vint(view, pos, end)
+        size, length = read_vint(view, pos, end, offset)
         pos += length
         sizes.append(size)
         for _ in range(count - 2):
-            raw, length = read_vint(view, pos, end)
+            raw, length = read_vint(view, pos, end, offset)
             pos += length
             size += raw - ((1 << (7 * length - 1)) - 1)
             if size < 0:

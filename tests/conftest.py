@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Real GetMedia captures, read in place from the shared folder beside the repository.
+CAPTURES = ROOT.parent / "shared" / "testdata" / "kvs-getmedia"
+
+
+@pytest.fixture(scope="session")
+def captures() -> Path:
+    if not CAPTURES.is_dir():
+        pytest.skip(f"GetMedia captures not found at {CAPTURES}")
+    return CAPTURES
+
+
+def require_tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(
+            f"{name} is not installed (apt-get install {'mkvtoolnix' if name.startswith('mkv') else 'ffmpeg'})"
+        )
+    return path
+
+
+def splits(data: bytes, seed: int, *, trailing: bool = False) -> list[bytes]:
+    """``data`` cut at random points (chunks of 1 byte to 4 KiB)."""
+    rng = random.Random(seed)
+    chunks = []
+    pos = 0
+    while pos < len(data):
+        step = rng.choice((1, 2, 3, 7, 64, 1000, 4096))
+        chunks.append(data[pos : pos + step])
+        pos += step
+    return chunks
+
+
+def feed_three_ways(
+    make: Callable[[], Any], data: bytes, *, bytewise: bool = True
+) -> list[Sequence[Any]]:
+    """Results of feeding ``data`` whole, one byte at a time, and in random splits.
+
+    ``make()`` returns a fresh parser with ``feed`` and ``close``; each result is the
+    list of everything ``feed``/``close`` returned.
+    """
+    results = []
+    ways: list[list[bytes]] = [[data], splits(data, 1), splits(data, 2)]
+    if bytewise:
+        ways.insert(1, [data[i : i + 1] for i in range(len(data))])
+    for chunks in ways:
+        parser = make()
+        out: list[Any] = []
+        for chunk in chunks:
+            out.extend(parser.feed(chunk))
+        out.extend(parser.close())
+        results.append(out)
+    return results
