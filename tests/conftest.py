@@ -23,9 +23,8 @@ def captures() -> Path:
 def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
-        pytest.skip(
-            f"{name} is not installed (apt-get install {'mkvtoolnix' if name.startswith('mkv') else 'ffmpeg'})"
-        )
+        package = "mkvtoolnix" if name.startswith("mkv") else "ffmpeg"
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
     return path
 
 

@@ -12,7 +12,7 @@ import pytest
 from kvs_toolkit.errors import MkvError
 from kvs_toolkit.mkv import Fragment, FragmentReader
 
-from .conftest import feed_three_ways, require_tool
+from .conftest import feed_three_ways, require_tool, splits
 
 # file: (complete fragments, frames per fragment, truncated last fragment?)
 EXPECTED = {
@@ -111,16 +111,12 @@ def test_tags_without_frames(captures: Path) -> None:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_any_chunking_gives_the_same_fragments(captures: Path, name: str) -> None:
     data = (captures / name).read_bytes()
+    # one byte at a time over the first 30 kB (several fragments), then the rest whole
+    bytewise = [data[i : i + 1] for i in range(min(len(data), 30_000))] + [data[30_000:]]
     results = []
-    for chunks in ([data], [data[i : i + 1] for i in range(min(len(data), 30_000))], None):
+    for chunks in ([data], bytewise, splits(data, 7)):
         reader = FragmentReader()
         out: list[Fragment] = []
-        if chunks is None:  # random splits of the whole file
-            from .conftest import splits
-
-            chunks = splits(data, 7)
-        elif len(chunks) < len(data) and len(chunks) > 1:
-            chunks = [*chunks, data[30_000:]]
         for chunk in chunks:
             out += reader.feed(chunk)
         out += reader.close(keep_truncated=True)
