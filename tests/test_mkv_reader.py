@@ -231,9 +231,12 @@ def test_claimed_size_over_the_limit_fails_before_allocation() -> None:
         max_element_size=1 << 20,
     )
     reader = MkvReader(max_element_size=1 << 20)
-    with pytest.raises(MkvError):
-        reader.feed(header + cluster + huge)
+    events = reader.feed(header + cluster + huge)  # the events before the error come out
+    assert [type(e).__name__ for e in events][-1] == "ClusterTimecode"
+    assert reader.error is not None
     assert reader.buffered < 100  # nothing was allocated for the claimed size
+    with pytest.raises(MkvError, match="claims 68719476736 bytes"):
+        reader.feed(b"")
 
 
 def test_skipped_elements_are_not_buffered_however_large() -> None:

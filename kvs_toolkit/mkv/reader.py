@@ -168,7 +168,9 @@ class MkvReader:
     >>> events += reader.close()         # at end of input
 
     Raises :class:`~kvs_toolkit.errors.MkvError` (with the absolute byte offset) on
-    malformed, truncated or over-limit input. Events returned before an error stay valid.
+    malformed, truncated or over-limit input. Nothing parsed before the error is lost:
+    a ``feed`` that parsed events and then met an error returns the events, and the
+    error is raised by the next call (and is visible at once as :attr:`error`).
     """
 
     def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
@@ -195,6 +197,11 @@ class MkvReader:
         """Bytes held but not yet parsed (bounded by one element plus one chunk)."""
         return len(self._buf) - self._pos
 
+    @property
+    def error(self) -> MkvError | None:
+        """The error that stopped parsing, if any (raised by the next ``feed``/``close``)."""
+        return self._failed
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Parse as much of the input so far as possible."""
         if self._failed is not None:
@@ -216,7 +223,10 @@ class MkvReader:
             self._parse(events)
         except MkvError as exc:
             self._failed = exc
-            raise
+            if not events:
+                raise
+            # Hand out what was parsed before the error; the next call raises it.
+            return events
         self._compact()
         return events
 

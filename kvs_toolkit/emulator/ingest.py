@@ -1,0 +1,295 @@
+"""Sans-I/O PutMedia ingest: an upload's bytes in, fragment events out.
+
+The HTTP handler feeds the request body to :class:`IngestSession` as it arrives and
+turns the events into acknowledgements and storage calls. All the service's checks on
+a PutMedia stream live here (KVS-WIRE.md "PutMedia" and the PutMedia API reference):
+
+* 4006 invalid MKV, or more than one Segment (fatal: the connection ends);
+* 4012 more than 3 tracks (fatal);
+* 4010 a frame for a track the Tracks element does not declare;
+* 4011 a fragment with no frame for a declared track;
+* 4004 a fragment timecode lower than the previous fragment's;
+* 4001 a fragment over the size limit, 4002 over the duration limit;
+* 4009 fragment metadata over the limits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+from kvs_toolkit.errors import FragmentMetadataError, MkvError
+from kvs_toolkit.mkv import (
+    ClusterEnd,
+    ClusterStart,
+    ClusterTimecode,
+    Event,
+    FrameRead,
+    MkvReader,
+    SegmentEnd,
+    SegmentInfo,
+    SegmentStart,
+    Tag,
+    TagsRead,
+    TrackInfo,
+    TracksRead,
+)
+from kvs_toolkit.mkv.model import TAG_END_OF_FRAGMENT, Frame
+from kvs_toolkit.mkv.writer import MAX_TRACKS, FrameData, cluster, validate_fragment_tags
+
+# Service limits (KVS-WIRE.md "Limits").
+MAX_FRAGMENT_BYTES: Final = 50 * 1000 * 1000
+MAX_FRAGMENT_DURATION_MS: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class IngestLimits:
+    max_fragment_bytes: int = MAX_FRAGMENT_BYTES
+    max_fragment_duration_ms: int = MAX_FRAGMENT_DURATION_MS
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentStarted:
+    """The first bytes of a fragment arrived (a BUFFERING ack)."""
+
+    timecode: int
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentComplete:
+    """A whole, valid fragment, rewritten with absolute 1 ms timecodes for storage."""
+
+    timecode: int  # the Cluster timecode as the producer sent it (acks echo it)
+    producer_timestamp_ms: int
+    duration_ms: int
+    tags: tuple[Tag, ...]
+    tracks: tuple[TrackInfo, ...]
+    frames: tuple[FrameData, ...]
+    cluster_bytes: bytes
+    frame_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class FragmentRejected:
+    """An ERROR ack. ``fatal`` errors end the upload."""
+
+    error_id: int
+    timecode: int | None
+    reason: str
+    fatal: bool = False
+
+
+IngestEvent: TypeAlias = FragmentStarted | FragmentComplete | FragmentRejected
+
+
+@dataclass
+class _Building:
+    timecode: int | None = None
+    start_offset: int = 0
+    frames: list[Frame] = field(default_factory=list)
+    tags: tuple[Tag, ...] = ()
+    error: FragmentRejected | None = None
+
+
+class IngestSession:
+    """One PutMedia upload. ``feed(bytes) -> events``; ``close() -> events`` at the end.
+
+    ``producer_start_ms`` is the ``x-amzn-producer-start-timestamp`` header in ms;
+    with ``relative`` timecodes cluster timecodes are added to it.
+    """
+
+    def __init__(
+        self,
+        *,
+        relative: bool = False,
+        producer_start_ms: int = 0,
+        limits: IngestLimits | None = None,
+        last_producer_timestamp_ms: int | None = None,
+    ) -> None:
+        self.limits = limits or IngestLimits()
+        self._relative = relative
+        self._start_ms = producer_start_ms
+        # the service allows 64 MiB elements at most (one block of a 50 MB fragment)
+        self._reader = MkvReader(max_element_size=max(self.limits.max_fragment_bytes, 1 << 20))
+        self._scale = 1_000_000
+        self._tracks: tuple[TrackInfo, ...] = ()
+        self._track_numbers: frozenset[int] = frozenset()
+        self._pending_tags: list[Tag] = []
+        self._building: _Building | None = None
+        self._segments = 0
+        self._last_timecode_ms = last_producer_timestamp_ms
+        self.failed = False
+        self.fragments_accepted = 0
+        self.bytes_received = 0
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[IngestEvent]:
+        if self.failed:
+            return []
+        self.bytes_received += len(data)
+        try:
+            events = self._reader.feed(data)
+        except MkvError as exc:
+            return self._fail(4006, f"invalid MKV: {exc}")
+        out = self._handle(events)
+        if self._reader.error is not None and not self.failed:
+            out.extend(self._fail(4006, f"invalid MKV: {self._reader.error}"))
+            return out
+        building = self._building
+        if (
+            building is not None
+            and building.error is None
+            and self._reader.offset - building.start_offset > self.limits.max_fragment_bytes
+        ):
+            # Refuse before buffering more of it: memory stays bounded by the limit.
+            building.error = FragmentRejected(
+                4001,
+                building.timecode,
+                f"fragment over {self.limits.max_fragment_bytes} bytes",
+            )
+            building.frames.clear()
+        return out
+
+    def close(self) -> list[IngestEvent]:
+        """End of the request body."""
+        if self.failed:
+            return []
+        try:
+            events = self._reader.close()
+        except MkvError:
+            # The connection dropped mid-element: the partial fragment is discarded,
+            # nothing of it is stored (KVS-WIRE.md; the issue's "nothing half-written").
+            self._building = None
+            self.failed = True
+            return []
+        return self._handle(events)
+
+    def _fail(self, error_id: int, reason: str) -> list[IngestEvent]:
+        self.failed = True
+        timecode = self._building.timecode if self._building else None
+        self._building = None
+        return [FragmentRejected(error_id, timecode, reason, fatal=True)]
+
+    def _handle(self, events: list[Event]) -> list[IngestEvent]:
+        out: list[IngestEvent] = []
+        for event in events:
+            if isinstance(event, FrameRead):
+                building = self._building
+                if building is None or building.error is not None:
+                    continue
+                if event.frame.track_number not in self._track_numbers:
+                    building.error = FragmentRejected(
+                        4010,
+                        building.timecode,
+                        f"frame for track {event.frame.track_number}, not in the MKV header",
+                    )
+                    building.frames.clear()
+                    continue
+                building.frames.append(event.frame)
+            elif isinstance(event, ClusterStart):
+                self._building = _Building(
+                    start_offset=event.offset, tags=tuple(self._pending_tags)
+                )
+                self._pending_tags = []
+            elif isinstance(event, ClusterTimecode):
+                if self._building is not None and self._building.timecode is None:
+                    self._building.timecode = event.timecode
+                    out.append(FragmentStarted(event.timecode))
+            elif isinstance(event, ClusterEnd):
+                if self._building is not None:
+                    out.append(self._finish(self._building, event.offset))
+                self._building = None
+            elif isinstance(event, TagsRead):
+                self._pending_tags.extend(t for t in event.tags if t.name != TAG_END_OF_FRAGMENT)
+            elif isinstance(event, TracksRead):
+                if len(event.tracks) > MAX_TRACKS:
+                    out.extend(self._fail(4012, f"{len(event.tracks)} tracks (at most 3)"))
+                    return out
+                self._tracks = event.tracks
+                self._track_numbers = frozenset(t.number for t in event.tracks)
+            elif isinstance(event, SegmentInfo):
+                self._scale = event.timecode_scale_ns
+            elif isinstance(event, SegmentStart):
+                self._segments += 1
+                if self._segments > 1:
+                    out.extend(self._fail(4006, "more than one MKV Segment in one PutMedia"))
+                    return out
+            elif isinstance(event, SegmentEnd):
+                pass
+        return out
+
+    def _to_ms(self, timecode: int) -> int:
+        ms = timecode * self._scale // 1_000_000
+        return self._start_ms + ms if self._relative else ms
+
+    def _finish(self, building: _Building, end_offset: int) -> IngestEvent:
+        timecode = building.timecode
+        if building.error is not None:
+            return building.error
+        if end_offset - building.start_offset > self.limits.max_fragment_bytes:
+            return FragmentRejected(
+                4001, timecode, f"fragment over {self.limits.max_fragment_bytes} bytes"
+            )
+        if timecode is None:
+            return FragmentRejected(4006, None, "Cluster without a Timecode")
+        declared = {t.number for t in self._tracks}
+        present = {f.track_number for f in building.frames}
+        if missing := declared - present:
+            return FragmentRejected(
+                4011, timecode, f"no frames for track(s) {sorted(missing)} in this fragment"
+            )
+        try:
+            validate_fragment_tags(building.tags)
+        except FragmentMetadataError as exc:
+            return FragmentRejected(4009, timecode, str(exc))
+        producer_ms = self._to_ms(timecode)
+        frame_ms = [self._to_ms(f.timecode) for f in building.frames]
+        first, last = min(frame_ms), max(frame_ms)
+        if last - first > self.limits.max_fragment_duration_ms:
+            return FragmentRejected(
+                4002,
+                timecode,
+                f"fragment spans {last - first} ms "
+                f"(at most {self.limits.max_fragment_duration_ms})",
+            )
+        if self._last_timecode_ms is not None and producer_ms < self._last_timecode_ms:
+            return FragmentRejected(
+                4004,
+                timecode,
+                f"fragment timecode {producer_ms} ms is lower than the previous "
+                f"fragment's {self._last_timecode_ms} ms",
+            )
+        self._last_timecode_ms = producer_ms
+        frames = tuple(
+            FrameData(
+                f.track_number,
+                ms,
+                f.data,
+                keyframe=f.keyframe,
+                invisible=f.invisible,
+                discardable=f.discardable,
+            )
+            for f, ms in zip(building.frames, frame_ms, strict=True)
+        )
+        self.fragments_accepted += 1
+        # Stored with the producer timestamp as an absolute 1 ms cluster timecode, which
+        # is what GetMedia returns for the fragment.
+        cluster_timecode = min(producer_ms, first)
+        return FragmentComplete(
+            timecode=timecode,
+            producer_timestamp_ms=producer_ms,
+            duration_ms=_duration_ms(frame_ms),
+            tags=building.tags,
+            tracks=self._tracks,
+            frames=frames,
+            cluster_bytes=cluster(cluster_timecode, frames, sized=True),
+            frame_count=len(frames),
+        )
+
+
+def _duration_ms(frame_ms: list[int]) -> int:
+    """First to last frame, plus one average frame interval."""
+    if len(frame_ms) < 2:
+        return 0
+    ordered = sorted(frame_ms)
+    span = ordered[-1] - ordered[0]
+    return span + span // (len(ordered) - 1)
