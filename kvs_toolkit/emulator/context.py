@@ -1,0 +1,153 @@
+"""What every emulator request handler shares: the context object and wire helpers.
+
+A handler module gets the context with ``request.app[EMULATOR]`` and uses the helpers
+here for JSON bodies, error answers and stream lookup, so every operation answers in
+the service's shapes. See :mod:`kvs_toolkit.emulator.server` for how handler modules
+are installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from kvs_toolkit.emulator.errors import InvalidArgumentError, SerializationError, ServiceError
+from kvs_toolkit.emulator.events import StreamEvents
+from kvs_toolkit.emulator.sigv4 import region_from_authorization
+from kvs_toolkit.emulator.store import AsyncStore, StreamRecord
+from kvs_toolkit.emulator.validation import (
+    optional_str,
+    parse_stream_arn,
+    validate_stream_name,
+)
+
+__all__ = [
+    "EMULATOR",
+    "EmulatorConfig",
+    "EmulatorContext",
+    "error_response",
+    "json_response",
+    "read_json",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EmulatorConfig:
+    """Settings of one emulator.
+
+    ``credentials``: access key -> secret; SigV4 is verified only when given.
+    ``state_delay``: seconds a new stream stays CREATING and a deleted one DELETING
+    (0: ACTIVE at once, removed at once). ``advertised_url``: what GetDataEndpoint
+    answers (default: scheme and Host of the request, so clients reach the emulator by
+    the same name they used).
+    """
+
+    account_id: str = "123456789012"
+    default_region: str = "us-east-1"
+    credentials: Mapping[str, str] | None = None
+    state_delay: float = 0.0
+    advertised_url: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class EmulatorContext:
+    """Shared state of a running emulator, reachable from handlers as ``request.app[EMULATOR]``.
+
+    ``streaming_paths``: request paths whose bodies are streamed and so are not hashed
+    for SigV4 (the signer used ``x-amz-content-sha256`` or the empty-string hash); a
+    handler module for PutMedia adds its path here.
+    """
+
+    store: AsyncStore
+    events: StreamEvents
+    config: EmulatorConfig
+    endpoint_url: str = ""
+    streaming_paths: set[str] = field(default_factory=lambda: {"/putMedia"})
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
+        """Run a background task that the emulator cancels and awaits when it stops."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    async def cancel_tasks(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def request_region(self, request: web.Request) -> str:
+        """The region of the request's SigV4 credential scope, else the default region."""
+        region = region_from_authorization(request.headers.get("Authorization"))
+        return region or self.config.default_region
+
+    def data_endpoint(self, request: web.Request) -> str:
+        if self.config.advertised_url:
+            return self.config.advertised_url
+        if request.host:
+            return f"{request.scheme}://{request.host}"
+        return self.endpoint_url
+
+    async def resolve_stream(self, body: Mapping[str, Any]) -> StreamRecord:
+        """The stream named by ``StreamName`` or ``StreamARN`` (one is required)."""
+        name = optional_str(body, "StreamName")
+        arn = optional_str(body, "StreamARN")
+        if name is None and arn is None:
+            raise InvalidArgumentError("Either StreamName or StreamARN must be specified.")
+        if name is not None:
+            validate_stream_name(name)
+        if arn is None:
+            assert name is not None
+            return await self.store.get_stream(name)
+        parse_stream_arn(arn)
+        stream = await self.store.get_stream_by_arn(arn)
+        if name is not None and name != stream.name:
+            raise InvalidArgumentError("StreamName and StreamARN do not refer to the same stream.")
+        return stream
+
+
+EMULATOR = web.AppKey("kvs_emulator", EmulatorContext)
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object (an empty body counts as ``{}``)."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise SerializationError(f"The request body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise SerializationError("The request body must be a JSON object.")
+    return body
+
+
+def json_response(data: Mapping[str, Any], status: int = 200) -> web.Response:
+    return web.Response(
+        status=status,
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        content_type="application/json",
+    )
+
+
+def error_response(error: ServiceError) -> web.Response:
+    """The service's error shape: JSON message plus ``x-amzn-ErrorType``, botocore-readable."""
+    response = json_response({error.message_key: error.message}, status=error.status)
+    response.headers["x-amzn-ErrorType"] = error.code
+    return response
