@@ -1,0 +1,1 @@
+"""Benchmarks of kvs-toolkit against reference implementations: ``python -m benchmarks``."""
