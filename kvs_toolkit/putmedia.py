@@ -64,9 +64,9 @@ class PutMediaSession:
     """One PutMedia request. Write MKV bytes with :meth:`write`; read :meth:`acks`.
 
     ``write`` applies backpressure: it waits while more than ``send_queue_bytes`` are
-    queued for the socket. HTTP errors before the first ack (404 for an unknown stream,
-    400 ConnectionLimitExceeded, 403 for a bad signature) raise :class:`PutMediaError`
-    from ``__aenter__`` with the service's error type.
+    queued for the socket. HTTP errors (404 for an unknown stream, 400
+    ConnectionLimitExceeded, 403 for a bad signature) raise :class:`PutMediaError` with
+    the service's error type from :meth:`acks` / :meth:`response` (and later writes).
     """
 
     def __init__(
@@ -107,6 +107,7 @@ class PutMediaSession:
         self._drained.set()
         self._connect_timeout = connect_timeout
         self._response: aiohttp.ClientResponse | None = None
+        self._opening: asyncio.Future[aiohttp.ClientResponse] | None = None
         self._closed = False
         self.bytes_sent = 0
 
@@ -122,24 +123,37 @@ class PutMediaSession:
             yield chunk
 
     async def __aenter__(self) -> PutMediaSession:
+        # aiohttp sends the request headers together with the first body chunk, so the
+        # response cannot be awaited here: it is awaited by acks() and response().
+        self._opening = asyncio.ensure_future(self._open())
+        return self
+
+    async def _open(self) -> aiohttp.ClientResponse:
         try:
-            self._response = await asyncio.wait_for(
+            response = await asyncio.wait_for(
                 self._http.post(self.url, data=self._body(), headers=self._headers, chunked=True),
                 self._connect_timeout,
             )
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise PutMediaError(f"PutMedia to {self.url} failed to connect: {exc!r}") from exc
-        if self._response.status != 200:
-            status = self._response.status
-            error_type = self._response.headers.get("x-amzn-ErrorType", "").split(":")[0]
-            text = (await self._response.text())[:500]
-            self._response.close()
+        if response.status != 200:
+            status = response.status
+            error_type = response.headers.get("x-amzn-ErrorType", "").split(":")[0]
+            text = (await response.text())[:500]
+            response.close()
             raise PutMediaError(
                 f"PutMedia answered HTTP {status} {error_type}: {text}",
                 status=status,
                 error_code=error_type or None,
             )
-        return self
+        self._response = response
+        return response
+
+    async def response(self) -> aiohttp.ClientResponse:
+        """The HTTP 200 response (raises :class:`PutMediaError` for an HTTP error)."""
+        if self._opening is None:
+            raise PutMediaError("the upload was not started (use 'async with')")
+        return await self._opening
 
     async def __aexit__(
         self,
@@ -153,6 +167,8 @@ class PutMediaSession:
         """Queue MKV bytes for the upload, waiting while the send queue is full."""
         if self._closed:
             raise PutMediaError("write() after the upload was finished or aborted")
+        if self._opening is not None and self._opening.done() and self._opening.exception():
+            await self._opening  # raises the HTTP error
         if not data:
             return
         while self._queued_bytes > self._send_limit:
@@ -170,16 +186,19 @@ class PutMediaSession:
     def abort(self) -> None:
         """Drop the connection at once (what a network loss looks like to the service)."""
         self._closed = True
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        elif self._opening is not None and not self._opening.cancelled():
+            self._opening.exception()  # retrieved: an HTTP error was already reported
         if self._response is not None:
             self._response.close()
 
     async def acks(self) -> AsyncIterator[Ack]:
         """Acknowledgements as they arrive, until the service ends the response."""
-        if self._response is None:
-            raise PutMediaError("acks() before the request started")
+        response = await self.response()
         decoder = AckDecoder()
         try:
-            async for chunk in self._response.content.iter_any():
+            async for chunk in response.content.iter_any():
                 for ack in decoder.feed(chunk):
                     yield ack
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:

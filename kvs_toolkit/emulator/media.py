@@ -22,7 +22,9 @@ from kvs_toolkit.mkv.ebml import UNKNOWN_SIZE_BYTES, encode_id, read_element_id,
 from kvs_toolkit.mkv.model import (
     TAG_CONTINUATION_TOKEN,
     TAG_ERROR_CODE,
+    TAG_ERROR_CODE_ALT,
     TAG_ERROR_ID,
+    TAG_EXCEPTION_MESSAGE,
     TAG_FRAGMENT_NUMBER,
     TAG_MILLIS_BEHIND_NOW,
     TAG_PRODUCER_TIMESTAMP,
@@ -87,6 +89,16 @@ def getmedia_fragment(
 
 
 def getmedia_error(error_id: int, error_code: str) -> bytes:
-    """A document with only the error tags (how GetMedia reports e.g. a missing fragment)."""
+    """A document with only GetMedia's error tags (ERROR_CODE, ERROR_ID)."""
     tags = [Tag(TAG_ERROR_CODE, error_code), Tag(TAG_ERROR_ID, str(error_id))]
+    return b"".join((_EBML_HEADER, _SEGMENT_START, tags_element(tags)))
+
+
+def fragment_list_error(fragment_number: str, error_code: int, message: str) -> bytes:
+    """GetMediaForFragmentList's error document, with the tag names its reference gives."""
+    tags = [
+        Tag(TAG_FRAGMENT_NUMBER, fragment_number),
+        Tag(TAG_ERROR_CODE_ALT, str(error_code)),
+        Tag(TAG_EXCEPTION_MESSAGE, message),
+    ]
     return b"".join((_EBML_HEADER, _SEGMENT_START, tags_element(tags)))

@@ -35,7 +35,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from kvs_toolkit.emulator import archived, control
+from kvs_toolkit.emulator import archived, control, dataplane
 from kvs_toolkit.emulator.context import (
     EMULATOR,
     EmulatorConfig,
@@ -67,7 +67,11 @@ RouteInstaller = Callable[[web.Application], None]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: Installed into every emulator application, in order.
-DEFAULT_ROUTE_INSTALLERS: list[RouteInstaller] = [control.install, archived.install]
+DEFAULT_ROUTE_INSTALLERS: list[RouteInstaller] = [
+    control.install,
+    archived.install,
+    dataplane.install,
+]
 
 
 @web.middleware

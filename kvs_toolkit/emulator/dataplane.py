@@ -1,0 +1,413 @@
+"""The media data plane: PutMedia, GetMedia and GetMediaForFragmentList.
+
+PutMedia (``/putMedia``) parses the body as it arrives with the sans-I/O
+:class:`~kvs_toolkit.emulator.ingest.IngestSession` and streams acknowledgements back on
+the same connection while the upload goes on: BUFFERING when a fragment starts,
+RECEIVED when it is complete, PERSISTED once the store has fsynced it and indexed it
+(only for streams with retention), IDLE every few seconds without data, ERROR with the
+service's ErrorId/ErrorCode. Acks are written by one sender task in fragment order, so
+persisting never holds up reading the body. A connection that drops mid-fragment loses
+only that partial fragment: every fragment already handed to the store is kept.
+
+GetMedia (``/getMedia``) streams one EBML document per fragment (see
+:mod:`kvs_toolkit.emulator.media`), from the StartSelector's position, then follows the
+stream live until the client disconnects.
+
+Deviation from the service, kept on purpose: RECEIVED carries no FragmentNumber (the
+number is assigned when the fragment is committed, which is what PERSISTED reports);
+producers match acks by FragmentTimecode, as the C producer SDK does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from aiohttp import web
+
+from kvs_toolkit.acks import Ack, AckEventType
+from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, read_json
+from kvs_toolkit.emulator.errors import (
+    InvalidArgumentError,
+    ResourceNotFoundError,
+    ServiceError,
+)
+from kvs_toolkit.emulator.ingest import (
+    FragmentComplete,
+    FragmentRejected,
+    FragmentStarted,
+    IngestLimits,
+    IngestSession,
+)
+from kvs_toolkit.emulator.media import fragment_list_error, getmedia_fragment, stored_payload
+from kvs_toolkit.emulator.store import FragmentMeta, FragmentRecord, StreamRecord
+from kvs_toolkit.emulator.validation import optional_str, require_object
+
+log = logging.getLogger(__name__)
+
+# Service limits (KVS-WIRE.md "Limits").
+MAX_PUTMEDIA_CONNECTIONS: Final = 1
+MAX_GETMEDIA_CONNECTIONS: Final = 3
+MAX_FRAGMENT_LIST: Final = 1000
+# IDLE acks while no data arrives; the service closes the request after ~30 s idle.
+IDLE_ACK_INTERVAL_S: Final = 3.0
+IDLE_TIMEOUT_S: Final = 30.0
+# The service ends a PutMedia connection after about 45 minutes (ErrorId 4003).
+MAX_CONNECTION_S: Final = 45 * 60
+# How long GetMedia waits for a new fragment before looking at the stream again.
+_LIVE_POLL_S: Final = 5.0
+_READ_CHUNK: Final = 256 * 1024
+
+
+class ConnectionLimitExceededError(ServiceError):
+    code = "ConnectionLimitExceededException"
+    status = 400
+
+
+@dataclass
+class DataPlaneConfig:
+    limits: IngestLimits = field(default_factory=IngestLimits)
+    idle_ack_interval_s: float = IDLE_ACK_INTERVAL_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
+    max_connection_s: float = MAX_CONNECTION_S
+
+
+@dataclass
+class DataPlaneState:
+    """Open connections per stream id, for the service's per-stream limits."""
+
+    config: DataPlaneConfig = field(default_factory=DataPlaneConfig)
+    putmedia: dict[int, int] = field(default_factory=dict)
+    getmedia: dict[int, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def connection(self, table: dict[int, int], stream: StreamRecord, limit: int) -> Any:
+        if table.get(stream.stream_id, 0) >= limit:
+            raise ConnectionLimitExceededError(
+                f"Stream {stream.name} already has {limit} open connection(s) of this kind."
+            )
+        table[stream.stream_id] = table.get(stream.stream_id, 0) + 1
+        try:
+            yield
+        finally:
+            table[stream.stream_id] -= 1
+
+
+DATAPLANE = web.AppKey("kvs_dataplane", DataPlaneState)
+
+
+def install(app: web.Application, config: DataPlaneConfig | None = None) -> None:
+    app[DATAPLANE] = DataPlaneState(config or DataPlaneConfig())
+    app.router.add_post("/putMedia", put_media)
+    app.router.add_post("/getMedia", get_media)
+    app.router.add_post("/getMediaForFragmentList", get_media_for_fragment_list)
+
+
+# --- PutMedia -----------------------------------------------------------------------------
+def _producer_start_ms(request: web.Request) -> int:
+    raw = request.headers.get("x-amzn-producer-start-timestamp")
+    if raw is None:
+        return int(time.time() * 1000)
+    try:
+        return round(float(raw) * 1000)
+    except ValueError as exc:
+        raise InvalidArgumentError(
+            f"x-amzn-producer-start-timestamp {raw!r} is not a number."
+        ) from exc
+
+
+async def _stream_from_headers(ctx: EmulatorContext, request: web.Request) -> StreamRecord:
+    name = request.headers.get("x-amzn-stream-name")
+    arn = request.headers.get("x-amzn-stream-arn")
+    if (name is None) == (arn is None):
+        raise InvalidArgumentError(
+            "Specify exactly one of x-amzn-stream-name and x-amzn-stream-arn."
+        )
+    return await ctx.resolve_stream({"StreamName": name} if name else {"StreamARN": arn})
+
+
+class _AckSender:
+    """Writes acks in order; a pending persist is awaited in its place in the queue."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+        self.queue: asyncio.Queue[Ack | Awaitable[Ack | None] | None] = asyncio.Queue()
+        self.last_write = time.monotonic()
+        self.failed = False
+
+    async def run(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            ack = item if isinstance(item, Ack) else await item
+            if ack is None or self.failed:
+                continue
+            try:
+                await self.response.write(bytes(ack))
+            except (ConnectionResetError, RuntimeError):
+                self.failed = True  # the producer went away; persisting goes on
+            self.last_write = time.monotonic()
+
+
+async def put_media(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[EMULATOR]
+    state = request.app[DATAPLANE]
+    stream = await _stream_from_headers(ctx, request)
+    timecode_type = request.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE")
+    if timecode_type not in ("ABSOLUTE", "RELATIVE"):
+        raise InvalidArgumentError(f"Invalid x-amzn-fragment-timecode-type {timecode_type!r}.")
+    start_ms = _producer_start_ms(request)
+    with state.connection(state.putmedia, stream, MAX_PUTMEDIA_CONNECTIONS):
+        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        sender = _AckSender(response)
+        sender_task = asyncio.create_task(sender.run())
+        upload = _Upload(
+            ctx,
+            config=state.config,
+            stream=stream,
+            sender=sender,
+            timecode_type=timecode_type,
+            start_ms=start_ms,
+        )
+        try:
+            await upload.run(request)
+        finally:
+            sender.queue.put_nowait(None)
+            await sender_task
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
+            await response.write_eof()
+        return response
+
+
+class _Upload:
+    def __init__(
+        self,
+        ctx: EmulatorContext,
+        *,
+        config: DataPlaneConfig,
+        stream: StreamRecord,
+        sender: _AckSender,
+        timecode_type: str,
+        start_ms: int,
+    ) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.stream = stream
+        self.sender = sender
+        self.session = IngestSession(
+            relative=timecode_type == "RELATIVE", producer_start_ms=start_ms, limits=config.limits
+        )
+        self.persists: set[asyncio.Future[Ack | None]] = set()
+        self.stop = False
+
+    async def run(self, request: web.Request) -> None:
+        if self.stream.status != "ACTIVE":
+            self.sender.queue.put_nowait(Ack.error(4008))
+            return
+        opened = time.monotonic()
+        last_data = time.monotonic()
+        content = request.content
+        try:
+            while not self.stop:
+                try:
+                    chunk = await asyncio.wait_for(
+                        content.readany(), self.config.idle_ack_interval_s
+                    )
+                except asyncio.TimeoutError:
+                    idle = time.monotonic() - last_data
+                    if idle >= self.config.idle_timeout_s:
+                        log.info("PutMedia %s: no data for %.0f s, closing", self.stream.name, idle)
+                        break
+                    self.sender.queue.put_nowait(Ack(AckEventType.IDLE))
+                    continue
+                if not chunk:
+                    self._handle(self.session.close())
+                    break
+                last_data = time.monotonic()
+                self._handle(self.session.feed(chunk))
+                if last_data - opened > self.config.max_connection_s:
+                    self.sender.queue.put_nowait(Ack.error(4003))
+                    break
+        except (ConnectionResetError, asyncio.IncompleteReadError, OSError) as exc:
+            log.info("PutMedia %s: connection lost (%r)", self.stream.name, exc)
+        except Exception as exc:  # aiohttp raises its own payload errors on a cut body
+            if type(exc).__module__.startswith("aiohttp"):
+                log.info("PutMedia %s: connection lost (%r)", self.stream.name, exc)
+            else:
+                raise
+        finally:
+            # A partial fragment is discarded by the session; what reached the store
+            # is waited for, so nothing acknowledged is lost when the producer drops.
+            if self.persists:
+                await asyncio.gather(*self.persists, return_exceptions=True)
+
+    def _handle(self, events: list[FragmentStarted | FragmentComplete | FragmentRejected]) -> None:
+        for event in events:
+            if isinstance(event, FragmentStarted):
+                self.sender.queue.put_nowait(Ack(AckEventType.BUFFERING, event.timecode))
+            elif isinstance(event, FragmentComplete):
+                self.sender.queue.put_nowait(Ack(AckEventType.RECEIVED, event.timecode))
+                future = asyncio.ensure_future(self._persist(event))
+                self.persists.add(future)
+                future.add_done_callback(self.persists.discard)
+                self.sender.queue.put_nowait(future)
+            else:
+                self.sender.queue.put_nowait(Ack.error(event.error_id, event.timecode))
+                log.info(
+                    "PutMedia %s: ERROR %d at timecode %s: %s",
+                    self.stream.name,
+                    event.error_id,
+                    event.timecode,
+                    event.reason,
+                )
+                if event.fatal:
+                    self.stop = True
+
+    async def _persist(self, fragment: FragmentComplete) -> Ack | None:
+        payload = stored_payload(fragment.tracks, fragment.cluster_bytes)
+        meta = FragmentMeta(
+            producer_timestamp_ms=fragment.producer_timestamp_ms,
+            duration_ms=fragment.duration_ms,
+            tags=tuple((t.name, t.value) for t in fragment.tags),
+        )
+        try:
+            record = await self.ctx.store.append_fragment(self.stream.name, payload, meta)
+        except ResourceNotFoundError:
+            self.stop = True
+            return Ack.error(4008, fragment.timecode)
+        except OSError:
+            log.exception("PutMedia %s: archiving failed", self.stream.name)
+            return Ack.error(5001, fragment.timecode)
+        if self.stream.retention_hours == 0:
+            return None  # no archive: the service sends no PERSISTED
+        return Ack(AckEventType.PERSISTED, fragment.timecode, record.fragment_number)
+
+
+# --- GetMedia -----------------------------------------------------------------------------
+def _render(record: FragmentRecord, payload: bytes, *, now_ms: int) -> bytes:
+    return getmedia_fragment(
+        payload,
+        fragment_number=record.fragment_number,
+        server_timestamp_ms=record.server_timestamp_ms,
+        producer_timestamp_ms=record.producer_timestamp_ms,
+        producer_tags=record.tags,
+        millis_behind_now=max(0, now_ms - record.server_timestamp_ms),
+        continuation_token=record.fragment_number,
+    )
+
+
+def _timestamp_ms(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError("StartTimestamp must be a timestamp in epoch seconds.")
+    return round(value * 1000)
+
+
+async def _start_after(
+    ctx: EmulatorContext, stream: StreamRecord, selector: dict[str, Any]
+) -> str | None:
+    """Where GetMedia starts: fragments after this number (from the earliest if None)."""
+    kind = selector.get("StartSelectorType")
+    store = ctx.store
+    if kind == "NOW":
+        latest = await store.latest_fragment(stream.name)
+        return latest.fragment_number if latest else None
+    if kind == "EARLIEST":
+        return None
+    if kind == "FRAGMENT_NUMBER":
+        number = optional_str(selector, "AfterFragmentNumber")
+        if number is None:
+            raise InvalidArgumentError("AfterFragmentNumber is required for FRAGMENT_NUMBER.")
+        return number
+    if kind == "CONTINUATION_TOKEN":
+        token = optional_str(selector, "ContinuationToken")
+        if token is None:
+            raise InvalidArgumentError("ContinuationToken is required for CONTINUATION_TOKEN.")
+        return token
+    if kind in ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP"):
+        start_ms = _timestamp_ms(selector.get("StartTimestamp"))
+        first = await store.first_fragment_at_or_after(stream.name, kind, start_ms)
+        if first is None:  # nothing at or after it yet: continue live from the newest
+            latest = await store.latest_fragment(stream.name)
+            return latest.fragment_number if latest else None
+        return _just_before(first.fragment_number)
+    raise InvalidArgumentError(f"Invalid StartSelectorType {kind!r}.")
+
+
+def _just_before(fragment_number: str) -> str:
+    """A number that sorts right before ``fragment_number`` (fixed-width decimal)."""
+    value = int(fragment_number) - 1
+    return str(value).zfill(len(fragment_number))
+
+
+async def get_media(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[EMULATOR]
+    state = request.app[DATAPLANE]
+    body = await read_json(request)
+    stream = await ctx.resolve_stream(body)
+    selector = require_object(body.get("StartSelector"), "StartSelector")
+    after = await _start_after(ctx, stream, selector)
+    with state.connection(state.getmedia, stream, MAX_GETMEDIA_CONNECTIONS):
+        response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
+        await response.prepare(request)
+        try:
+            await _follow(ctx, stream.name, after, response)
+        except (ConnectionResetError, RuntimeError) as exc:
+            log.debug("GetMedia %s: client went away (%r)", stream.name, exc)
+        return response
+
+
+async def _follow(
+    ctx: EmulatorContext, stream_name: str, after: str | None, response: web.StreamResponse
+) -> None:
+    store = ctx.store
+    while True:
+        records = await store.fragments_after(stream_name, after, 50)
+        for record in records:
+            payload = await store.read_payload(record)
+            await response.write(_render(record, payload, now_ms=int(time.time() * 1000)))
+            after = record.fragment_number
+        if records:
+            continue
+        newest = await ctx.events.wait_for_fragment(stream_name, after=after, timeout=_LIVE_POLL_S)
+        if newest is None:
+            try:
+                await store.get_stream(stream_name)
+            except ResourceNotFoundError:
+                return  # the stream was deleted: end the response
+
+
+async def get_media_for_fragment_list(request: web.Request) -> web.StreamResponse:
+    ctx = request.app[EMULATOR]
+    body = await read_json(request)
+    stream = await ctx.resolve_stream(body)
+    numbers = body.get("Fragments")
+    if (
+        not isinstance(numbers, list)
+        or not 1 <= len(numbers) <= MAX_FRAGMENT_LIST
+        or not all(isinstance(n, str) for n in numbers)
+    ):
+        raise InvalidArgumentError(
+            f"Fragments must be a list of 1 to {MAX_FRAGMENT_LIST} fragment numbers."
+        )
+    records = {r.fragment_number: r for r in await ctx.store.get_fragments(stream.name, numbers)}
+    response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
+    await response.prepare(request)
+    now_ms = int(time.time() * 1000)
+    for number in numbers:
+        record = records.get(number)
+        if record is None:
+            await response.write(
+                fragment_list_error(number, 4000, "Requested fragment is not found")
+            )
+            continue
+        payload = await ctx.store.read_payload(record)
+        await response.write(_render(record, payload, now_ms=now_ms))
+    await response.write_eof()
+    return response
