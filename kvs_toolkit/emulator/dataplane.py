@@ -59,8 +59,10 @@ IDLE_ACK_INTERVAL_S: Final = 3.0
 IDLE_TIMEOUT_S: Final = 30.0
 # The service ends a PutMedia connection after about 45 minutes (ErrorId 4003).
 MAX_CONNECTION_S: Final = 45 * 60
-# How long GetMedia waits for a new fragment before looking at the stream again.
-_LIVE_POLL_S: Final = 5.0
+# How long GetMedia waits for a new fragment before checking that the stream still
+# exists and the client is still there (its connection slot is freed when it leaves).
+_LIVE_POLL_S: Final = 0.1
+_STREAM_CHECK_S: Final = 2.0
 _READ_CHUNK: Final = 256 * 1024
 
 
@@ -246,7 +248,9 @@ class _Upload:
             # A partial fragment is discarded by the session; what reached the store
             # is waited for, so nothing acknowledged is lost when the producer drops.
             if self.persists:
-                await asyncio.gather(*self.persists, return_exceptions=True)
+                # shielded: a cancelled handler (the client left) still finishes storing
+                # every complete fragment it received.
+                await asyncio.shield(asyncio.gather(*self.persists, return_exceptions=True))
 
     def _handle(self, events: list[FragmentStarted | FragmentComplete | FragmentRejected]) -> None:
         for event in events:
@@ -357,17 +361,25 @@ async def get_media(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
         await response.prepare(request)
         try:
-            await _follow(ctx, stream.name, after, response)
+            await _follow(ctx, request, stream.name, after, response)
         except (ConnectionResetError, RuntimeError) as exc:
             log.debug("GetMedia %s: client went away (%r)", stream.name, exc)
         return response
 
 
 async def _follow(
-    ctx: EmulatorContext, stream_name: str, after: str | None, response: web.StreamResponse
+    ctx: EmulatorContext,
+    request: web.Request,
+    stream_name: str,
+    after: str | None,
+    response: web.StreamResponse,
 ) -> None:
     store = ctx.store
+    checked = time.monotonic()
     while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return  # the client went away
         records = await store.fragments_after(stream_name, after, 50)
         for record in records:
             payload = await store.read_payload(record)
@@ -376,7 +388,8 @@ async def _follow(
         if records:
             continue
         newest = await ctx.events.wait_for_fragment(stream_name, after=after, timeout=_LIVE_POLL_S)
-        if newest is None:
+        if newest is None and time.monotonic() - checked > _STREAM_CHECK_S:
+            checked = time.monotonic()
             try:
                 await store.get_stream(stream_name)
             except ResourceNotFoundError:

@@ -117,6 +117,7 @@ class IngestSession:
         self._pending_tags: list[Tag] = []
         self._building: _Building | None = None
         self._segments = 0
+        self._fragments_seen = 0
         self._last_timecode_ms = last_producer_timestamp_ms
         self.failed = False
         self.fragments_accepted = 0
@@ -238,9 +239,15 @@ class IngestSession:
                 4011, timecode, f"no frames for track(s) {sorted(missing)} in this fragment"
             )
         try:
-            validate_fragment_tags(building.tags)
+            # Tags before the first Cluster also carry the producer's MKV header tags:
+            # real GetMedia captures show the service accepting dozens of them there
+            # (output-get-media-non-increasing-timecode.mkv), so the item count is
+            # enforced from the second fragment of an upload on.
+            validate_fragment_tags(building.tags, check_count=self._fragments_seen > 0)
         except FragmentMetadataError as exc:
             return FragmentRejected(4009, timecode, str(exc))
+        finally:
+            self._fragments_seen += 1
         producer_ms = self._to_ms(timecode)
         frame_ms = [self._to_ms(f.timecode) for f in building.frames]
         first, last = min(frame_ms), max(frame_ms)
@@ -251,14 +258,16 @@ class IngestSession:
                 f"fragment spans {last - first} ms "
                 f"(at most {self.limits.max_fragment_duration_ms})",
             )
-        if self._last_timecode_ms is not None and producer_ms < self._last_timecode_ms:
+        # Each fragment is compared with the one sent just before it in this upload
+        # ("within a PutMedia call, you cannot send fragments out of order").
+        previous, self._last_timecode_ms = self._last_timecode_ms, producer_ms
+        if previous is not None and producer_ms < previous:
             return FragmentRejected(
                 4004,
                 timecode,
                 f"fragment timecode {producer_ms} ms is lower than the previous "
-                f"fragment's {self._last_timecode_ms} ms",
+                f"fragment's {previous} ms",
             )
-        self._last_timecode_ms = producer_ms
         frames = tuple(
             FrameData(
                 f.track_number,

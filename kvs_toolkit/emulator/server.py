@@ -257,7 +257,11 @@ class Emulator:
         context = EmulatorContext(store=AsyncStore(store), events=events, config=self.config)
         self._context = context
         app = create_app(context, self._route_installers)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # handler_cancellation: a long-lived GetMedia handler is cancelled as soon as its
+        # client disconnects, which frees the stream's connection slot at once.
+        runner = web.AppRunner(
+            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+        )
         try:
             await runner.setup()
             site = web.TCPSite(runner, self.host, self.port)

@@ -354,9 +354,9 @@ def _check_metadata_item(name: str, value: str) -> None:
         )
 
 
-def validate_fragment_tags(tags: Sequence[Tag]) -> None:
+def validate_fragment_tags(tags: Sequence[Tag], *, check_count: bool = True) -> None:
     """Check a fragment's producer tags against the service's limits (ErrorId 4009)."""
-    if len(tags) > MAX_METADATA_ITEMS:
+    if check_count and len(tags) > MAX_METADATA_ITEMS:
         raise FragmentMetadataError(
             f"{len(tags)} fragment metadata items (at most {MAX_METADATA_ITEMS})"
         )

@@ -140,7 +140,7 @@ def _signed_headers(
 
 def test_put_media_signed_with_empty_payload_hash(emulator: Emulator) -> None:
     # The C producer signs PutMedia with the SHA-256 of the empty string while streaming
-    # a body. No /putMedia route exists yet: passing authentication means 404, not 403.
+    # a body. Passing authentication reaches PutMedia, which answers 404 for stream "s".
     url = emulator.endpoint_url + "/putMedia"
     host = emulator.endpoint_url.removeprefix("http://")
     headers = {"host": host, "x-amzn-stream-name": "s", "x-amzn-fragment-timecode-type": "ABSOLUTE"}
@@ -149,7 +149,7 @@ def test_put_media_signed_with_empty_payload_hash(emulator: Emulator) -> None:
         emulator.endpoint_url, "/putMedia", b"\x1a\x45\xdf\xa3" * 100, signed, chunked=True
     )
     assert response.status == 404
-    assert response.headers["x-amzn-errortype"] == "UnknownOperationException"
+    assert response.headers["x-amzn-errortype"] == "ResourceNotFoundException"
     wrong = _signed_headers(url, b"", headers, payload_hash=EMPTY_SHA256, secret="wrong")
     response = raw_post(emulator.endpoint_url, "/putMedia", b"data", wrong, chunked=True)
     assert response.status == 403
@@ -162,7 +162,9 @@ def test_put_media_signed_unsigned_payload(emulator: Emulator) -> None:
     headers = {"host": host, "x-amz-content-sha256": "UNSIGNED-PAYLOAD"}
     signed = _signed_headers(url, b"", headers)
     response = raw_post(emulator.endpoint_url, "/putMedia", b"streamed", signed, chunked=True)
-    assert response.status == 404
+    # authenticated; then refused for naming no stream (not 403)
+    assert response.status == 400
+    assert response.headers["x-amzn-errortype"] == "InvalidArgumentException"
 
 
 def test_body_must_match_its_signature(emulator: Emulator) -> None:

@@ -1,0 +1,36 @@
+"""Reading GetMedia and GetMediaForFragmentList responses as fragments (thin I/O layer).
+
+botocore's ``StreamingBody.iter_chunks(n)`` waits until ``n`` bytes have arrived, so a
+live stream whose next fragment has not been produced yet would hold back a fragment
+that is already complete. :func:`iter_payload` reads whatever has arrived instead
+(``read1`` on the underlying urllib3 response), so each fragment is handed out as soon
+as its last byte is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Final
+
+from kvs_toolkit.mkv import Fragment, FragmentReader
+
+_CHUNK: Final = 64 * 1024
+
+
+def iter_payload(payload: Any, chunk_size: int = _CHUNK) -> Iterator[bytes]:
+    """Chunks of a botocore ``StreamingBody`` (or any binary stream) as they arrive."""
+    raw = getattr(payload, "_raw_stream", payload)
+    read = getattr(raw, "read1", None) or raw.read
+    while True:
+        chunk = read(chunk_size)
+        if not chunk:
+            return
+        yield chunk
+
+
+def iter_fragments(payload: Any, *, keep_truncated: bool = False) -> Iterator[Fragment]:
+    """Fragments of a GetMedia-shaped response body, each as soon as it is complete."""
+    reader = FragmentReader()
+    for chunk in iter_payload(payload):
+        yield from reader.feed(chunk)
+    yield from reader.close(keep_truncated=keep_truncated)
