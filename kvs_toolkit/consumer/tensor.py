@@ -1,0 +1,355 @@
+"""N decoded frames into one model-ready tensor, in buffers reused from call to call.
+
+::
+
+    batcher = FrameBatcher(640, batch_size=8)             # YOLO-style: letterbox to 640x640
+    batch = batcher(frames)                               # DecodedFrame objects or arrays
+    detections = model(batch.tensor)                      # (8, 3, 640, 640) float32 RGB 0..1
+    boxes = unletterbox_boxes(detections[0][:, :4], batch.params[0])   # frame pixels
+
+Resizing is OpenCV's ``cv2.resize`` (``INTER_LINEAR``) straight into a preallocated
+``uint8`` canvas; channel order, layout (NCHW or NHWC), dtype and normalisation
+(``x * scale``, then ``(x - mean) / std`` per channel) are single vectorised numpy
+operations over the whole batch into a preallocated output. No Python loop touches a
+pixel; the only loop is over the N frames.
+
+The returned tensor is the batcher's own buffer: the next call overwrites it. Copy it
+(``tensor.copy()``) to keep it, or hand it to the model before the next call.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, TypeAlias
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from kvs_toolkit.consumer.frames import DecodedFrame, Image
+
+__all__ = [
+    "Batch",
+    "ChannelOrder",
+    "FrameBatcher",
+    "Layout",
+    "LetterboxParams",
+    "letterbox",
+    "letterbox_boxes",
+    "unletterbox_boxes",
+]
+
+log = logging.getLogger(__name__)
+
+Layout: TypeAlias = Literal["NCHW", "NHWC"]
+ChannelOrder: TypeAlias = Literal["RGB", "BGR"]
+ResizeMode: TypeAlias = Literal["letterbox", "resize"]
+TensorDType: TypeAlias = Literal["float32", "uint8"]
+FloatArray: TypeAlias = npt.NDArray[np.floating]
+
+#: The grey YOLO pads letterboxed images with.
+YOLO_PAD_VALUE: Final = 114
+
+
+@dataclass(frozen=True, slots=True)
+class LetterboxParams:
+    """How one frame was placed in the network input: map boxes back with these.
+
+    A frame of ``source_width`` x ``source_height`` was resized to ``resized_width`` x
+    ``resized_height`` and put at ``(pad_x, pad_y)`` in the input. ``scale`` is the
+    uniform factor of a letterbox (``min(W / w, H / h)``); the exact per-axis factors
+    after rounding to whole pixels are :attr:`scale_x` and :attr:`scale_y`, which the
+    box mapping uses. In ``resize`` (stretch) mode the pads are 0 and the axes differ.
+    """
+
+    scale: float
+    pad_x: int
+    pad_y: int
+    source_width: int
+    source_height: int
+    resized_width: int
+    resized_height: int
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_width / self.source_width
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_height / self.source_height
+
+    @classmethod
+    def fit(
+        cls, width: int, height: int, target: tuple[int, int], mode: ResizeMode = "letterbox"
+    ) -> LetterboxParams:
+        """The placement of a ``width`` x ``height`` frame in a ``target`` (W, H) input."""
+        if width <= 0 or height <= 0:
+            raise ValueError(f"cannot place an empty {width}x{height} image")
+        target_w, target_h = target
+        if mode == "resize":
+            return cls(min(target_w / width, target_h / height), 0, 0, width, height,
+                       target_w, target_h)  # fmt: skip
+        scale = min(target_w / width, target_h / height)
+        resized_w = min(target_w, max(1, round(width * scale)))
+        resized_h = min(target_h, max(1, round(height * scale)))
+        return cls(
+            scale,
+            (target_w - resized_w) // 2,
+            (target_h - resized_h) // 2,
+            width,
+            height,
+            resized_w,
+            resized_h,
+        )
+
+
+def unletterbox_boxes(
+    boxes: npt.ArrayLike, params: LetterboxParams, *, clip: bool = True
+) -> FloatArray:
+    """Map ``(..., 4+)`` boxes ``x1, y1, x2, y2, ...`` from network-input pixels to frame
+    pixels. Columns after the fourth (score, class) are kept as they are. ``clip``
+    limits coordinates to the frame. Returns a new float array; vectorised."""
+    array = np.asarray(boxes)
+    out: FloatArray = array.astype(np.float64) if array.dtype.kind in "iub" else array.copy()
+    if out.shape[-1] < 4:
+        raise ValueError(f"boxes need 4 coordinates in the last axis, got shape {out.shape}")
+    out[..., 0:4:2] = (out[..., 0:4:2] - params.pad_x) / params.scale_x
+    out[..., 1:4:2] = (out[..., 1:4:2] - params.pad_y) / params.scale_y
+    if clip:
+        np.clip(out[..., 0:4:2], 0, params.source_width, out=out[..., 0:4:2])
+        np.clip(out[..., 1:4:2], 0, params.source_height, out=out[..., 1:4:2])
+    return out
+
+
+def letterbox_boxes(boxes: npt.ArrayLike, params: LetterboxParams) -> FloatArray:
+    """The inverse of :func:`unletterbox_boxes`: frame pixels to network-input pixels."""
+    array = np.asarray(boxes)
+    out: FloatArray = array.astype(np.float64) if array.dtype.kind in "iub" else array.copy()
+    out[..., 0:4:2] = out[..., 0:4:2] * params.scale_x + params.pad_x
+    out[..., 1:4:2] = out[..., 1:4:2] * params.scale_y + params.pad_y
+    return out
+
+
+def _to_three_channels(image: Image) -> Image:
+    if image.ndim == 2:
+        return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
+    if image.ndim == 3 and image.shape[2] == 3:
+        return image
+    raise ValueError(f"expected an (H, W) or (H, W, 3) uint8 image, got shape {image.shape}")
+
+
+def _place(
+    image: Image,
+    slot: Image,
+    params: LetterboxParams,
+    *,
+    fill: int | None,
+    interpolation: int,
+) -> None:
+    """Resize ``image`` into ``slot`` (H, W, 3) at the params' position; ``fill`` the
+    padding first when given (the slot's last layout differed)."""
+    if fill is not None:
+        slot.fill(fill)
+    x, y = params.pad_x, params.pad_y
+    region = slot[y : y + params.resized_height, x : x + params.resized_width]
+    if image.shape[:2] == region.shape[:2]:
+        np.copyto(region, image)
+    else:
+        # dst= makes OpenCV write straight into the canvas (a strided view): no temporary.
+        cv2.resize(
+            image,
+            (params.resized_width, params.resized_height),
+            dst=region,
+            interpolation=interpolation,
+        )
+
+
+def letterbox(
+    image: Image,
+    size: int | tuple[int, int],
+    *,
+    pad_value: int = YOLO_PAD_VALUE,
+    out: Image | None = None,
+    interpolation: int = cv2.INTER_LINEAR,
+) -> tuple[Image, LetterboxParams]:
+    """Letterbox one ``(H, W, 3)`` image into ``size`` (W, H), keeping its aspect ratio.
+
+    Writes into ``out`` (shape ``(H, W, 3)``, uint8) when given, else a new array.
+    """
+    target = (size, size) if isinstance(size, int) else size
+    image = _to_three_channels(image)
+    params = LetterboxParams.fit(image.shape[1], image.shape[0], target)
+    if out is None:
+        out = np.empty((target[1], target[0], 3), dtype=np.uint8)
+    elif out.shape != (target[1], target[0], 3) or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {(target[1], target[0], 3)}, not {out.shape}")
+    _place(image, out, params, fill=pad_value, interpolation=interpolation)
+    return out, params
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A model-ready tensor and, per frame, how it was placed (for :func:`unletterbox_boxes`).
+
+    ``tensor`` is the batcher's buffer, overwritten by its next call.
+    """
+
+    tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
+    params: tuple[LetterboxParams, ...]
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def unletterbox(self, index: int, boxes: npt.ArrayLike, *, clip: bool = True) -> FloatArray:
+        """Boxes of frame ``index`` from input pixels to that frame's pixels."""
+        return unletterbox_boxes(boxes, self.params[index], clip=clip)
+
+
+class FrameBatcher:
+    """Turns N frames into one tensor of shape ``(N, 3, H, W)`` (NCHW) or ``(N, H, W, 3)``.
+
+    ``size``: the network input, an int for a square or ``(width, height)``.
+    ``mode``: ``letterbox`` (keep the aspect ratio, pad with ``pad_value``; YOLO uses
+    114) or ``resize`` (stretch). ``dtype``: ``float32`` (``x * scale`` with ``scale``
+    defaulting to 1/255, then ``(x - mean) / std`` per channel when given, in the
+    output channel order) or ``uint8`` (no normalisation). ``channel_order``: of the
+    output; the input's is taken from each :class:`DecodedFrame`'s format, or
+    ``input_order`` for bare arrays (2-D arrays are gray).
+
+    Buffers for ``batch_size`` frames are allocated once and reused by every call; a
+    call with more frames grows them (once). With exactly ``batch_size`` frames the
+    returned tensor is the same ndarray object every time; with fewer it is a view of
+    its first N entries.
+    """
+
+    def __init__(
+        self,
+        size: int | tuple[int, int],
+        *,
+        batch_size: int = 1,
+        mode: ResizeMode = "letterbox",
+        pad_value: int = YOLO_PAD_VALUE,
+        layout: Layout = "NCHW",
+        dtype: TensorDType = "float32",
+        channel_order: ChannelOrder = "RGB",
+        scale: float | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_order: ChannelOrder = "BGR",
+        interpolation: int = cv2.INTER_LINEAR,
+    ) -> None:
+        width, height = (size, size) if isinstance(size, int) else size
+        if width <= 0 or height <= 0:
+            raise ValueError(f"size must be positive, not {size}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if layout not in ("NCHW", "NHWC"):
+            raise ValueError(f"layout must be NCHW or NHWC, not {layout!r}")
+        if channel_order not in ("RGB", "BGR") or input_order not in ("RGB", "BGR"):
+            raise ValueError("channel orders are RGB or BGR")
+        if mode not in ("letterbox", "resize"):
+            raise ValueError(f"mode must be letterbox or resize, not {mode!r}")
+        if not 0 <= pad_value <= 255:
+            raise ValueError(f"pad_value must be 0-255, not {pad_value}")
+        if dtype == "uint8":
+            if mean is not None or std is not None or scale not in (None, 1, 1.0):
+                raise ValueError("uint8 tensors take no scale, mean or std")
+        elif dtype != "float32":
+            raise ValueError(f"dtype must be float32 or uint8, not {dtype!r}")
+        self.size = (width, height)
+        self.mode: ResizeMode = mode
+        self.pad_value = pad_value
+        self.layout: Layout = layout
+        self.dtype: TensorDType = dtype
+        self.channel_order: ChannelOrder = channel_order
+        self.input_order: ChannelOrder = input_order
+        self.interpolation = interpolation
+        self._alpha, self._beta = self._normalisation(scale, mean, std)
+        self._capacity = 0
+        self._canvas: Image = np.empty((0, height, width, 3), dtype=np.uint8)
+        self._out: npt.NDArray[np.float32] | npt.NDArray[np.uint8] = self._canvas
+        self._slot_params: list[LetterboxParams | None] = []
+        self._canvas_is_output = False
+        self._allocate(batch_size)
+
+    # --- public -------------------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __call__(self, frames: Sequence[DecodedFrame | Image]) -> Batch:
+        """Resize/letterbox, reorder, lay out and normalise ``frames`` into the buffer."""
+        count = len(frames)
+        if count == 0:
+            raise ValueError("no frames to batch")
+        if count > self._capacity:
+            log.debug("growing batch buffers from %d to %d frames", self._capacity, count)
+            self._allocate(count)
+        params = tuple(self._put(i, frame) for i, frame in enumerate(frames))
+        canvas = self._canvas[:count]
+        out = self._out if count == self._capacity else self._out[:count]
+        if not self._canvas_is_output:
+            source = canvas.transpose(0, 3, 1, 2) if self.layout == "NCHW" else canvas
+            if self.dtype == "uint8":
+                np.copyto(out, source)
+            else:
+                np.multiply(source, self._alpha, out=out)
+                if self._beta is not None:
+                    np.subtract(out, self._beta, out=out)
+        return Batch(out, params)
+
+    # --- internals ----------------------------------------------------------------------
+    def _normalisation(
+        self, scale: float | None, mean: Sequence[float] | None, std: Sequence[float] | None
+    ) -> tuple[npt.NDArray[np.float32] | np.float32, npt.NDArray[np.float32] | None]:
+        # x * scale, then (x - mean) / std  ==  x * (scale / std) - mean / std: two passes.
+        factor = np.float32(1 / 255 if scale is None else scale)
+        if mean is None and std is None:
+            return factor, None
+        mean_v = np.zeros(3, dtype=np.float32) if mean is None else np.asarray(mean, np.float32)
+        std_v = np.ones(3, dtype=np.float32) if std is None else np.asarray(std, np.float32)
+        if mean_v.shape != (3,) or std_v.shape != (3,):
+            raise ValueError("mean and std need one value per channel (3)")
+        if np.any(std_v == 0):
+            raise ValueError("std must not be 0")
+        shape = (3, 1, 1) if self.layout == "NCHW" else (3,)
+        alpha = (factor / std_v).astype(np.float32).reshape(shape)
+        beta = (mean_v / std_v).astype(np.float32).reshape(shape)
+        return alpha, beta
+
+    def _allocate(self, capacity: int) -> None:
+        width, height = self.size
+        self._capacity = capacity
+        self._canvas = np.empty((capacity, height, width, 3), dtype=np.uint8)
+        self._slot_params = [None] * capacity
+        self._canvas_is_output = self.dtype == "uint8" and self.layout == "NHWC"
+        if self._canvas_is_output:
+            self._out = self._canvas  # the canvas is the tensor: no second pass at all
+            return
+        shape = (capacity, 3, height, width) if self.layout == "NCHW" else self._canvas.shape
+        self._out = np.empty(shape, dtype=np.uint8 if self.dtype == "uint8" else np.float32)
+
+    def _put(self, index: int, frame: DecodedFrame | Image) -> LetterboxParams:
+        if isinstance(frame, DecodedFrame):
+            image = frame.image
+            order: ChannelOrder = "RGB" if frame.format == "rgb24" else "BGR"
+        else:
+            image = np.asarray(frame)
+            order = self.input_order
+        if image.dtype != np.uint8:
+            raise ValueError(f"frame {index}: expected uint8 pixels, got {image.dtype}")
+        image = _to_three_channels(image)  # gray becomes B=G=R, so its order is moot
+        params = LetterboxParams.fit(image.shape[1], image.shape[0], self.size, self.mode)
+        slot = self._canvas[index]
+        # Padding only needs writing when this slot's layout changed since its last use.
+        fill = None if self._slot_params[index] == params else self.pad_value
+        _place(image, slot, params, fill=fill, interpolation=self.interpolation)
+        self._slot_params[index] = params
+        if order != self.channel_order:
+            # Swap in place on the resized region only (the grey padding is symmetric).
+            x, y = params.pad_x, params.pad_y
+            region = slot[y : y + params.resized_height, x : x + params.resized_width]
+            cv2.cvtColor(region, cv2.COLOR_BGR2RGB, dst=region)
+        return params

@@ -1,0 +1,149 @@
+"""FrameBatcher: letterbox/resize into reused buffers, and boxes mapped back exactly."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kvs_toolkit.consumer import (
+    FragmentDecoder,
+    FrameBatcher,
+    LetterboxParams,
+    letterbox,
+    letterbox_boxes,
+    unletterbox_boxes,
+)
+from kvs_toolkit.mkv import Fragment
+
+from .media import read_fragments
+
+RED_BGR = (0, 0, 255)
+
+
+def frame_with_rectangle(width: int, height: int, box: tuple[int, int, int, int]) -> np.ndarray:
+    image = np.full((height, width, 3), 30, dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    image[y1:y2, x1:x2] = RED_BGR
+    return image
+
+
+def found_box(channel: np.ndarray) -> tuple[int, int, int, int]:
+    """x1, y1, x2, y2 (exclusive) of the pixels brighter than half in one channel."""
+    ys, xs = np.nonzero(channel > 127)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def test_letterboxed_rectangle_maps_back_to_its_original_pixels() -> None:
+    box = (100, 200, 300, 400)
+    image = frame_with_rectangle(1280, 720, box)
+    batcher = FrameBatcher(640, layout="NHWC", dtype="uint8", channel_order="BGR")
+    batch = batcher([image])
+    params = batch.params[0]
+    assert (params.scale, params.pad_x, params.pad_y) == (0.5, 0, 140)
+    assert (params.resized_width, params.resized_height) == (640, 360)
+    canvas = batch.tensor[0]
+    assert (canvas[:140] == 114).all() and (canvas[500:] == 114).all()  # YOLO's grey pads
+    seen = found_box(canvas[..., 2])
+    assert seen == (50, 240, 150, 340)
+    assert unletterbox_boxes(np.array([seen]), params).tolist() == [list(map(float, box))]
+
+
+def test_odd_sizes_round_trip_through_both_mappings() -> None:
+    params = LetterboxParams.fit(674, 1280, (416, 416))
+    assert params.resized_height == 416 and params.pad_x == (416 - params.resized_width) // 2
+    boxes = np.array([[10.0, 20.0, 600.0, 1200.0, 0.9, 3.0]])
+    back = unletterbox_boxes(letterbox_boxes(boxes, params), params)
+    np.testing.assert_allclose(back, boxes, rtol=0, atol=1e-9)
+    assert back[0, 4:].tolist() == [0.9, 3.0]  # score and class untouched
+    clipped = unletterbox_boxes(np.array([[-50, -50, 5000, 5000]]), params)
+    assert clipped.tolist() == [[0.0, 0.0, 674.0, 1280.0]]
+
+
+@given(
+    width=st.integers(16, 2000),
+    height=st.integers(16, 2000),
+    target=st.sampled_from([(320, 320), (640, 640), (640, 384), (300, 500)]),
+    fractions=st.lists(st.floats(0, 1), min_size=4, max_size=4),
+)
+def test_box_mappings_are_inverse(
+    width: int, height: int, target: tuple[int, int], fractions: list[float]
+) -> None:
+    params = LetterboxParams.fit(width, height, target)
+    assert params.pad_x >= 0 and params.pad_y >= 0
+    assert params.pad_x + params.resized_width <= target[0]
+    assert params.pad_y + params.resized_height <= target[1]
+    box = np.array([[fractions[0] * width, fractions[1] * height,
+                     fractions[2] * width, fractions[3] * height]])  # fmt: skip
+    np.testing.assert_allclose(unletterbox_boxes(letterbox_boxes(box, params), params), box,
+                               atol=1e-6)  # fmt: skip
+
+
+def test_buffers_are_reused_across_calls() -> None:
+    batcher = FrameBatcher(320, batch_size=2)
+    one = [frame_with_rectangle(640, 480, (0, 0, 10, 10))] * 2
+    first = batcher(one).tensor
+    second = batcher([frame_with_rectangle(1280, 720, (5, 5, 50, 50))] * 2).tensor
+    assert second is first  # the very same ndarray object
+    assert first.shape == (2, 3, 320, 320) and first.dtype == np.float32
+    partial = batcher(one[:1]).tensor
+    assert partial.base is first or np.shares_memory(partial, first)
+    assert partial.shape == (1, 3, 320, 320)
+    # Growing happens once; then the bigger buffer is reused.
+    grown = batcher(one * 2).tensor
+    assert grown.shape[0] == 4 and batcher.capacity == 4
+    assert batcher(one * 2).tensor is grown
+
+
+def test_layouts_orders_and_normalisation() -> None:
+    image = frame_with_rectangle(64, 48, (0, 0, 64, 48))  # all red (BGR 0, 0, 255)
+    rgb_nchw = FrameBatcher((64, 48))([image]).tensor
+    assert rgb_nchw.shape == (1, 3, 48, 64)
+    np.testing.assert_allclose(rgb_nchw[0, :, 10, 10], [1.0, 0.0, 0.0])  # R first, /255
+    bgr_nhwc = FrameBatcher((64, 48), layout="NHWC", channel_order="BGR")([image]).tensor
+    np.testing.assert_allclose(bgr_nhwc[0, 10, 10], [0.0, 0.0, 1.0])
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    imagenet = FrameBatcher((64, 48), mean=mean, std=std)([image]).tensor
+    expected = (np.array([1.0, 0.0, 0.0]) - mean) / std
+    np.testing.assert_allclose(imagenet[0, :, 5, 5], expected, rtol=1e-5)
+    as_uint8 = FrameBatcher((64, 48), dtype="uint8")([image]).tensor
+    assert as_uint8.dtype == np.uint8 and as_uint8[0, :, 3, 3].tolist() == [255, 0, 0]
+    with pytest.raises(ValueError, match="uint8 tensors take no"):
+        FrameBatcher(64, dtype="uint8", mean=mean)
+
+
+def test_stretch_resize_has_no_padding() -> None:
+    image = frame_with_rectangle(200, 100, (50, 25, 150, 75))
+    batch = FrameBatcher(100, mode="resize", layout="NHWC", dtype="uint8",
+                         channel_order="BGR")([image])  # fmt: skip
+    params = batch.params[0]
+    assert (params.pad_x, params.pad_y, params.scale_x, params.scale_y) == (0, 0, 0.5, 1.0)
+    seen = found_box(batch.tensor[0][..., 2])
+    assert unletterbox_boxes(np.array([seen]), params).tolist() == [[50.0, 25.0, 150.0, 75.0]]
+
+
+def test_letterbox_matches_a_direct_opencv_resize() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (360, 640, 3), dtype=np.uint8)
+    out, params = letterbox(image, 320)
+    expected = cv2.resize(image, (320, 180), interpolation=cv2.INTER_LINEAR)
+    assert np.array_equal(out[params.pad_y : params.pad_y + 180], expected)
+    assert (out[: params.pad_y] == 114).all()
+
+
+def test_decoded_frames_of_a_capture_batch_up(get_media: bytes) -> None:
+    fragments: list[Fragment] = read_fragments(get_media)[:1]
+    bgr = FragmentDecoder(fps=2).decode(fragments[0])
+    gray = FragmentDecoder(format="gray", keyframes_only=True).decode(fragments[0])
+    rgb = FragmentDecoder(format="rgb24", keyframes_only=True).decode(fragments[0])
+    batcher = FrameBatcher(640, batch_size=len(bgr))
+    batch = batcher(bgr)
+    assert batch.tensor.shape == (4, 3, 640, 640) and len(batch) == 4
+    assert all(p.pad_y == 140 and p.scale == 1.0 for p in batch.params)
+    # The first BGR frame and the RGB key frame are the same picture: same tensor.
+    from_rgb = FrameBatcher(640)(rgb).tensor
+    np.testing.assert_array_equal(from_rgb[0], batch.tensor[0])
+    from_gray = FrameBatcher(640)(gray).tensor
+    assert np.array_equal(from_gray[0, 0], from_gray[0, 2])  # grey: R = G = B
