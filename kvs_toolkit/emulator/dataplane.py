@@ -230,6 +230,7 @@ class _Upload:
                     self.sender.queue.put_nowait(Ack(AckEventType.IDLE))
                     continue
                 if not chunk:
+                    log.debug("PutMedia %s: end of body", self.stream.name)
                     self._handle(self.session.close())
                     break
                 last_data = time.monotonic()

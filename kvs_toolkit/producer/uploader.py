@@ -12,7 +12,6 @@ rotated before the service's ~45 minute limit (ErrorId 4003).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -161,8 +160,7 @@ class Uploader:
         finally:
             if self._task is not None:
                 self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await asyncio.gather(self._task, return_exceptions=True)
         if self._fatal is not None:
             raise self._fatal
         return self.stats
@@ -214,13 +212,13 @@ class Uploader:
             )
             for task in pending:
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # gather, not suppress(CancelledError): a cancellation of this task itself
+            # (close() stopping the uploader) must propagate, not be swallowed here.
+            await asyncio.gather(*pending, return_exceptions=True)
             self.stats.bytes_sent += session.bytes_sent
-            for task in done:
-                exc = task.exception()
-                if exc is not None:
-                    raise exc
+            errors = [exc for task in done if (exc := task.exception()) is not None]
+            if errors:
+                raise errors[0]
 
     async def _write(self, session: PutMediaSession) -> None:
         opened = time.monotonic()
