@@ -6,6 +6,7 @@ The MKV/EBML core lives in :mod:`kvs_toolkit.mkv`, H.264/H.265 helpers in
 
 from kvs_toolkit.errors import (
     BitstreamError,
+    DecodeError,
     EmulatorError,
     FragmentMetadataError,
     GetMediaError,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BitstreamError",
+    "DecodeError",
     "EmulatorError",
     "FragmentMetadataError",
     "GetMediaError",

@@ -53,6 +53,12 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_produce(args: argparse.Namespace) -> int:
+    from kvs_toolkit.producer.run import cmd_produce
+
+    return cmd_produce(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from kvs_toolkit.demo import run_demo
 
@@ -84,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="check SigV4 signatures against these credentials (repeatable)",
     )
     emulator.set_defaults(handler=_cmd_emulator)
+
+    from kvs_toolkit.producer.run import add_produce_arguments
+
+    produce = sub.add_parser(
+        "produce", help="upload a video file, URL, camera:N or - (Annex-B stdin) to a stream"
+    )
+    add_produce_arguments(produce)
+    produce.set_defaults(handler=_cmd_produce)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's results")

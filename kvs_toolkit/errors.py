@@ -12,6 +12,9 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
     ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
+    ├── DecodeError               a track cannot be decoded (codec or CodecPrivate)
+    ├── SourceError               a producer's frame source cannot be opened or read
+    ├── EncodeError               the producer's video encoder failed
     └── EmulatorError             the local emulator could not start or serve
 """
 
@@ -19,12 +22,15 @@ from __future__ import annotations
 
 __all__ = [
     "BitstreamError",
+    "DecodeError",
     "EmulatorError",
+    "EncodeError",
     "FragmentMetadataError",
     "GetMediaError",
     "KvsError",
     "MkvError",
     "PutMediaError",
+    "SourceError",
 ]
 
 
@@ -76,6 +82,21 @@ class GetMediaError(KvsError):
     def __init__(self, message: str, *, error_id: int | None = None) -> None:
         self.error_id = error_id
         super().__init__(message)
+
+
+class DecodeError(KvsError):
+    """A track cannot be decoded: unsupported codec or unusable CodecPrivate.
+
+    Corrupt *frames* never raise; they are logged, counted and skipped.
+    """
+
+
+class SourceError(KvsError):
+    """A frame source could not be opened or read (missing file, no video, bad device)."""
+
+
+class EncodeError(KvsError):
+    """The video encoder could not be opened or failed on a frame."""
 
 
 class EmulatorError(KvsError):

@@ -72,7 +72,7 @@ from kvs_toolkit.consumer.frames import (
     Samples,
     frame_to_ndarray,
 )
-from kvs_toolkit.errors import BitstreamError, KvsError
+from kvs_toolkit.errors import BitstreamError, DecodeError
 from kvs_toolkit.mkv.model import TRACK_TYPE_AUDIO, TRACK_TYPE_VIDEO, Fragment, Frame, TrackInfo
 
 __all__ = [
@@ -102,13 +102,6 @@ _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 # only every so often (the rest go to DEBUG; the stats count them all).
 _WARN_FIRST: Final = 20
 _WARN_EVERY: Final = 1000
-
-
-class DecodeError(KvsError):
-    """A track cannot be decoded: unsupported codec or unusable CodecPrivate.
-
-    Corrupt *frames* never raise; they are logged, counted and skipped.
-    """
 
 
 # --- codecs ------------------------------------------------------------------------------

@@ -59,10 +59,10 @@ IDLE_ACK_INTERVAL_S: Final = 3.0
 IDLE_TIMEOUT_S: Final = 30.0
 # The service ends a PutMedia connection after about 45 minutes (ErrorId 4003).
 MAX_CONNECTION_S: Final = 45 * 60
-# How long GetMedia waits for a new fragment before checking that the stream still
-# exists and the client is still there (its connection slot is freed when it leaves).
-_LIVE_POLL_S: Final = 0.1
-_STREAM_CHECK_S: Final = 2.0
+# How long a caught-up GetMedia waits for a new fragment before checking that the
+# stream still exists. (A client that leaves cancels its handler at once: the server
+# runs with handler_cancellation, so no polling is needed for that.)
+_LIVE_POLL_S: Final = 2.0
 _READ_CHUNK: Final = 256 * 1024
 
 
@@ -362,35 +362,29 @@ async def get_media(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
         await response.prepare(request)
         try:
-            await _follow(ctx, request, stream.name, after, response)
+            await _follow(ctx, stream.name, after, response)
         except (ConnectionResetError, RuntimeError) as exc:
             log.debug("GetMedia %s: client went away (%r)", stream.name, exc)
         return response
 
 
 async def _follow(
-    ctx: EmulatorContext,
-    request: web.Request,
-    stream_name: str,
-    after: str | None,
-    response: web.StreamResponse,
+    ctx: EmulatorContext, stream_name: str, after: str | None, response: web.StreamResponse
 ) -> None:
     store = ctx.store
-    checked = time.monotonic()
     while True:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            return  # the client went away
         records = await store.fragments_after(stream_name, after, 50)
         for record in records:
             payload = await store.read_payload(record)
             await response.write(_render(record, payload, now_ms=int(time.time() * 1000)))
             after = record.fragment_number
-        if records:
-            continue
-        newest = await ctx.events.wait_for_fragment(stream_name, after=after, timeout=_LIVE_POLL_S)
-        if newest is None and time.monotonic() - checked > _STREAM_CHECK_S:
-            checked = time.monotonic()
+        if len(records) == 50:
+            continue  # more may be waiting: read on before waiting
+        # Caught up: the store is asked again only once a newer fragment exists.
+        while (
+            await ctx.events.wait_for_fragment(stream_name, after=after, timeout=_LIVE_POLL_S)
+            is None
+        ):
             try:
                 await store.get_stream(stream_name)
             except ResourceNotFoundError:

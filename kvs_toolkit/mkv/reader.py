@@ -353,7 +353,9 @@ class MkvReader:
                     return
                 self._need = 0
                 data_start = pos + header_len
-                payload = bytes(buf[data_start : data_start + size])
+                # One copy out of the receive buffer (a bytearray slice would copy twice).
+                with memoryview(buf) as view:
+                    payload = view[data_start : data_start + size].tobytes()
                 self._pos = pos + total
                 self._handle(events, element_id, payload, here, here + header_len)
                 continue

@@ -205,18 +205,21 @@ class Uploader:
         )
         async with session:
             self.stats.connections += 1
-            reader = asyncio.create_task(self._read_acks(session))
-            writer = asyncio.create_task(self._write(session))
-            done, pending = await asyncio.wait(
-                {reader, writer}, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in pending:
-                task.cancel()
-            # gather, not suppress(CancelledError): a cancellation of this task itself
-            # (close() stopping the uploader) must propagate, not be swallowed here.
-            await asyncio.gather(*pending, return_exceptions=True)
-            self.stats.bytes_sent += session.bytes_sent
-            errors = [exc for task in done if (exc := task.exception()) is not None]
+            tasks = {
+                asyncio.create_task(self._read_acks(session)),
+                asyncio.create_task(self._write(session)),
+            }
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # Both tasks end with the connection, also when this task is cancelled
+                # (close()); gather, not suppress(CancelledError), so that cancellation
+                # propagates instead of being swallowed here.
+                for task in tasks:
+                    task.cancel()
+                results = await asyncio.gather(*tasks, return_exceptions=True)
+                self.stats.bytes_sent += session.bytes_sent
+            errors = [r for r in results if isinstance(r, Exception)]  # not CancelledError
             if errors:
                 raise errors[0]
 

@@ -1,0 +1,626 @@
+"""Run a producer: a frame source into a stream, with progress; and ``kvs produce``.
+
+:func:`produce` reads a :class:`~kvs_toolkit.producer.sources.FrameSource` in a thread
+of its own (sources block on files, pipes and cameras, and pace in real time), hands
+the frames to the event loop through a bounded queue, and feeds them to the
+:class:`~kvs_toolkit.producer.uploader.Uploader`. It finds the stream's PutMedia
+endpoint with GetDataEndpoint (creating the stream first if asked), applies persistent
+fragment metadata, and reports progress through a callback and ``logging``.
+
+:class:`ProducerThread` runs :func:`produce` in a background thread for synchronous
+code (e.g. a :class:`~kvs_toolkit.producer.sources.NumpySource` fed by ``put_frame``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, TextIO
+
+import boto3
+import botocore.exceptions
+from botocore.credentials import Credentials
+
+from kvs_toolkit.acks import Ack
+from kvs_toolkit.errors import KvsError, PutMediaError
+from kvs_toolkit.mkv import TrackInfo
+from kvs_toolkit.producer.encoder import ENCODERS
+from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
+from kvs_toolkit.producer.sources import FrameSource, SourceError, SourceOptions, open_source
+from kvs_toolkit.producer.uploader import AckLevel, Uploader, UploadStats
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesisvideo import KinesisVideoClient
+
+__all__ = [
+    "ProducerThread",
+    "Progress",
+    "add_produce_arguments",
+    "cmd_produce",
+    "parse_tags",
+    "produce",
+    "resolve_data_endpoint",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION: Final = "us-east-1"
+DEFAULT_RETENTION_HOURS: Final = 24
+# Frames waiting between the source thread and the uploader: a few seconds of video.
+_QUEUE_FRAMES: Final = 128
+_STREAM_ACTIVE_TIMEOUT_S: Final = 60.0
+_CUT_TOLERANCE_MS: Final = 100
+_MEDIA_TYPES: Final = {"V_MPEG4/ISO/AVC": "video/h264", "V_MPEGH/ISO/HEVC": "video/h265"}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A snapshot of an upload, for a progress display."""
+
+    elapsed_s: float
+    frames: int  # all frames sent (video and audio)
+    video_frames: int
+    frames_per_s: float  # video frames
+    payload_bytes: int
+    megabytes_per_s: float
+    fragments: int
+    acked: int
+    ack_latency_ms: float | None  # mean of the latest acknowledgements
+    dropped_fragments: int
+    errors: int
+    done: bool = False
+
+    def line(self) -> str:
+        """One human-readable status line."""
+        latency = "-" if self.ack_latency_ms is None else f"{self.ack_latency_ms:.0f} ms"
+        text = (
+            f"{self.elapsed_s:6.1f} s  {self.video_frames} frames ({self.frames_per_s:.1f}/s)  "
+            f"{self.megabytes_per_s:.2f} MB/s  fragments {self.acked}/{self.fragments} acked  "
+            f"ack latency {latency}"
+        )
+        if self.dropped_fragments or self.errors:
+            text += f"  dropped {self.dropped_fragments}  errors {self.errors}"
+        return text
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------------------------
+# Control plane
+
+
+def _client(
+    endpoint_url: str | None, region: str, credentials: Credentials | None
+) -> KinesisVideoClient:
+    keys: dict[str, Any] = {}
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        keys = {
+            "aws_access_key_id": frozen.access_key,
+            "aws_secret_access_key": frozen.secret_key,
+            "aws_session_token": frozen.token,
+        }
+    return boto3.session.Session(region_name=region, **keys).client(
+        "kinesisvideo", endpoint_url=endpoint_url
+    )
+
+
+def resolve_data_endpoint(
+    stream_name: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str = DEFAULT_REGION,
+    credentials: Credentials | None = None,
+    create_stream: bool = False,
+    retention_hours: int = DEFAULT_RETENTION_HOURS,
+    media_type: str = "video/h264",
+) -> tuple[str, int]:
+    """(PUT_MEDIA data endpoint, the stream's retention in hours); blocking (boto3).
+
+    ``endpoint_url`` is the control plane's (the emulator's, or None for AWS). With
+    ``create_stream`` a missing stream is created and waited for until ACTIVE.
+    """
+    client = _client(endpoint_url, region, credentials)
+    try:
+        try:
+            info = client.describe_stream(StreamName=stream_name)["StreamInfo"]
+        except client.exceptions.ResourceNotFoundException:
+            if not create_stream:
+                raise PutMediaError(
+                    f"stream {stream_name!r} does not exist (use --create-stream)",
+                    status=404,
+                    error_code="ResourceNotFoundException",
+                ) from None
+            log.info("creating stream %s (retention %d h)", stream_name, retention_hours)
+            client.create_stream(
+                StreamName=stream_name,
+                DataRetentionInHours=retention_hours,
+                MediaType=media_type,
+            )
+            info = _wait_active(client, stream_name)
+        endpoint = client.get_data_endpoint(StreamName=stream_name, APIName="PUT_MEDIA")
+    except botocore.exceptions.ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise PutMediaError(
+            f"control plane call for {stream_name!r} failed: {error.get('Code')}: "
+            f"{error.get('Message')}",
+            status=exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"),
+            error_code=error.get("Code"),
+        ) from exc
+    except botocore.exceptions.BotoCoreError as exc:
+        raise PutMediaError(f"control plane call for {stream_name!r} failed: {exc}") from exc
+    return endpoint["DataEndpoint"], int(info.get("DataRetentionInHours", 0))
+
+
+def _wait_active(client: KinesisVideoClient, stream_name: str) -> Any:
+    deadline = time.monotonic() + _STREAM_ACTIVE_TIMEOUT_S
+    while True:
+        info = client.describe_stream(StreamName=stream_name)["StreamInfo"]
+        if info.get("Status") == "ACTIVE":
+            return info
+        if time.monotonic() > deadline:
+            raise PutMediaError(f"stream {stream_name!r} is still {info.get('Status')}")
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------------------
+# The source thread
+
+
+class _SourceThread(threading.Thread):
+    """Iterates a source and hands its tracks, frames and end (or error) to the loop."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        loop: asyncio.AbstractEventLoop,
+        items: asyncio.Queue[object],
+    ) -> None:
+        super().__init__(name=f"source {source.description}", daemon=True)
+        self.source = source
+        self.loop = loop
+        self.items = items
+        self.stop = threading.Event()
+
+    def _put(self, item: object) -> bool:
+        try:
+            future = asyncio.run_coroutine_threadsafe(self.items.put(item), self.loop)
+        except RuntimeError:  # the loop is closed
+            return False
+        while True:
+            try:
+                future.result(timeout=0.2)
+                return True
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    future.cancel()
+                    return False
+
+    def run(self) -> None:
+        try:
+            if not self._put(self.source.tracks):
+                return
+            for frame in self.source:
+                if self.stop.is_set() or not self._put(frame):
+                    return
+            self._put(_SourceEnd())
+        except BaseException as exc:  # handed to the loop, raised there
+            self._put(_SourceEnd(exc))
+        finally:
+            self.source.close()
+
+
+@dataclass(frozen=True)
+class _SourceEnd:
+    error: BaseException | None = None
+
+
+class _ProgressMeter:
+    def __init__(self, uploader: Uploader) -> None:
+        self.uploader = uploader
+        self.started = time.monotonic()
+        self.payload_bytes = 0
+        self.video_frames = 0
+
+    def snapshot(self, *, done: bool = False) -> Progress:
+        stats = self.uploader.stats
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        latencies = list(stats.ack_latency_ms)[-20:]
+        return Progress(
+            elapsed_s=elapsed,
+            frames=stats.frames,
+            video_frames=self.video_frames,
+            frames_per_s=self.video_frames / elapsed,
+            payload_bytes=self.payload_bytes,
+            megabytes_per_s=self.payload_bytes / elapsed / 1e6,
+            fragments=stats.fragments,
+            acked=stats.acked,
+            ack_latency_ms=sum(latencies) / len(latencies) if latencies else None,
+            dropped_fragments=stats.dropped_fragments,
+            errors=sum(stats.errors.values()),
+            done=done,
+        )
+
+
+def _cut_after(fragment_duration_ms: int) -> int:
+    """The Fragmenter's threshold for a fragment of about ``fragment_duration_ms``.
+
+    Key frames come every fragment duration, stamped by a clock with jitter: one that
+    arrives a few ms early must still end the fragment, not double it.
+    """
+    return fragment_duration_ms - min(_CUT_TOLERANCE_MS, fragment_duration_ms // 4)
+
+
+def _media_type(tracks: list[TrackInfo]) -> str:
+    return next(
+        (_MEDIA_TYPES[t.codec_id] for t in tracks if t.codec_id in _MEDIA_TYPES), "video/h264"
+    )
+
+
+async def produce(
+    source: FrameSource,
+    endpoint: str | None,
+    stream_name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    credentials: Credentials | None = None,
+    region: str = DEFAULT_REGION,
+    fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS,
+    create_stream: bool = False,
+    retention_hours: int = DEFAULT_RETENTION_HOURS,
+    progress: ProgressCallback | None = None,
+    progress_interval_s: float = 1.0,
+    data_endpoint: str | None = None,
+    ack_level: AckLevel | None = None,
+    stop: asyncio.Event | None = None,
+    close_timeout_s: float = 30.0,
+) -> UploadStats:
+    """Upload everything ``source`` yields to ``stream_name``; returns the upload's stats.
+
+    ``endpoint`` is the control-plane endpoint URL (the emulator's; None for AWS in
+    ``region``): the PutMedia endpoint is found with GetDataEndpoint, unless
+    ``data_endpoint`` gives it directly. ``tags`` become persistent fragment metadata.
+    Fragments are released on PERSISTED acks, or RECEIVED for a stream with no
+    retention (which gets no PERSISTED), unless ``ack_level`` says otherwise. Setting
+    ``stop`` ends the upload gracefully: the source stops, the last fragment is flushed
+    and acknowledged. ``progress`` is called about every ``progress_interval_s`` and once
+    at the end.
+    """
+    loop = asyncio.get_running_loop()
+    items: asyncio.Queue[object] = asyncio.Queue(_QUEUE_FRAMES)
+    thread = _SourceThread(source, loop, items)
+    thread.start()
+    uploader: Uploader | None = None
+    watcher: asyncio.Task[None] | None = None
+    ticker: asyncio.Task[None] | None = None
+    stop = stop or asyncio.Event()
+    try:
+        first = await _next_item(items, stop)
+        if not isinstance(first, list):
+            _raise_if_error(first)
+            raise SourceError(f"{source.description}: stopped before the tracks were known")
+        tracks: list[TrackInfo] = first
+        retention = retention_hours
+        if data_endpoint is None:
+            resolved, retention = await asyncio.to_thread(
+                resolve_data_endpoint,
+                stream_name,
+                endpoint_url=endpoint,
+                region=region,
+                credentials=credentials,
+                create_stream=create_stream,
+                retention_hours=retention_hours,
+                media_type=_media_type(tracks),
+            )
+            data_endpoint = resolved
+        level: AckLevel = ack_level or ("PERSISTED" if retention > 0 else "RECEIVED")
+        log.info("PutMedia to %s (stream %s, acks %s)", data_endpoint, stream_name, level)
+        uploader = Uploader(
+            data_endpoint,
+            stream_name,
+            tracks,
+            credentials=credentials,
+            region=region,
+            fragment_duration_ms=_cut_after(fragment_duration_ms),
+            ack_level=level,
+            on_ack=_log_ack,
+        )
+        for name, value in (tags or {}).items():
+            uploader.put_fragment_metadata(name, value, persistent=True)
+        meter = _ProgressMeter(uploader)
+        await uploader.start()
+        watcher = asyncio.create_task(_wake_on_stop(items, stop))
+        ticker = asyncio.create_task(_tick(meter, progress, progress_interval_s))
+        while not stop.is_set():
+            item = await items.get()
+            if isinstance(item, EncodedFrame):
+                uploader.put_frame(item)
+                meter.payload_bytes += len(item.data)
+                if item.track_number == tracks[0].number:
+                    meter.video_frames += 1
+            elif isinstance(item, _SourceEnd):
+                _raise_if_error(item)
+                break
+        stats = await uploader.close(close_timeout_s)
+        uploader = None
+        final = meter.snapshot(done=True)
+        log.info("upload finished: %s", final.line())
+        if progress is not None:
+            progress(final)
+        return stats
+    finally:
+        thread.stop.set()
+        for task in (watcher, ticker):
+            if task is not None:
+                task.cancel()
+        while not items.empty():  # unblock a source thread waiting on a full queue
+            items.get_nowait()
+        if uploader is not None:
+            # Leaving on an error: still send what was read (the error is raised anyway).
+            with contextlib.suppress(KvsError):
+                await uploader.close(close_timeout_s)
+        await asyncio.to_thread(thread.join, 2.0)
+
+
+def _raise_if_error(item: object) -> None:
+    if isinstance(item, _SourceEnd) and item.error is not None:
+        raise item.error
+
+
+async def _next_item(items: asyncio.Queue[object], stop: asyncio.Event) -> object:
+    getter = asyncio.ensure_future(items.get())
+    stopper = asyncio.ensure_future(stop.wait())
+    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if getter in done:
+        return getter.result()
+    getter.cancel()
+    return None
+
+
+async def _wake_on_stop(items: asyncio.Queue[object], stop: asyncio.Event) -> None:
+    await stop.wait()
+    if items.empty():
+        items.put_nowait(_SourceEnd())  # the consumer is waiting on get(): wake it
+
+
+async def _tick(meter: _ProgressMeter, progress: ProgressCallback | None, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        snapshot = meter.snapshot()
+        log.debug("%s", snapshot.line())
+        if progress is not None:
+            progress(snapshot)
+
+
+def _log_ack(ack: Ack) -> None:
+    log.debug("ack %s %s", ack.event_type.value, ack.fragment_timecode)
+
+
+class ProducerThread(threading.Thread):
+    """:func:`produce` in a background thread with its own event loop.
+
+    For synchronous code: start it, feed the source (e.g. ``NumpySource.put_frame``),
+    end the source (``finish()``), then :meth:`result` waits and returns the stats or
+    raises the upload's error. :meth:`stop` ends the upload early but gracefully.
+    """
+
+    def __init__(self, source: FrameSource, *args: Any, **kwargs: Any) -> None:
+        super().__init__(name="kvs-producer", daemon=True)
+        self._call = (source, args, kwargs)
+        self._stats: UploadStats | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._ready = threading.Event()
+
+    def run(self) -> None:
+        source, args, kwargs = self._call
+
+        async def main() -> UploadStats:
+            self._loop = asyncio.get_running_loop()
+            self._stop_event = asyncio.Event()
+            self._ready.set()
+            return await produce(source, *args, stop=self._stop_event, **kwargs)
+
+        try:
+            self._stats = asyncio.run(main())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    def stop(self) -> None:
+        """End the upload gracefully (flush and wait for the last acks)."""
+        self._ready.wait()
+        if self._loop is not None and self._stop_event is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop_event.set)
+
+    def result(self, timeout: float | None = None) -> UploadStats:
+        """Wait for the upload to end; its stats, or its exception raised here."""
+        self.join(timeout)
+        if self.is_alive():
+            raise TimeoutError("the producer is still running")
+        if self._error is not None:
+            raise self._error
+        assert self._stats is not None
+        return self._stats
+
+
+# ---------------------------------------------------------------------------------------
+# kvs produce
+
+
+def parse_tags(pairs: list[str] | None) -> dict[str, str]:
+    """``["site=porch", "cam=1"]`` -> ``{"site": "porch", "cam": "1"}``."""
+    tags: dict[str, str] = {}
+    for pair in pairs or ():
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise argparse.ArgumentTypeError(f"--tag takes KEY=VALUE, not {pair!r}")
+        tags[name] = value
+    return tags
+
+
+def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``kvs produce``."""
+    parser.add_argument(
+        "source",
+        help="video file, URL (rtsp://, rtmp://, http://), camera:N, or - for an "
+        "H.264/H.265 Annex-B stream on stdin",
+    )
+    parser.add_argument("--stream", required=True, help="stream name")
+    parser.add_argument(
+        "--endpoint-url", help="control plane endpoint (e.g. the emulator); default: AWS"
+    )
+    parser.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's)")
+    parser.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="persistent fragment metadata (repeatable)",
+    )
+    parser.add_argument(
+        "--fragment-duration",
+        type=float,
+        default=DEFAULT_FRAGMENT_DURATION_MS / 1000,
+        metavar="SECONDS",
+        help="fragment length; also the key-frame interval when encoding (default 2.0)",
+    )
+    parser.add_argument(
+        "--no-realtime",
+        dest="realtime",
+        action="store_false",
+        help="send a file as fast as possible instead of at its frame rate",
+    )
+    parser.add_argument("--loop", action="store_true", help="replay the file forever")
+    parser.add_argument(
+        "--fps",
+        type=float,
+        help="camera frame rate; for stdin, timestamps at this rate instead of arrival time",
+    )
+    parser.add_argument(
+        "--codec",
+        choices=("h264", "h265"),
+        default="h264",
+        help="codec of the stdin stream, and of the encoder when encoding (default h264)",
+    )
+    parser.add_argument(
+        "--encoder",
+        choices=("auto", *ENCODERS),
+        default="auto",
+        help="auto: the hardware encoder when it opens, else libx264/libx265",
+    )
+    parser.add_argument("--bitrate", type=int, help="encoder bitrate in bit/s (default: CRF)")
+    parser.add_argument("--width", type=int, help="camera width")
+    parser.add_argument("--height", type=int, help="camera height")
+    parser.add_argument("--no-audio", dest="audio", action="store_false", help="drop audio")
+    parser.add_argument(
+        "--create-stream", action="store_true", help="create the stream if it does not exist"
+    )
+    parser.add_argument(
+        "--retention-hours",
+        type=int,
+        default=DEFAULT_RETENTION_HOURS,
+        help="retention of a stream created with --create-stream (default 24)",
+    )
+
+
+class _StatusLine:
+    """Progress on stderr: one line, at most once per second (rewritten on a terminal)."""
+
+    def __init__(self, out: TextIO | None = None, every_s: float = 1.0) -> None:
+        self.out = out if out is not None else sys.stderr
+        self.every_s = every_s
+        self._last = 0.0
+        self._tty = self.out.isatty()
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if not progress.done and now - self._last < self.every_s:
+            return
+        self._last = now
+        if self._tty:
+            self.out.write("\r\x1b[K" + progress.line() + ("\n" if progress.done else ""))
+        else:
+            self.out.write(progress.line() + "\n")
+        self.out.flush()
+
+
+def _region(args: argparse.Namespace, session: boto3.session.Session) -> str:
+    return (
+        args.region
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or session.region_name
+        or DEFAULT_REGION
+    )
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    """``kvs produce SOURCE --stream NAME ...``: upload until the source ends or Ctrl-C."""
+    tags = parse_tags(args.tag)
+    fragment_ms = round(args.fragment_duration * 1000)
+    if fragment_ms <= 0:
+        raise SourceError("--fragment-duration must be positive")
+    options = SourceOptions(
+        realtime=args.realtime,
+        loop=args.loop,
+        fps=args.fps,
+        codec=args.codec,
+        encoder=args.encoder,
+        bitrate=args.bitrate,
+        audio=args.audio,
+        width=args.width,
+        height=args.height,
+        fragment_duration_ms=fragment_ms,
+    )
+    session = boto3.session.Session()
+    credentials = session.get_credentials()
+    if credentials is None:
+        log.warning("no AWS credentials found: PutMedia requests go unsigned")
+    region = _region(args, session)
+    source = open_source(args.source, options)
+
+    async def main() -> UploadStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            # First Ctrl-C: finish gracefully; the handler goes, so a second one kills.
+            def on_interrupt() -> None:
+                log.warning("interrupted: flushing the last fragment")
+                stop.set()
+                loop.remove_signal_handler(signal.SIGINT)
+
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        return await produce(
+            source,
+            args.endpoint_url,
+            args.stream,
+            tags=tags,
+            credentials=credentials,
+            region=region,
+            fragment_duration_ms=fragment_ms,
+            create_stream=args.create_stream,
+            retention_hours=args.retention_hours,
+            progress=_StatusLine(),
+            stop=stop,
+        )
+
+    stats = asyncio.run(main())
+    if stats.dropped_fragments or stats.errors:
+        log.warning("%d fragments dropped, errors by id: %s", stats.dropped_fragments, stats.errors)
+        return 1
+    return 0

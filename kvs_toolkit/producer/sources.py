@@ -1,0 +1,1072 @@
+"""Frame sources for the producer: where encoded frames come from.
+
+A :class:`FrameSource` is a single-use iterator of :class:`EncodedFrame` s (AVCC/HVCC
+video on track 1, audio on track 2) with the :attr:`~FrameSource.tracks` the stream
+must declare. Iterating does blocking I/O and may sleep to pace a file in real time:
+run it in a thread (``kvs_toolkit.producer.run.produce`` does).
+
+Sources, chosen by :func:`open_source` from a registry keyed by the source string's
+scheme (``register_source`` adds more):
+
+==================  =========================================================================
+``-``               :class:`AnnexBSource` - an H.264/H.265 elementary stream on stdin (e.g.
+                    ``rpicam-vid -t 0 --inline -o - | kvs produce - ...``); no re-encoding
+``camera:0``        :class:`CameraSource` - OpenCV ``VideoCapture`` (V4L2), encoded with
+                    :class:`~kvs_toolkit.producer.encoder.Encoder`
+``rtsp://`` ...     :class:`UrlSource` - a network stream opened by FFmpeg (rtsp, rtmp, http,
+                    https, srt, udp), like a file
+anything else       :class:`FileSource` - any container FFmpeg opens
+==================  =========================================================================
+
+:class:`NumpySource` takes images from user code (``put_frame``) and encodes them.
+
+File and URL sources pass H.264 and H.265 through without decoding (Annex-B packets, as
+in MPEG-TS, are converted to AVCC; mp4/mkv packets already are) and re-encode any other
+video. An AAC (or G.711) audio track is passed through as track 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from fractions import Fraction
+from types import TracebackType
+from typing import Any, BinaryIO, Final, Literal, Protocol, TypeAlias
+
+import av
+import cv2
+import numpy as np
+import numpy.typing as npt
+from av.audio.stream import AudioStream
+from av.container import InputContainer
+from av.video.stream import VideoStream
+
+from kvs_toolkit import bitstream
+from kvs_toolkit.bitstream import AccessUnit, AccessUnitSplitter, BytesLike, Codec
+from kvs_toolkit.errors import BitstreamError, SourceError
+from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, TrackInfo
+from kvs_toolkit.producer.encoder import Encoder, video_track
+from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
+
+__all__ = [
+    "SOURCES",
+    "AnnexBSource",
+    "ArrivalClock",
+    "CameraSource",
+    "ContainerSource",
+    "FileSource",
+    "FixedRateClock",
+    "FrameClock",
+    "FrameSource",
+    "NumpySource",
+    "SourceError",
+    "SourceFactory",
+    "SourceOptions",
+    "UrlSource",
+    "adts_to_asc",
+    "open_source",
+    "register_source",
+]
+
+log = logging.getLogger(__name__)
+
+VIDEO_TRACK: Final = 1
+AUDIO_TRACK: Final = 2
+DEFAULT_CHUNK_SIZE: Final = 64 * 1024
+_DEFAULT_FPS: Final = 25.0
+# How far (in stream time) one track may run ahead of the other while the interleaver
+# waits for the other; beyond it frames go out anyway (an audio track that ended).
+_INTERLEAVE_WINDOW_MS: Final = 2000.0
+# Video frames to wait for an audio track's configuration before giving up on audio.
+_AUDIO_CONFIG_WAIT_FRAMES: Final = 300
+_EARLY_AUDIO: Final = 512
+# FFmpeg codec name -> the codec passed through without re-encoding.
+_PASS_THROUGH: Final[dict[str, Codec]] = {"h264": "h264", "hevc": "h265"}
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How a source reads and, where it must, encodes.
+
+    ``realtime`` paces a file to its presentation times (``False``: as fast as
+    possible); ``loop`` replays it with timestamps that keep increasing. ``fps`` is the
+    camera's rate, or for stdin the rate its timestamps are computed at. ``clock`` picks
+    a live source's timestamps: ``"arrival"`` (wall clock as each frame arrives),
+    ``"fps"`` (first frame's arrival + n / fps) or ``"auto"`` (fps when ``fps`` is given
+    for stdin, else arrival). ``codec``/``encoder``/``bitrate`` apply when encoding
+    (``codec`` is also the stdin stream's codec).
+    """
+
+    realtime: bool = True
+    loop: bool = False
+    fps: float | None = None
+    codec: Codec = "h264"
+    encoder: str = "auto"
+    bitrate: int | None = None
+    audio: bool = True
+    width: int | None = None
+    height: int | None = None
+    fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS
+    clock: Literal["auto", "arrival", "fps"] = "auto"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+
+    def encoder_for(self, width: int, height: int, fps: float) -> Encoder:
+        """An :class:`Encoder` with these options for frames of this size and rate."""
+        return Encoder(
+            width - width % 2,
+            height - height % 2,
+            fps,
+            codec=self.codec,
+            encoder=self.encoder,
+            fragment_duration_ms=self.fragment_duration_ms,
+            bitrate=self.bitrate,
+        )
+
+
+# ---------------------------------------------------------------------------------------
+# Clocks
+
+
+class FrameClock(Protocol):
+    def __call__(self) -> int:
+        """The timestamp (absolute ms) of the frame arriving now."""
+        ...
+
+
+class ArrivalClock:
+    """Wall-clock milliseconds at arrival, forced strictly increasing."""
+
+    def __init__(self, now: Callable[[], float] = time.time) -> None:
+        self._now = now
+        self._last = -1
+
+    def __call__(self) -> int:
+        ms = max(int(self._now() * 1000), self._last + 1)
+        self._last = ms
+        return ms
+
+
+class FixedRateClock:
+    """The first frame's arrival plus ``n / fps``: even spacing whatever the jitter."""
+
+    def __init__(self, fps: float, now: Callable[[], float] = time.time) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be positive, not {fps}")
+        self.fps = fps
+        self._now = now
+        self._first: int | None = None
+        self._count = 0
+
+    def __call__(self) -> int:
+        if self._first is None:
+            self._first = int(self._now() * 1000)
+        ms = self._first + round(self._count * 1000 / self.fps)
+        self._count += 1
+        return ms
+
+
+# ---------------------------------------------------------------------------------------
+# The interface
+
+
+class FrameSource(ABC):
+    """Encoded frames and the tracks they belong to.
+
+    Subclasses implement :meth:`_frames`, a generator that calls :meth:`_set_tracks` as
+    soon as the tracks are known (for an encoder or a pipe: after the first key frame).
+    Reading :attr:`tracks` runs the generator until then, keeping the frames it made for
+    the iteration. A source is single-use; :meth:`close` (or ``with``) releases it and
+    must be called from the thread that iterates.
+    """
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._tracks: list[TrackInfo] | None = None
+        self._pending: deque[EncodedFrame] = deque()
+        self._generator: Generator[EncodedFrame, None, None] | None = None
+        self._closed = False
+
+    @abstractmethod
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        """Yield encoded frames; call :meth:`_set_tracks` before or with the first one."""
+
+    @property
+    def tracks(self) -> list[TrackInfo]:
+        """The stream's tracks (video is track 1). May block reading the source."""
+        generator = self._running()
+        while self._tracks is None:
+            try:
+                frame = next(generator)
+            except StopIteration:
+                raise SourceError(
+                    f"{self.description}: ended before a decodable video frame"
+                ) from None
+            self._pending.append(frame)
+        return list(self._tracks)
+
+    def _set_tracks(self, tracks: Iterable[TrackInfo]) -> None:
+        self._tracks = list(tracks)
+        log.info(
+            "%s: tracks %s",
+            self.description,
+            ", ".join(
+                f"{t.number}:{t.codec_id}"
+                + (f" {t.width}x{t.height}" if t.width else "")
+                + (f" {t.sampling_frequency:g} Hz x{t.channels}" if t.sampling_frequency else "")
+                for t in self._tracks
+            ),
+        )
+
+    def _running(self) -> Generator[EncodedFrame, None, None]:
+        if self._closed:
+            raise SourceError(f"{self.description}: the source is closed")
+        if self._generator is None:
+            self._generator = self._frames()
+        return self._generator
+
+    def __iter__(self) -> Iterator[EncodedFrame]:
+        generator = self._running()
+        while self._pending:
+            yield self._pending.popleft()
+        yield from generator
+
+    def close(self) -> None:
+        """Stop reading and release the file, device or stream."""
+        self._closed = True
+        if self._generator is not None:
+            self._generator.close()
+
+    def __enter__(self) -> FrameSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------
+# The registry
+
+SourceFactory: TypeAlias = Callable[[str, SourceOptions], FrameSource]
+#: scheme (the part of the source string before ``:``; ``-`` for stdin) -> factory.
+#: ``file`` is the fallback for strings with no registered scheme.
+SOURCES: dict[str, SourceFactory] = {}
+
+
+def register_source(*schemes: str) -> Callable[[SourceFactory], SourceFactory]:
+    """Register a factory ``(source string, options) -> FrameSource`` for ``schemes``."""
+
+    def decorate(factory: SourceFactory) -> SourceFactory:
+        for scheme in schemes:
+            SOURCES[scheme] = factory
+        return factory
+
+    return decorate
+
+
+def open_source(spec: str, options: SourceOptions | None = None) -> FrameSource:
+    """The source for ``spec``: ``-``, ``camera:N``, a URL, or a file path."""
+    scheme, sep, _rest = spec.partition(":")
+    key = spec if spec == "-" else scheme.lower() if sep else "file"
+    factory = SOURCES.get(key, SOURCES["file"])
+    return factory(spec, options or SourceOptions())
+
+
+# ---------------------------------------------------------------------------------------
+# Annex-B on a pipe
+
+
+class AnnexBSource(FrameSource):
+    """An H.264/H.265 Annex-B elementary stream read from a binary stream (stdin, a pipe).
+
+    The stream is split into access units with :class:`AccessUnitSplitter`; the
+    CodecPrivate is built from the parameter sets of the first key frame that carries
+    them (access units before it are dropped: nothing could decode them). Frames are
+    passed through, converted to AVCC, never re-encoded. Timestamps come from ``clock``
+    (default: the wall clock as each access unit arrives).
+    """
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        *,
+        codec: Codec = "h264",
+        clock: FrameClock | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        description: str = "stdin",
+    ) -> None:
+        super().__init__(description)
+        self._stream = stream
+        self.codec: Codec = codec
+        self._clock: FrameClock = clock or ArrivalClock()
+        self._chunk_size = chunk_size
+        self.dropped = 0  # access units before the first usable key frame
+        self.bytes_read = 0
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        splitter = AccessUnitSplitter(self.codec)
+        # read1 returns what the pipe has instead of waiting for a full chunk.
+        read: Callable[[int], bytes] = getattr(self._stream, "read1", self._stream.read)
+        while True:
+            try:
+                chunk = read(self._chunk_size)
+            except OSError as exc:
+                raise SourceError(f"{self.description}: read failed: {exc}") from exc
+            self.bytes_read += len(chunk)
+            try:
+                units = splitter.feed(chunk) if chunk else splitter.flush()
+            except BitstreamError as exc:
+                raise BitstreamError(f"{self.description}: {exc}") from exc
+            for unit in units:
+                frame = self._frame(unit)
+                if frame is not None:
+                    yield frame
+            if not chunk:
+                break
+        if self._tracks is None:
+            raise SourceError(
+                f"{self.description}: ended after {self.bytes_read} bytes without a "
+                f"{self.codec} key frame carrying its parameter sets"
+            )
+
+    def _frame(self, unit: AccessUnit) -> EncodedFrame | None:
+        if self._tracks is None:
+            codec_private = (
+                _codec_private_from(unit.nal_units, self.codec) if unit.keyframe else None
+            )
+            if codec_private is None:
+                self.dropped += 1
+                log.debug("%s: dropped an access unit before the first key frame", self.description)
+                return None
+            self._set_tracks([video_track(self.codec, codec_private, VIDEO_TRACK)])
+        return EncodedFrame(unit.to_avcc(), self._clock(), unit.keyframe, VIDEO_TRACK)
+
+
+def _codec_private_from(nal_units: Iterable[BytesLike], codec: Codec) -> bytes | None:
+    """avcC/hvcC from these NAL units' parameter sets, or None when some are missing."""
+    nal_units = list(nal_units)
+    sets = bitstream.parameter_sets(nal_units, codec)
+    if not sets.sps or not sets.pps or (codec == "h265" and not sets.vps):
+        return None
+    return bitstream.build_codec_private(nal_units, codec)
+
+
+# ---------------------------------------------------------------------------------------
+# Files and network streams through FFmpeg
+
+
+@dataclass(slots=True)
+class _Timed:
+    """A frame with its position in decoding order (ms from the source's start)."""
+
+    frame: EncodedFrame
+    order_ms: float
+
+
+class _Interleaver:
+    """Merges video (in decoding order) and audio into one time-ordered stream.
+
+    Containers interleave loosely (an mp4 may hold a second of audio ahead of its
+    video); the Fragmenter needs every frame of a fragment at or after its key frame.
+    Audio that would land before the key frame already sent is dropped (it can only
+    happen with B-frames, by less than their reordering delay).
+    """
+
+    def __init__(self, *, has_audio: bool, window_ms: float = _INTERLEAVE_WINDOW_MS) -> None:
+        self.has_audio = has_audio
+        self.window_ms = window_ms
+        self._video: deque[_Timed] = deque()
+        self._audio: deque[_Timed] = deque()
+        self._last_keyframe_ms: int | None = None
+        self.dropped_audio = 0
+
+    def push(self, item: _Timed) -> list[_Timed]:
+        (self._video if item.frame.track_number == VIDEO_TRACK else self._audio).append(item)
+        # With no audio (or no longer any), nothing needs to wait.
+        return self._drain(final=not self.has_audio)
+
+    def flush(self) -> list[_Timed]:
+        return self._drain(final=True)
+
+    def _drain(self, *, final: bool) -> list[_Timed]:
+        out = []
+        video, audio = self._video, self._audio
+        while video or audio:
+            if video and audio:
+                source = video if video[0].order_ms <= audio[0].order_ms else audio
+            else:
+                source = video or audio
+                if not final and source[-1].order_ms - source[0].order_ms < self.window_ms:
+                    break
+            out.append(source.popleft())
+        return self._emit(out)
+
+    def _emit(self, items: list[_Timed]) -> list[_Timed]:
+        out = []
+        for item in items:
+            frame = item.frame
+            if frame.track_number == VIDEO_TRACK:
+                if frame.keyframe:
+                    self._last_keyframe_ms = frame.timestamp_ms
+            elif self._last_keyframe_ms is not None and frame.timestamp_ms < self._last_keyframe_ms:
+                self.dropped_audio += 1
+                log.debug("dropped audio at %d ms: before its key frame", frame.timestamp_ms)
+                continue
+            out.append(item)
+        return out
+
+
+class _Pacer:
+    """Sleeps until each frame's time when pacing in real time."""
+
+    def __init__(self, realtime: bool) -> None:
+        self.realtime = realtime
+        self.start = time.monotonic()
+
+    def wait(self, order_ms: float) -> None:
+        if self.realtime:
+            delay = self.start + order_ms / 1000 - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+
+
+class _VideoPassThrough:
+    """H.264/H.265 packets to AVCC payloads, without decoding."""
+
+    def __init__(self, codec: Codec, extradata: bytes | None) -> None:
+        self.codec: Codec = codec
+        self.codec_private: bytes | None = None
+        self.annexb = True
+        if extradata and extradata[0] == 1:
+            # avcC/hvcC (mp4, mkv): packets are length-prefixed already; pass both as-is.
+            self.annexb = False
+            self.codec_private = bytes(extradata)
+        elif extradata:
+            self.codec_private = _codec_private_from(bitstream.split_annexb(extradata), codec)
+
+    def payload(self, data: bytes, keyframe: bool) -> bytes | None:
+        if not self.annexb:
+            return data
+        nal_units = bitstream.split_annexb(data)
+        if self.codec_private is None:
+            if not keyframe:
+                return None
+            self.codec_private = _codec_private_from(nal_units, self.codec)
+            if self.codec_private is None:
+                return None
+        return bitstream.join_length_prefixed(nal_units)
+
+
+# --- audio pass-through -----------------------------------------------------------------
+
+
+def adts_to_asc(data: BytesLike) -> tuple[bytes, int]:
+    """(AudioSpecificConfig, header length) of an ADTS frame (ISO/IEC 14496-3 1.A.2).
+
+    MPEG-TS carries AAC as ADTS frames; Matroska wants the raw frame and the
+    AudioSpecificConfig in CodecPrivate.
+    """
+    if len(data) < 7 or data[0] != 0xFF or data[1] & 0xF6 != 0xF0:
+        raise SourceError("AAC packet is neither raw nor an ADTS frame (no ADTS sync word)")
+    if data[6] & 0x03:
+        raise SourceError("ADTS frames with several raw data blocks are not supported")
+    profile = data[2] >> 6
+    rate_index = (data[2] >> 2) & 0x0F
+    channels = ((data[2] & 0x01) << 2) | (data[3] >> 6)
+    header = 7 if data[1] & 0x01 else 9  # protection_absent: no CRC
+    config = ((profile + 1) << 11) | (rate_index << 7) | (channels << 3)
+    return config.to_bytes(2, "big"), header
+
+
+@dataclass
+class _AudioPassThrough:
+    codec_id: str
+    sample_rate: int
+    channels: int
+    codec_private: bytes | None = None
+    bit_depth: int | None = None
+    adts: bool = False  # AAC in ADTS frames (MPEG-TS): no extradata, a header per frame
+
+    def payload(self, data: bytes) -> bytes:
+        if self.adts:
+            # Strip the header; its AudioSpecificConfig is the CodecPrivate.
+            config, header = adts_to_asc(data)
+            if self.codec_private is None:
+                self.codec_private = config
+            return data[header:]
+        return data
+
+    def track(self) -> TrackInfo | None:
+        if self.codec_private is None:
+            return None
+        return TrackInfo(
+            AUDIO_TRACK,
+            self.codec_id,
+            self.codec_private,
+            track_type=TRACK_TYPE_AUDIO,
+            name="audio",
+            sampling_frequency=float(self.sample_rate),
+            channels=self.channels,
+            bit_depth=self.bit_depth,
+        )
+
+
+def _aac(stream: AudioStream) -> _AudioPassThrough:
+    ctx = stream.codec_context
+    extradata = ctx.extradata or None
+    return _AudioPassThrough(
+        "A_AAC", ctx.sample_rate, ctx.channels, extradata, adts=extradata is None
+    )
+
+
+def _g711(format_tag: int, stream: AudioStream) -> _AudioPassThrough:
+    # A_MS/ACM: CodecPrivate is a WAVEFORMATEX (wFormatTag 7 mu-law, 6 A-law, 8 bits).
+    ctx = stream.codec_context
+    rate, channels = ctx.sample_rate, ctx.channels
+    waveformatex = b"".join(
+        (
+            format_tag.to_bytes(2, "little"),
+            channels.to_bytes(2, "little"),
+            rate.to_bytes(4, "little"),
+            (rate * channels).to_bytes(4, "little"),  # nAvgBytesPerSec
+            channels.to_bytes(2, "little"),  # nBlockAlign
+            (8).to_bytes(2, "little"),  # wBitsPerSample
+            (0).to_bytes(2, "little"),  # cbSize
+        )
+    )
+    return _AudioPassThrough("A_MS/ACM", rate, channels, waveformatex, bit_depth=8)
+
+
+#: FFmpeg audio codec name -> pass-through track (the audio KVS plays back).
+_AUDIO_CODECS: Final[dict[str, Callable[[AudioStream], _AudioPassThrough]]] = {
+    "aac": _aac,
+    "pcm_mulaw": functools.partial(_g711, 7),
+    "pcm_alaw": functools.partial(_g711, 6),
+}
+
+
+def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
+    if value is None or time_base is None:
+        return None
+    return float(value * time_base)
+
+
+class ContainerSource(FrameSource):
+    """Video (and audio) from anything FFmpeg demuxes: a file or a network stream.
+
+    H.264/H.265 is passed through; other video is decoded and encoded with
+    :class:`Encoder` (then :attr:`encoder` is set). Timestamps are the wall clock at
+    the first packet plus each frame's presentation offset; with ``loop`` every pass
+    continues where the previous one ended. ``realtime`` paces frames to their times.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        options: SourceOptions | None = None,
+        *,
+        av_options: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        super().__init__(target)
+        self.target = target
+        self.options = options or SourceOptions()
+        self._av_options = dict(av_options or {})
+        self._timeout = timeout
+        self.encoder: Encoder | None = None  # set when the video is re-encoded
+        self.passes = 0
+        self.video_codec: str | None = None
+        self._video: _VideoPassThrough | None = None
+        self._audio: _AudioPassThrough | None = None
+        self._interleaver: _Interleaver | None = None
+        self._waiting_for_audio = 0
+
+    # --- opening ----------------------------------------------------------------------
+    def _open(self) -> InputContainer:
+        try:
+            return av.open(
+                self.target, "r", options=self._av_options or None, timeout=self._timeout
+            )
+        except (av.FFmpegError, OSError) as exc:
+            raise SourceError(f"cannot open {self.target}: {exc}") from exc
+
+    def _streams(self, container: InputContainer) -> tuple[VideoStream, AudioStream | None]:
+        if not container.streams.video:
+            raise SourceError(f"{self.target}: no video stream")
+        video = container.streams.video[0]
+        audio = None
+        if self.options.audio:
+            audio = next(
+                (s for s in container.streams.audio if s.codec_context.name in _AUDIO_CODECS),
+                None,
+            )
+            if audio is None and container.streams.audio:
+                names = [s.codec_context.name for s in container.streams.audio]
+                log.warning("%s: audio %s cannot be passed through: dropped", self.target, names)
+        return video, audio
+
+    def _setup(self, video: VideoStream, audio: AudioStream | None) -> None:
+        name = video.codec_context.name
+        self.video_codec = name
+        codec = _PASS_THROUGH.get(name)
+        if codec is not None:
+            self._video = _VideoPassThrough(codec, video.codec_context.extradata)
+            log.info("%s: passing %s through without re-encoding", self.target, codec)
+        else:
+            log.info("%s: re-encoding %s video as %s", self.target, name, self.options.codec)
+        if audio is not None:
+            self._audio = _AUDIO_CODECS[audio.codec_context.name](audio)
+        self._interleaver = _Interleaver(has_audio=self._audio is not None)
+
+    def _video_rate(self, video: VideoStream) -> float:
+        rate = video.average_rate or video.guessed_rate or video.base_rate
+        if rate and 0 < rate <= 1000:
+            return float(rate)
+        return self.options.fps or _DEFAULT_FPS
+
+    def _maybe_set_tracks(self, *, final: bool = False) -> None:
+        if self._tracks is not None:
+            return
+        video = self._video_track()
+        if video is None:
+            return
+        tracks = [video]
+        if self._audio is not None:
+            audio = self._audio.track()
+            if audio is None:
+                self._waiting_for_audio += 1
+                if not final and self._waiting_for_audio < _AUDIO_CONFIG_WAIT_FRAMES:
+                    return
+                log.warning("%s: no audio configuration arrived: audio dropped", self.target)
+                self._audio = None
+                assert self._interleaver is not None
+                self._interleaver.has_audio = False
+            else:
+                tracks.append(audio)
+        self._set_tracks(tracks)
+
+    def _video_track(self) -> TrackInfo | None:
+        if self._video is not None and self._video.codec_private is not None:
+            return video_track(self._video.codec, self._video.codec_private, VIDEO_TRACK)
+        if self.encoder is not None and self.encoder.codec_private is not None:
+            return self.encoder.track()
+        return None
+
+    # --- reading ----------------------------------------------------------------------
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        offset_ms = 0.0
+        start_ms: int | None = None
+        pacer = _Pacer(self.options.realtime)
+        while True:
+            container = self._open()
+            try:
+                video, audio = self._streams(container)
+                if self.passes == 0:
+                    self._setup(video, audio)
+                    start_ms = int(time.time() * 1000)
+                    pacer = _Pacer(self.options.realtime)
+                assert start_ms is not None
+                reader = _Pass(
+                    self,
+                    container,
+                    video=video,
+                    audio=audio,
+                    start_ms=start_ms,
+                    offset_ms=offset_ms,
+                )
+                for item in reader.items():
+                    pacer.wait(item.order_ms)
+                    yield item.frame
+                span_ms = reader.span_ms
+            finally:
+                container.close()
+            self.passes += 1
+            self._maybe_set_tracks(final=True)
+            if not self.options.loop:
+                break
+            if span_ms <= 0:
+                raise SourceError(f"{self.target}: nothing to replay (no video frames)")
+            offset_ms += span_ms
+            log.debug("%s: pass %d done, replaying", self.target, self.passes)
+        if self.encoder is not None:
+            yield from self.encoder.flush()
+        if self._tracks is None:
+            raise SourceError(f"{self.target}: no decodable video frame")
+
+
+class _Pass:
+    """One read of the container, start to end."""
+
+    def __init__(
+        self,
+        source: ContainerSource,
+        container: InputContainer,
+        *,
+        video: VideoStream,
+        audio: AudioStream | None,
+        start_ms: int,
+        offset_ms: float,
+    ) -> None:
+        self.source = source
+        self.container = container
+        self.video = video
+        self.audio = audio if source._audio is not None else None
+        self.start_ms = start_ms
+        self.offset_ms = offset_ms
+        self.rate = source._video_rate(video)
+        self.origin: float | None = None  # first video frame's time in this pass (s)
+        self.end_s = 0.0  # latest frame end relative to the origin
+        self.video_count = 0
+        # audio before the first video packet (kept until the origin is known; bounded,
+        # as a live stream may carry audio long before its video)
+        self._early_audio: deque[tuple[float, float, bytes]] = deque(maxlen=_EARLY_AUDIO)
+        assert source._interleaver is not None
+        self.interleaver = source._interleaver
+
+    @property
+    def span_ms(self) -> float:
+        return self.end_s * 1000
+
+    def items(self) -> Iterator[_Timed]:
+        streams = (self.video, self.audio) if self.audio is not None else (self.video,)
+        try:
+            for packet in self.container.demux(streams):
+                if packet.size == 0:
+                    continue  # the demuxer's end-of-stream marker
+                if packet.stream.index == self.video.index:
+                    produced = self._video_packet(packet)
+                else:
+                    produced = self._audio_packet(packet)
+                for item in produced:
+                    yield from self.interleaver.push(item)
+            if self.source._video is None:  # re-encoding: drain the decoder
+                for item in self._decoded(None):
+                    yield from self.interleaver.push(item)
+        except av.FFmpegError as exc:
+            raise SourceError(f"{self.source.target}: read failed: {exc}") from exc
+        yield from self.interleaver.flush()
+
+    def _relative_ms(self, seconds: float) -> float:
+        assert self.origin is not None
+        return self.offset_ms + (seconds - self.origin) * 1000
+
+    def _set_origin(self, seconds: float) -> list[_Timed]:
+        self.origin = seconds
+        early, self._early_audio = self._early_audio, deque(maxlen=_EARLY_AUDIO)
+        return [item for t, d, data in early for item in self._audio_item(t, d, data)]
+
+    # --- video ------------------------------------------------------------------------
+    def _video_packet(self, packet: av.Packet[Any]) -> list[_Timed]:
+        if self.source._video is None:
+            return self._decoded(packet)
+        index = self.video_count
+        self.video_count += 1
+        pts = _seconds(packet.pts, packet.time_base)
+        dts = _seconds(packet.dts, packet.time_base)
+        # Raw elementary streams (.h264) have no timestamps: count frames at the rate.
+        pts = pts if pts is not None else index / self.rate
+        dts = dts if dts is not None else pts
+        out = self._set_origin(pts) if self.origin is None else []
+        duration = _seconds(packet.duration, packet.time_base) or 1 / self.rate
+        self.end_s = max(self.end_s, pts - self._origin + duration)
+        payload = self.source._video.payload(bytes(packet), packet.is_keyframe)
+        if payload is None:
+            log.debug("%s: dropped a frame before the first key frame", self.source.target)
+            return out
+        self.source._maybe_set_tracks()
+        frame = EncodedFrame(
+            payload,
+            self.start_ms + round(self._relative_ms(pts)),
+            packet.is_keyframe,
+            VIDEO_TRACK,
+        )
+        # Decoding order, except that a key frame goes at its presentation time: with
+        # B-frames its dts is earlier, and audio between the two belongs before it.
+        order = pts if packet.is_keyframe else dts
+        out.append(_Timed(frame, self._relative_ms(order)))
+        return out
+
+    @property
+    def _origin(self) -> float:
+        assert self.origin is not None
+        return self.origin
+
+    def _decoded(self, packet: av.Packet[Any] | None) -> list[_Timed]:
+        try:
+            frames = self.video.decode(packet)
+        except av.InvalidDataError as exc:
+            # A corrupt packet costs its frame, not the stream (the decoder resyncs).
+            log.warning("%s: undecodable video packet skipped: %s", self.source.target, exc)
+            return []
+        out: list[_Timed] = []
+        for decoded in frames:
+            index = self.video_count
+            self.video_count += 1
+            t = _seconds(decoded.pts, decoded.time_base)
+            t = t if t is not None else index / self.rate
+            if self.origin is None:
+                out += self._set_origin(t)
+            self.end_s = max(self.end_s, t - self._origin + 1 / self.rate)
+            if self.source.encoder is None:
+                self.source.encoder = self.source.options.encoder_for(
+                    decoded.width, decoded.height, self.rate
+                )
+            timestamp = self.start_ms + round(self._relative_ms(t))
+            for frame in self.source.encoder.encode_frame(decoded, timestamp):
+                self.source._maybe_set_tracks()
+                out.append(_Timed(frame, frame.timestamp_ms - self.start_ms))
+        return out
+
+    # --- audio ------------------------------------------------------------------------
+    def _audio_packet(self, packet: av.Packet[Any]) -> list[_Timed]:
+        t = _seconds(packet.pts, packet.time_base)
+        if t is None:
+            return []
+        duration = _seconds(packet.duration, packet.time_base) or 0.0
+        if self.origin is None:
+            self._early_audio.append((t, duration, bytes(packet)))
+            return []
+        return self._audio_item(t, duration, bytes(packet))
+
+    def _audio_item(self, t: float, duration: float, data: bytes) -> list[_Timed]:
+        if t < self._origin:
+            return []  # before the first video frame: no fragment could hold it
+        audio = self.source._audio
+        if audio is None:
+            return []  # given up on (its configuration never came)
+        payload = audio.payload(data)
+        self.end_s = max(self.end_s, t - self._origin + duration)
+        relative = self._relative_ms(t)
+        frame = EncodedFrame(payload, self.start_ms + round(relative), True, AUDIO_TRACK)
+        return [_Timed(frame, relative)]
+
+
+class FileSource(ContainerSource):
+    """A local video file (any container FFmpeg opens)."""
+
+    def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise SourceError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise SourceError(f"{path}: is a directory, not a video file")
+        super().__init__(path, options)
+
+
+#: FFmpeg protocol options per URL scheme: RTSP over TCP (UDP loses packets on the
+#: open internet, and every lost packet is a broken frame).
+_URL_OPTIONS: Final[dict[str, dict[str, str]]] = {
+    "rtsp": {"rtsp_transport": "tcp"},
+    "rtsps": {"rtsp_transport": "tcp"},
+}
+_URL_TIMEOUT_S: Final = 10.0
+
+
+class UrlSource(ContainerSource):
+    """A network stream FFmpeg opens: rtsp(s)://, rtmp(s)://, http(s)://, srt://, udp://."""
+
+    def __init__(self, url: str, options: SourceOptions | None = None) -> None:
+        scheme = url.partition(":")[0].lower()
+        super().__init__(url, options, av_options=_URL_OPTIONS.get(scheme), timeout=_URL_TIMEOUT_S)
+
+
+# ---------------------------------------------------------------------------------------
+# Camera
+
+
+class _Capture(Protocol):
+    def isOpened(self) -> bool: ...  # OpenCV's name
+    def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]: ...
+    def set(self, prop: int, value: float) -> bool: ...
+    def get(self, prop: int) -> float: ...
+    def release(self) -> None: ...
+
+
+def _open_capture(device: int | str) -> _Capture:
+    if isinstance(device, int):
+        capture: _Capture = cv2.VideoCapture(device, cv2.CAP_V4L2)  # type: ignore[assignment]
+    else:
+        capture = cv2.VideoCapture(device)  # type: ignore[assignment]
+    return capture
+
+
+class CameraSource(FrameSource):
+    """Frames from an OpenCV ``VideoCapture`` (a V4L2 camera), encoded with :class:`Encoder`.
+
+    ``device`` is a camera index (``0`` for /dev/video0) or a path/URL OpenCV opens.
+    ``width``/``height``/``fps`` of the options are asked of the camera; the encoder
+    uses what the camera actually delivers. Timestamps: the wall clock at capture, or
+    ``clock="fps"`` for even spacing from the first frame.
+    """
+
+    def __init__(
+        self,
+        device: int | str,
+        options: SourceOptions | None = None,
+        *,
+        capture_factory: Callable[[int | str], _Capture] = _open_capture,
+    ) -> None:
+        super().__init__(f"camera {device}")
+        self.device = device
+        self.options = options or SourceOptions()
+        self._capture_factory = capture_factory
+        self.encoder: Encoder | None = None
+        self.captured = 0
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        capture = self._capture_factory(self.device)
+        try:
+            if not capture.isOpened():
+                raise SourceError(f"cannot open {self.description}")
+            opts = self.options
+            for prop, value in (
+                (cv2.CAP_PROP_FRAME_WIDTH, opts.width),
+                (cv2.CAP_PROP_FRAME_HEIGHT, opts.height),
+                (cv2.CAP_PROP_FPS, opts.fps),
+            ):
+                if value:
+                    capture.set(prop, float(value))
+            reported = capture.get(cv2.CAP_PROP_FPS)
+            fps = opts.fps or (reported if 0 < reported <= 240 else 30.0)
+            clock: FrameClock = FixedRateClock(fps) if opts.clock == "fps" else ArrivalClock()
+            while True:
+                ok, image = capture.read()
+                if not ok or image is None:
+                    log.info("%s: no more frames after %d", self.description, self.captured)
+                    break
+                timestamp = clock()
+                self.captured += 1
+                yield from self._encode(image, timestamp, fps)
+            if self.encoder is not None:
+                yield from self.encoder.flush()
+        finally:
+            capture.release()
+
+    def _encode(
+        self, image: npt.NDArray[np.uint8], timestamp: int, fps: float
+    ) -> list[EncodedFrame]:
+        height, width = image.shape[:2]
+        if self.encoder is None:
+            self.encoder = self.options.encoder_for(width, height, fps)
+        if (width, height) != (self.encoder.width, self.encoder.height):
+            # odd sizes: yuv420p needs even sides, drop the last row/column
+            image = np.ascontiguousarray(image[: self.encoder.height, : self.encoder.width])
+        frames = self.encoder.encode(image, timestamp)
+        if frames and self._tracks is None:
+            self._set_tracks([self.encoder.track()])
+        return frames
+
+
+# ---------------------------------------------------------------------------------------
+# Frames from user code
+
+_END: Final = None
+
+
+class NumpySource(FrameSource):
+    """Images handed in by user code, encoded with :class:`Encoder`.
+
+    Call :meth:`put_frame` from any thread with each image (and optionally its
+    timestamp in absolute ms; default: now), then :meth:`finish`. Iteration (in the
+    producer's thread) yields the encoded frames. Encoding runs in the caller's thread,
+    and ``put_frame`` blocks while ``max_pending`` frames wait for the uploader.
+    """
+
+    def __init__(
+        self,
+        fps: float = 30.0,
+        options: SourceOptions | None = None,
+        *,
+        pixel_format: Literal["bgr24", "rgb24"] = "bgr24",
+        max_pending: int = 256,
+    ) -> None:
+        super().__init__("numpy frames")
+        self.fps = fps
+        self.options = options or SourceOptions()
+        self.pixel_format: Literal["bgr24", "rgb24"] = pixel_format
+        self.encoder: Encoder | None = None
+        self._queue: queue.Queue[EncodedFrame | None] = queue.Queue(max_pending)
+        self._lock = threading.Lock()
+        self._clock = ArrivalClock()
+        self._finished = False
+
+    def put_frame(self, image: npt.NDArray[np.uint8], timestamp_ms: int | None = None) -> None:
+        """Encode one image (BGR by default) and queue it for upload."""
+        with self._lock:
+            if self._finished:
+                raise SourceError("put_frame() after finish()")
+            if self.encoder is None:
+                height, width = image.shape[:2]
+                self.encoder = self.options.encoder_for(width, height, self.fps)
+            if image.shape[:2] != (self.encoder.height, self.encoder.width):
+                image = np.ascontiguousarray(image[: self.encoder.height, : self.encoder.width])
+            timestamp = self._clock() if timestamp_ms is None else timestamp_ms
+            frames = self.encoder.encode(image, timestamp, pixel_format=self.pixel_format)
+            if frames and self._tracks is None:
+                self._set_tracks([self.encoder.track()])
+            for frame in frames:
+                self._queue.put(frame)
+
+    def finish(self) -> None:
+        """No more frames: flush the encoder and end the iteration."""
+        with self._lock:
+            if self._finished:
+                return
+            self._finished = True
+            if self.encoder is not None:
+                for frame in self.encoder.flush():
+                    self._queue.put(frame)
+            self._queue.put(_END)
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        while True:
+            item = self._queue.get()
+            if item is _END:
+                return
+            yield item
+
+
+# ---------------------------------------------------------------------------------------
+# Registered sources
+
+
+@register_source("-")
+def _stdin_source(spec: str, options: SourceOptions) -> FrameSource:
+    use_fps = options.clock == "fps" or (options.clock == "auto" and options.fps is not None)
+    if use_fps and options.fps is None:
+        raise SourceError("clock 'fps' needs --fps")
+    clock: FrameClock = FixedRateClock(options.fps) if use_fps and options.fps else ArrivalClock()
+    return AnnexBSource(
+        sys.stdin.buffer, codec=options.codec, clock=clock, chunk_size=options.chunk_size
+    )
+
+
+@register_source("camera")
+def _camera_source(spec: str, options: SourceOptions) -> FrameSource:
+    device = spec.partition(":")[2] or "0"
+    return CameraSource(int(device) if device.isdigit() else device, options)
+
+
+@register_source("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
+def _url_source(spec: str, options: SourceOptions) -> FrameSource:
+    return UrlSource(spec, options)
+
+
+@register_source("file")
+def _file_source(spec: str, options: SourceOptions) -> FrameSource:
+    path = spec.removeprefix("file://") if spec.startswith("file://") else spec
+    path = path.removeprefix("file:") if path.startswith("file:") else path
+    return FileSource(path, options)

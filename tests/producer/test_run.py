@@ -1,0 +1,254 @@
+"""produce(), ProducerThread and ``kvs produce`` against the real emulator (SigV4 verified)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from botocore.credentials import Credentials
+
+from kvs_toolkit.consumer import FragmentDecoder
+from kvs_toolkit.errors import PutMediaError
+from kvs_toolkit.mkv import Tag
+from kvs_toolkit.producer.fragmenter import EncodedFrame
+from kvs_toolkit.producer.run import (
+    ProducerThread,
+    Progress,
+    add_produce_arguments,
+    cmd_produce,
+    parse_tags,
+    produce,
+)
+from kvs_toolkit.producer.sources import (
+    FrameSource,
+    NumpySource,
+    SourceError,
+    SourceOptions,
+    open_source,
+)
+from kvs_toolkit.samples import SampleSpec, render_frame
+from tests.producer.conftest import ClipFactory
+from tests.producer.emulated_kvs import emulated_kvs
+from tests.producer.media import Clip
+
+CREDENTIALS = Credentials("AKIDTEST", "secret")
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # never the developer's real credentials or profile
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDTEST")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/dev/null")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+def test_produce_a_file_with_audio_and_tags(make_clip: ClipFactory) -> None:
+    path = make_clip("aac.mp4", Clip(audio="aac"))
+    source = open_source(str(path), SourceOptions(realtime=False, fragment_duration_ms=1000))
+    reports: list[Progress] = []
+    with emulated_kvs() as kvs:
+        stats = asyncio.run(
+            produce(
+                source,
+                kvs.url,
+                "cam-1",
+                tags={"site": "lab", "camera": "1"},
+                credentials=CREDENTIALS,
+                fragment_duration_ms=1000,
+                create_stream=True,
+                progress=reports.append,
+            )
+        )
+    assert kvs.created == ["cam-1"]
+    assert stats.fragments == stats.acked == 2
+    assert stats.dropped_fragments == 0 and not stats.errors
+    # the emulator verifies SigV4: the upload got in, so it was signed right
+    fragments = kvs.fragments
+    assert [f.cluster_timecode is not None for f in fragments] == [True, True]
+    for fragment in fragments:  # persistent metadata on every fragment
+        assert fragment.producer_tags == (Tag("site", "lab"), Tag("camera", "1"))
+    assert sum(len(f.frames) for f in fragments if f.track(1)) >= 50
+    decoder = FragmentDecoder()
+    assert len([d for f in fragments for d in decoder.decode(f)] + decoder.flush()) == 50
+    assert reports[-1].done and reports[-1].frames == stats.frames
+    assert reports[-1].acked == 2 and reports[-1].ack_latency_ms is not None
+
+
+def test_stream_without_retention_is_released_on_received(make_clip: ClipFactory) -> None:
+    path = make_clip("clip.mkv", Clip())
+    with emulated_kvs(**{"no-archive": 0}) as kvs:
+        stats = asyncio.run(
+            produce(
+                open_source(str(path), SourceOptions(realtime=False)),
+                kvs.url,
+                "no-archive",
+                credentials=CREDENTIALS,
+                close_timeout_s=5,
+            )
+        )
+    assert stats.acked == stats.fragments == 1
+
+
+def test_missing_stream_without_create_is_an_error(make_clip: ClipFactory) -> None:
+    source = open_source(str(make_clip("clip.mkv", Clip())), SourceOptions(realtime=False))
+    with emulated_kvs() as kvs, pytest.raises(PutMediaError, match="does not exist"):
+        asyncio.run(produce(source, kvs.url, "nobody", credentials=CREDENTIALS))
+    assert source._closed  # the source thread let go of the file
+
+
+def test_stop_ends_a_looping_realtime_source_gracefully(make_clip: ClipFactory) -> None:
+    path = make_clip("clip.mkv", Clip())
+
+    async def run(url: str) -> tuple[float, int, int]:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(1.5, stop.set)
+        started = time.monotonic()
+        stats = await produce(
+            open_source(str(path), SourceOptions(loop=True, fragment_duration_ms=1000)),
+            url,
+            "live",
+            credentials=CREDENTIALS,
+            fragment_duration_ms=1000,
+            stop=stop,
+        )
+        return time.monotonic() - started, stats.fragments, stats.acked
+
+    with emulated_kvs(live=24) as kvs:
+        elapsed, fragments, acked = asyncio.run(run(kvs.url))
+    assert 1.4 < elapsed < 5
+    assert fragments == acked == 2  # 1.5 s of real-time video: 2 fragments, all acked
+    assert len(kvs.fragments) == 2  # the last one was closed at once (END_OF_FRAGMENT)
+
+
+class _FailingSource(FrameSource):
+    """Good frames, then the kind of error a broken camera or file raises."""
+
+    def __init__(self, inner: FrameSource, fail_after: int) -> None:
+        super().__init__("failing")
+        self.inner = inner
+        self.fail_after = fail_after
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        self._set_tracks(self.inner.tracks)
+        yield from itertools.islice(self.inner, self.fail_after)
+        raise SourceError("failing: the device went away")
+
+
+def test_source_error_is_raised_after_uploading_what_was_read(make_clip: ClipFactory) -> None:
+    inner = open_source(str(make_clip("clip.mkv", Clip())), SourceOptions(realtime=False))
+    with emulated_kvs(cam=24) as kvs, pytest.raises(SourceError, match="device went away"):
+        asyncio.run(produce(_FailingSource(inner, 30), kvs.url, "cam", credentials=CREDENTIALS))
+    inner.close()
+    assert sum(len(f.frames) for f in kvs.fragments) == 30
+
+
+def test_producer_thread_with_put_frame() -> None:
+    spec = SampleSpec(width=160, height=96, fps=25)
+    source = NumpySource(fps=25, options=SourceOptions(fragment_duration_ms=1000))
+    with emulated_kvs(cam=24) as kvs:
+        producer = ProducerThread(
+            source, kvs.url, "cam", credentials=CREDENTIALS, fragment_duration_ms=1000
+        )
+        producer.start()
+        start = 1_700_000_000_000
+        for index in range(60):
+            source.put_frame(render_frame(spec, index), timestamp_ms=start + index * 40)
+        source.finish()
+        stats = producer.result(timeout=30)
+    assert stats.frames == 60
+    assert stats.fragments == stats.acked == 3
+    assert [f.cluster_timecode for f in kvs.fragments] == [start, start + 1000, start + 2000]
+
+
+def test_a_key_frame_stamped_a_little_early_still_ends_the_fragment() -> None:
+    # a camera's clock jitters: the key frame due at 2000 ms arrives at 1995 ms
+    source = NumpySource(fps=25, options=SourceOptions(fragment_duration_ms=2000))
+    image = np.zeros((48, 64, 3), dtype=np.uint8)
+    with emulated_kvs(cam=24) as kvs:
+        producer = ProducerThread(source, kvs.url, "cam", credentials=CREDENTIALS)
+        producer.start()
+        for index in range(75):
+            source.put_frame(image, timestamp_ms=10_000 + index * 40 - 5 * (index == 50))
+        source.finish()
+        stats = producer.result(timeout=30)
+    assert stats.fragments == 2
+    assert [f.cluster_timecode for f in kvs.fragments] == [10_000, 11_995]
+
+
+def test_producer_thread_stop() -> None:
+    source = NumpySource(fps=25)
+    with emulated_kvs(cam=24) as kvs:
+        producer = ProducerThread(source, kvs.url, "cam", credentials=CREDENTIALS)
+        producer.start()
+        source.put_frame(np.zeros((48, 64, 3), dtype=np.uint8))
+        time.sleep(0.3)
+        producer.stop()
+        stats = producer.result(timeout=30)
+    assert stats.frames == 1 and stats.acked == 1
+
+
+# --- kvs produce ------------------------------------------------------------------------
+
+
+def produce_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kvs produce")
+    add_produce_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_cli_produce(make_clip: ClipFactory, capsys: pytest.CaptureFixture[str]) -> None:
+    path = make_clip("clip.ts", Clip())
+    with emulated_kvs() as kvs:
+        args = produce_args(
+            str(path),
+            "--stream", "porch",
+            "--endpoint-url", kvs.url,
+            "--tag", "site=porch",
+            "--fragment-duration", "1",
+            "--no-realtime",
+            "--create-stream",
+        )  # fmt: skip
+        assert cmd_produce(args) == 0
+    assert kvs.created == ["porch"]
+    fragments = kvs.fragments
+    assert len(fragments) == 2
+    assert all(f.producer_tags == (Tag("site", "porch"),) for f in fragments)
+    err = capsys.readouterr().err
+    assert "50 frames" in err and "fragments 2/2 acked" in err
+
+
+def test_cli_arguments() -> None:
+    args = produce_args("-", "--stream", "s", "--codec", "h265", "--fps", "30", "--loop")
+    assert (args.source, args.codec, args.fps, args.loop, args.realtime) == (
+        "-",
+        "h265",
+        30,
+        True,
+        True,
+    )
+    assert args.fragment_duration == 2.0 and args.encoder == "auto" and args.audio
+    assert parse_tags(["a=1", "b=x=y", "c="]) == {"a": "1", "b": "x=y", "c": ""}
+    with pytest.raises(argparse.ArgumentTypeError, match="KEY=VALUE"):
+        parse_tags(["novalue"])
+
+
+def test_cli_missing_file_is_a_source_error(tmp_path: Path) -> None:
+    args = produce_args(str(tmp_path / "nope.mp4"), "--stream", "s")
+    with pytest.raises(SourceError, match="no such file"):
+        cmd_produce(args)
+
+
+def test_control_plane_that_does_not_answer_is_a_put_media_error(make_clip: ClipFactory) -> None:
+    source = open_source(str(make_clip("clip.mkv", Clip())), SourceOptions(realtime=False))
+    with pytest.raises(PutMediaError, match="control plane call for 'cam' failed"):
+        # nothing listens on port 9 (discard) of localhost
+        asyncio.run(produce(source, "http://127.0.0.1:9", "cam", credentials=CREDENTIALS))
