@@ -160,6 +160,18 @@ def test_restart_serves_what_was_persisted(tmp_path: Path) -> None:
         assert later.fragment_number > records[-1].fragment_number
 
 
+def test_rows_past_a_segment_end_are_dropped_on_open(tmp_path: Path) -> None:
+    """A crash after the index commit but before the segment sync lost the bytes."""
+    with Store(tmp_path) as first:
+        _create(first)
+        records = _fill(first, "cam", 3)
+    segment = tmp_path / records[-1].path
+    os.truncate(segment, records[-1].offset + records[-1].length - 1)
+    with Store(tmp_path) as second:
+        assert list(second.list_fragments("cam").fragments) == records[:2]
+        assert second.read_payload(records[1]) == b"fragment 1" * 2
+
+
 def test_appends_are_fsynced_before_they_return(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
