@@ -515,6 +515,7 @@ def _flatness_row(
     # fragments keep 60 frames, so a small fragment's MB holds more frames; a max/min
     # spread would count that saving as a failure.)
     growth = ours_us_per_mb[-1] / ours_us_per_mb[0]
+    ref_growth = ref_us_per_mb[-1] / ref_us_per_mb[0]
     # Ours should cost a fixed amount per chunk and per frame, whatever the fragment
     # size: fit best time = a * chunks + b * frames and show how well it holds.
     design = np.array([(len(c.chunks), c.frames) for c in captures], dtype=float)
@@ -532,7 +533,7 @@ def _flatness_row(
         ours=" / ".join(f"{v:,.0f}" for v in ours_us_per_mb) + " µs/MB",
         reference=" / ".join(f"{v:,.0f}" for v in ref_us_per_mb) + " µs/MB",
         ratio=(
-            f"largest/smallest {growth:.2f}x (reference {ref_us_per_mb[-1] / ref_us_per_mb[0]:.1f}x);"
+            f"largest/smallest {growth:.2f}x (reference {ref_growth:.1f}x);"
             f" max/min {spread:.2f}x (reference {ref_spread:.1f}x)"
         ),
         goal=f"no growth (largest/smallest <= {GOAL_SPREAD:g})",
