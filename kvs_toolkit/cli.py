@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's results")
     demo.add_argument("--seconds", type=float, default=10.0, help="length of the sample video")
+    demo.add_argument(
+        "--serve", action="store_true", help="leave the emulator running at the end (Ctrl-C stops)"
+    )
     demo.set_defaults(handler=_cmd_demo)
     return parser
 

@@ -15,12 +15,14 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── DecodeError               a track cannot be decoded (codec or CodecPrivate)
     ├── SourceError               a producer's frame source cannot be opened or read
     ├── EncodeError               the producer's video encoder failed
+    ├── AnalysisError             a detector or result sink failed (RekognitionError, SinkError)
     └── EmulatorError             the local emulator could not start or serve
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AnalysisError",
     "BitstreamError",
     "DecodeError",
     "EmulatorError",
@@ -97,6 +99,11 @@ class SourceError(KvsError):
 
 class EncodeError(KvsError):
     """The video encoder could not be opened or failed on a frame."""
+
+
+class AnalysisError(KvsError):
+    """A detector or result sink cannot be set up or has failed (missing model file or
+    optional package, a service error after retries, an undeliverable result)."""
 
 
 class EmulatorError(KvsError):

@@ -28,6 +28,21 @@ def iter_payload(payload: Any, chunk_size: int = _CHUNK) -> Iterator[bytes]:
         yield chunk
 
 
+def interrupt(payload: Any) -> None:
+    """Unblock a read of ``payload`` that another thread is waiting in.
+
+    Closing a response from another thread blocks until that read returns (http.client
+    holds the stream's lock); shutting the socket down ends the read at once. The
+    reading thread then sees the end of the stream, and closes the payload itself.
+    """
+    raw = getattr(payload, "_raw_stream", payload)
+    shutdown = getattr(raw, "shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    else:  # an older urllib3: closing is the only way
+        payload.close()
+
+
 def iter_fragments(payload: Any, *, keep_truncated: bool = False) -> Iterator[Fragment]:
     """Fragments of a GetMedia-shaped response body, each as soon as it is complete."""
     reader = FragmentReader()

@@ -124,7 +124,6 @@ class Uploader:
         self.stats.frames += 1
         if fragment.frames == 1:
             self.stats.fragments += 1
-            self._sent_at[fragment.timecode] = time.monotonic()
             self._count_dropped(self.buffer.add(fragment))
         else:
             self._count_dropped(self.buffer.grew(fragment, len(fragment.chunks[-1])))
@@ -132,6 +131,9 @@ class Uploader:
         self._new_data.set()
 
     def _fragment_done(self, fragment: PendingFragment) -> None:
+        # Ack latency counts from the moment the fragment is complete on our side: an
+        # unknown-size Cluster cannot be acknowledged before its end is known.
+        self._sent_at[fragment.timecode] = time.monotonic()
         self._new_data.set()
 
     def _count_dropped(self, dropped: list[PendingFragment]) -> None:
@@ -149,7 +151,7 @@ class Uploader:
         last = self.fragmenter.flush()
         if last is not None:
             self._count_dropped(self.buffer.grew(last, len(last.chunks[-1])))
-            self._new_data.set()
+            self._fragment_done(last)
         self._closing = True
         if len(self.buffer) == 0:
             self._all_acked.set()
