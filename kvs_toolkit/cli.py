@@ -59,6 +59,12 @@ def _cmd_produce(args: argparse.Namespace) -> int:
     return cmd_produce(args)
 
 
+def _cmd_consume(args: argparse.Namespace) -> int:
+    from kvs_toolkit.consumer.run import cmd_consume
+
+    return cmd_consume(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from kvs_toolkit.demo import run_demo
 
@@ -98,6 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_produce_arguments(produce)
     produce.set_defaults(handler=_cmd_produce)
+
+    from kvs_toolkit.consumer.run import add_consume_arguments
+
+    consume = sub.add_parser(
+        "consume", help="read a stream (live, archive or file) and decode frames to JSON lines"
+    )
+    add_consume_arguments(consume)
+    consume.set_defaults(handler=_cmd_consume)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's results")

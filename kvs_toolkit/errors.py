@@ -12,6 +12,8 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
     ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
+    ├── CheckpointError           a consumer checkpoint could not be read or written
+    │   └── LeaseLostError        another consumer took over this stream's lease
     ├── DecodeError               a track cannot be decoded (codec or CodecPrivate)
     ├── SourceError               a producer's frame source cannot be opened or read
     ├── EncodeError               the producer's video encoder failed
@@ -24,12 +26,14 @@ from __future__ import annotations
 __all__ = [
     "AnalysisError",
     "BitstreamError",
+    "CheckpointError",
     "DecodeError",
     "EmulatorError",
     "EncodeError",
     "FragmentMetadataError",
     "GetMediaError",
     "KvsError",
+    "LeaseLostError",
     "MkvError",
     "PutMediaError",
     "SourceError",
@@ -99,6 +103,14 @@ class SourceError(KvsError):
 
 class EncodeError(KvsError):
     """The video encoder could not be opened or failed on a frame."""
+
+
+class CheckpointError(KvsError):
+    """A consumer checkpoint could not be read or written."""
+
+
+class LeaseLostError(CheckpointError):
+    """This consumer no longer holds the stream's lease: another one took it over."""
 
 
 class AnalysisError(KvsError):

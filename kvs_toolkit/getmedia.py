@@ -9,6 +9,8 @@ as its last byte is in.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
 from typing import Any, Final
 
@@ -32,15 +34,20 @@ def interrupt(payload: Any) -> None:
     """Unblock a read of ``payload`` that another thread is waiting in.
 
     Closing a response from another thread blocks until that read returns (http.client
-    holds the stream's lock); shutting the socket down ends the read at once. The
-    reading thread then sees the end of the stream, and closes the payload itself.
+    holds the stream's lock); shutting the connection down ends the read at once, and
+    the reading thread then closes the payload itself. urllib3 >= 2.3 has
+    ``HTTPResponse.shutdown()``; before that the socket is shut down directly. Best
+    effort: failing both, the read timeout ends the read.
     """
     raw = getattr(payload, "_raw_stream", payload)
-    shutdown = getattr(raw, "shutdown", None)
-    if shutdown is not None:
-        shutdown()
-    else:  # an older urllib3: closing is the only way
-        payload.close()
+    with contextlib.suppress(OSError):
+        shutdown = getattr(raw, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+            return
+        sock = getattr(getattr(raw, "_connection", None), "sock", None)
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 def iter_fragments(payload: Any, *, keep_truncated: bool = False) -> Iterator[Fragment]:

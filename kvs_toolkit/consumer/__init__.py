@@ -68,3 +68,46 @@ __all__ = [
     "unletterbox_boxes",
     "write_wav",
 ]
+
+# The reading half: fragment sources (live GetMedia, archive, files) and checkpoints.
+from kvs_toolkit.consumer.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointStore,
+    DynamoDBCheckpointStore,
+    JsonFileCheckpointStore,
+    LeaseCoordinator,
+    LeaseInfo,
+    LeaseLostError,
+)
+from kvs_toolkit.consumer.readers import (
+    ArchiveReader,
+    Backoff,
+    FileReader,
+    FragmentInfo,
+    FragmentSource,
+    LiveReader,
+    ReaderStats,
+    StartSelector,
+    parse_timestamp,
+)
+
+__all__ += [
+    "ArchiveReader",
+    "Backoff",
+    "Checkpoint",
+    "CheckpointError",
+    "CheckpointStore",
+    "DynamoDBCheckpointStore",
+    "FileReader",
+    "FragmentInfo",
+    "FragmentSource",
+    "JsonFileCheckpointStore",
+    "LeaseCoordinator",
+    "LeaseInfo",
+    "LeaseLostError",
+    "LiveReader",
+    "ReaderStats",
+    "StartSelector",
+    "parse_timestamp",
+]

@@ -1,0 +1,1265 @@
+"""Fragment sources: a live stream (GetMedia), archived media by time range, MKV files.
+
+Every reader is a :class:`FragmentSource`: iterate it for
+:class:`~kvs_toolkit.mkv.Fragment` objects, read its :class:`ReaderStats`, ``stop()``
+it from any thread, ``close()`` it when done::
+
+    with LiveReader("front-door", start=StartSelector.now()) as reader:
+        for fragment in reader:
+            for frame in decoder.decode(fragment):
+                ...
+
+* :class:`LiveReader` - GetMedia from any StartSelector, following the stream live.
+  Each fragment is handed out as soon as its last byte arrived. A dropped or ended
+  connection, and the service's session limit (~45 minutes; proactively at
+  ``session_max_s``), are resumed from the last continuation token, so no fragment is
+  lost or delivered twice (fragment numbers are also checked, as a guard). The
+  GetDataEndpoint answer is cached and refreshed every ``endpoint_refresh_s`` and after
+  endpoint errors. Errors back off exponentially with jitter; throttling
+  (ClientLimitExceeded, ConnectionLimitExceeded) is retried, a missing stream or a
+  refused signature raises :class:`~kvs_toolkit.errors.GetMediaError` at once. Fragments
+  carrying ``AWS_KINESISVIDEO_ERROR_CODE`` are logged and counted (4000, fragment not
+  found, is skipped). With a :class:`~kvs_toolkit.consumer.checkpoint.CheckpointStore`
+  it resumes from the stream's checkpoint and saves one after each processed fragment.
+* :class:`ArchiveReader` - ListFragments over a producer or server time range (all
+  pages, sorted by timestamp then number: the service does not guarantee an order),
+  then GetMediaForFragmentList in batches of at most 1000.
+* :class:`FileReader` - a GetMedia capture or any MKV file on disk.
+
+Memory stays bounded: one fragment at a time (an element larger than
+``max_element_size`` is an error, see :class:`~kvs_toolkit.mkv.FragmentReader`), a
+fixed window of recent fragment numbers, counters only in the stats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import http.client
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, runtime_checkable
+
+import boto3
+import botocore.exceptions
+import urllib3.exceptions
+from botocore import UNSIGNED
+from botocore.config import Config
+
+from kvs_toolkit.consumer.checkpoint import Checkpoint, CheckpointStore
+from kvs_toolkit.errors import GetMediaError, MkvError
+from kvs_toolkit.getmedia import interrupt, iter_payload
+from kvs_toolkit.mkv import DEFAULT_MAX_ELEMENT_SIZE, Fragment, FragmentReader
+
+if TYPE_CHECKING:
+    from mypy_boto3_kinesis_video_archived_media import KinesisVideoArchivedMediaClient
+    from mypy_boto3_kinesis_video_media import KinesisVideoMediaClient
+    from mypy_boto3_kinesisvideo import KinesisVideoClient
+
+__all__ = [
+    "DEFAULT_ENDPOINT_REFRESH_S",
+    "DEFAULT_SESSION_MAX_S",
+    "MAX_FRAGMENT_LIST",
+    "ArchiveReader",
+    "Backoff",
+    "FileReader",
+    "FragmentInfo",
+    "FragmentSource",
+    "LiveReader",
+    "ReaderStats",
+    "StartSelector",
+    "parse_timestamp",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REGION: Final = "us-east-1"
+# KVS-WIRE.md "GetMedia": a session ends after roughly 40-50 minutes; reconnect before
+# the earliest end, and refresh the data endpoint about every 45 minutes.
+DEFAULT_SESSION_MAX_S: Final = 40 * 60.0
+DEFAULT_ENDPOINT_REFRESH_S: Final = 45 * 60.0
+# No byte for this long: the stream is idle (or the connection silently dead). The
+# reader reconnects from the continuation token, which costs one request.
+DEFAULT_READ_TIMEOUT_S: Final = 30.0
+DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
+# GetMediaForFragmentList and ListFragments take at most 1000 (KVS-WIRE.md).
+MAX_FRAGMENT_LIST: Final = 1000
+MAX_LIST_RESULTS: Final = 1000
+# GetMedia error ids (KVS-WIRE.md "GetMedia").
+ERROR_FRAGMENT_NOT_FOUND: Final = 4000
+_KMS_ERRORS: Final = range(4500, 4507)
+# Fragment numbers remembered to drop a repeat (bounded memory).
+_RECENT_NUMBERS: Final = 1024
+_CHUNK: Final = 1 << 20
+
+_THROTTLING: Final = frozenset(
+    {
+        "ClientLimitExceededException",
+        "ConnectionLimitExceededException",
+        "ThrottlingException",
+        "LimitExceededException",
+        "RequestLimitExceeded",
+    }
+)
+_ENDPOINT_ERRORS: Final = frozenset({"InvalidEndpointException"})
+_AUTH_ERRORS: Final = frozenset(
+    {
+        "NotAuthorizedException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+        "IncompleteSignatureException",
+        "MissingAuthenticationTokenException",
+        "InvalidClientTokenId",
+        "ExpiredTokenException",
+        "SignatureDoesNotMatch",
+    }
+)
+# Errors of the connection or of the body while it is read (botocore does not wrap
+# the raw urllib3 reads of iter_payload).
+_NETWORK_ERRORS: Final = (
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ResponseStreamingError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    OSError,
+)
+_TIMEOUTS: Final = (
+    botocore.exceptions.ReadTimeoutError,
+    urllib3.exceptions.ReadTimeoutError,
+    TimeoutError,
+)
+
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+T = TypeVar("T")
+
+
+# --- selectors and timestamps -------------------------------------------------------------
+def parse_timestamp(text: str) -> dt.datetime:
+    """An ISO 8601 time (``2024-05-01T12:00:00Z``; no zone means UTC) or epoch seconds."""
+    value = text.strip()
+    try:
+        return _EPOCH + dt.timedelta(seconds=float(value))
+    except ValueError:
+        pass
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise ValueError(f"{text!r} is neither an ISO 8601 time nor epoch seconds") from exc
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+SelectorKind = Literal[
+    "NOW",
+    "EARLIEST",
+    "FRAGMENT_NUMBER",
+    "SERVER_TIMESTAMP",
+    "PRODUCER_TIMESTAMP",
+    "CONTINUATION_TOKEN",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StartSelector:
+    """Where GetMedia starts (the API's StartSelector).
+
+    ``value`` is the fragment number (FRAGMENT_NUMBER: start *after* it) or the
+    continuation token; ``timestamp`` the start of SERVER/PRODUCER_TIMESTAMP.
+    """
+
+    kind: SelectorKind
+    value: str | None = None
+    timestamp: dt.datetime | None = None
+
+    @classmethod
+    def now(cls) -> StartSelector:
+        return cls("NOW")
+
+    @classmethod
+    def earliest(cls) -> StartSelector:
+        return cls("EARLIEST")
+
+    @classmethod
+    def after_fragment(cls, fragment_number: str) -> StartSelector:
+        return cls("FRAGMENT_NUMBER", value=fragment_number)
+
+    @classmethod
+    def continuation(cls, token: str) -> StartSelector:
+        return cls("CONTINUATION_TOKEN", value=token)
+
+    @classmethod
+    def server_timestamp(cls, when: dt.datetime) -> StartSelector:
+        return cls("SERVER_TIMESTAMP", timestamp=when)
+
+    @classmethod
+    def producer_timestamp(cls, when: dt.datetime) -> StartSelector:
+        return cls("PRODUCER_TIMESTAMP", timestamp=when)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> StartSelector:
+        """Right after the checkpoint's fragment."""
+        if checkpoint.continuation_token:
+            return cls.continuation(checkpoint.continuation_token)
+        return cls.after_fragment(checkpoint.fragment_number)
+
+    @classmethod
+    def parse(cls, text: str) -> StartSelector:
+        """``now``, ``earliest``, ``fragment:N``, ``producer:TIME``, ``server:TIME`` or
+        ``token:TOKEN`` (TIME: ISO 8601 or epoch seconds)."""
+        kind, sep, rest = text.strip().partition(":")
+        kind = kind.lower()
+        if not sep and kind in ("now", "earliest"):
+            return cls.now() if kind == "now" else cls.earliest()
+        if sep and rest:
+            if kind == "fragment":
+                return cls.after_fragment(rest)
+            if kind == "token":
+                return cls.continuation(rest)
+            if kind in ("producer", "server"):
+                when = parse_timestamp(rest)
+                if kind == "producer":
+                    return cls.producer_timestamp(when)
+                return cls.server_timestamp(when)
+        raise ValueError(
+            f"invalid start {text!r}: use now, earliest, fragment:N, producer:TIME, "
+            "server:TIME or token:TOKEN"
+        )
+
+    def to_api(self) -> dict[str, Any]:
+        """The StartSelector structure of the GetMedia request."""
+        selector: dict[str, Any] = {"StartSelectorType": self.kind}
+        if self.kind == "FRAGMENT_NUMBER":
+            selector["AfterFragmentNumber"] = self.value
+        elif self.kind == "CONTINUATION_TOKEN":
+            selector["ContinuationToken"] = self.value
+        elif self.kind in ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP"):
+            selector["StartTimestamp"] = self.timestamp
+        return selector
+
+    def __str__(self) -> str:
+        if self.value is not None:
+            return f"{self.kind} {self.value}"
+        if self.timestamp is not None:
+            return f"{self.kind} {self.timestamp.isoformat()}"
+        return self.kind
+
+
+# --- stats, back-off, the protocol ---------------------------------------------------------
+@dataclass
+class ReaderStats:
+    """What a reader did so far. Plain counters: read them from any thread.
+
+    ``millis_behind_now``: the service's AWS_KINESISVIDEO_MILLIS_BEHIND_NOW of the
+    latest fragment; ``wall_lag_ms``: local time minus its producer timestamp (includes
+    clock skew between producer and consumer).
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    fragments: int = 0
+    frames: int = 0
+    bytes: int = 0
+    connections: int = 0
+    reconnects: int = 0
+    session_rotations: int = 0
+    idle_reconnects: int = 0
+    duplicates: int = 0
+    skipped: int = 0  # error fragments skipped (4000: fragment not found)
+    errors: dict[int, int] = field(default_factory=dict)  # error fragments by ErrorId
+    failures: int = 0  # failed requests and connections (retried)
+    throttled: int = 0
+    endpoint_refreshes: int = 0
+    checkpoints_saved: int = 0
+    listed: int = 0  # ArchiveReader: fragments ListFragments returned
+    millis_behind_now: int | None = None
+    wall_lag_ms: float | None = None
+    last_fragment_number: str | None = None
+    last_producer_timestamp: dt.datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def elapsed_s(self) -> float:
+        return max(time.monotonic() - self.started, 1e-9)
+
+    def count(self, fragment: Fragment) -> None:
+        self.fragments += 1
+        self.frames += len(fragment.frames)
+        self.last_fragment_number = fragment.fragment_number
+        behind = fragment.millis_behind_now
+        if behind is not None:
+            self.millis_behind_now = behind
+        producer = fragment.producer_timestamp
+        if producer is not None:
+            self.last_producer_timestamp = producer
+            self.wall_lag_ms = (time.time() - producer.timestamp()) * 1000
+
+    def count_error(self, error_id: int) -> None:
+        self.errors[error_id] = self.errors.get(error_id, 0) + 1
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential back-off with jitter: attempt n waits between half and all of
+    ``min(max_s, base_s * 2**(n-1))`` ("equal jitter": never zero, never in step with
+    other clients)."""
+
+    base_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        ceiling = min(self.max_s, self.base_s * 2.0 ** max(0, attempt - 1))
+        return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+@runtime_checkable
+class FragmentSource(Protocol):
+    """Anything that yields fragments: the live, archive and file readers."""
+
+    @property
+    def stats(self) -> ReaderStats: ...
+
+    def __iter__(self) -> Iterator[Fragment]: ...
+
+    def stop(self) -> None:
+        """Ask the iteration to end soon; safe from any thread."""
+        ...
+
+    def close(self) -> None:
+        """Stop and release connections (and save a pending checkpoint)."""
+        ...
+
+
+# --- AWS clients ------------------------------------------------------------------------------
+class _Stopped(Exception):
+    """stop() came during a retry (internal)."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (internal: never leaves this module)."""
+
+    def __init__(
+        self, message: str, *, refresh_endpoint: bool = False, throttled: bool = False
+    ) -> None:
+        super().__init__(message)
+        self.refresh_endpoint = refresh_endpoint
+        self.throttled = throttled
+
+
+def _translate(exc: Exception, what: str) -> Exception:
+    """A boto3/botocore failure as a fatal :class:`GetMediaError` or a :class:`_Retryable`."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        message = error.get("Message") or ""
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        detail = f"{code}: {message}" if message else code
+        if code in _THROTTLING:
+            return _Retryable(f"{what}: throttled ({detail})", throttled=True)
+        if code in _ENDPOINT_ERRORS:
+            return _Retryable(f"{what}: {detail}", refresh_endpoint=True)
+        if status >= 500:
+            return _Retryable(f"{what}: service error {status} ({detail})", refresh_endpoint=True)
+        if code == "ResourceNotFoundException":
+            return GetMediaError(f"{what}: the stream was not found ({detail})")
+        if code in _AUTH_ERRORS or status in (401, 403):
+            return GetMediaError(
+                f"{what}: not authorized ({detail}); check the AWS credentials and region"
+            )
+        return GetMediaError(f"{what}: {detail}")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return GetMediaError(f"{what}: no AWS credentials found")
+    if isinstance(exc, _NETWORK_ERRORS):
+        return _Retryable(f"{what}: connection failed ({exc})", refresh_endpoint=True)
+    if isinstance(exc, botocore.exceptions.BotoCoreError):  # e.g. a request boto3 refuses
+        return GetMediaError(f"{what}: {exc}")
+    return exc
+
+
+class _Clients:
+    """boto3 clients for one stream: the control plane, and data-plane clients bound to
+    GetDataEndpoint answers that are cached for ``endpoint_refresh_s``."""
+
+    def __init__(
+        self,
+        stream_name: str | None,
+        stream_arn: str | None,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        session: boto3.session.Session | None,
+        read_timeout_s: float,
+        connect_timeout_s: float,
+        endpoint_refresh_s: float,
+        stats: ReaderStats,
+    ) -> None:
+        if (stream_name is None) == (stream_arn is None):
+            raise ValueError("give exactly one of stream_name and stream_arn")
+        self.stream = {"StreamName": stream_name} if stream_name else {"StreamARN": stream_arn}
+        self.label = stream_name or stream_arn or ""
+        self.session = session or boto3.session.Session()
+        self.region = (
+            region
+            or self.session.region_name
+            or os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION")
+            or DEFAULT_REGION
+        )
+        self.endpoint_url = endpoint_url
+        self.endpoint_refresh_s = endpoint_refresh_s
+        self.stats = stats
+        unsigned = self.session.get_credentials() is None
+        if unsigned:
+            log.warning("no AWS credentials found: requests go unsigned")
+        extra: dict[str, Any] = {"signature_version": UNSIGNED} if unsigned else {}
+        self._control_config = Config(
+            connect_timeout=connect_timeout_s,
+            read_timeout=60,
+            retries={"mode": "standard", "max_attempts": 3},
+            **extra,
+        )
+        # The readers retry on their own (with back-off and a fresh endpoint).
+        self._media_config = Config(
+            connect_timeout=connect_timeout_s,
+            read_timeout=read_timeout_s,
+            retries={"total_max_attempts": 1},
+            tcp_keepalive=True,
+            **extra,
+        )
+        self._control: KinesisVideoClient | None = None
+        self._endpoints: dict[str, tuple[str, float]] = {}
+        self._data_clients: dict[tuple[str, str], Any] = {}
+
+    def control(self) -> KinesisVideoClient:
+        if self._control is None:
+            self._control = self.session.client(
+                "kinesisvideo",
+                region_name=self.region,
+                endpoint_url=self.endpoint_url,
+                config=self._control_config,
+            )
+        return self._control
+
+    def data_endpoint(self, api_name: str) -> str:
+        cached = self._endpoints.get(api_name)
+        if cached is not None and time.monotonic() - cached[1] < self.endpoint_refresh_s:
+            return cached[0]
+        answer = self.control().get_data_endpoint(APIName=api_name, **self.stream)  # type: ignore[arg-type]
+        endpoint = answer["DataEndpoint"]
+        if cached is not None:
+            self.stats.endpoint_refreshes += 1
+        log.debug("%s data endpoint of %s: %s", api_name, self.label, endpoint)
+        self._endpoints[api_name] = (endpoint, time.monotonic())
+        return endpoint
+
+    def invalidate(self) -> None:
+        """Forget the data endpoints: the next request asks GetDataEndpoint again."""
+        self._endpoints.clear()
+
+    def _data_client(self, service: str, api_name: str) -> Any:
+        endpoint = self.data_endpoint(api_name)
+        key = (service, api_name)
+        cached = self._data_clients.get(key)
+        if cached is not None and cached[0] == endpoint:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        client = self.session.client(
+            service,  # type: ignore[call-overload]
+            region_name=self.region,
+            endpoint_url=endpoint,
+            config=self._media_config,
+        )
+        self._data_clients[key] = (endpoint, client)
+        return client
+
+    def media(self) -> KinesisVideoMediaClient:
+        client: KinesisVideoMediaClient = self._data_client("kinesis-video-media", "GET_MEDIA")
+        return client
+
+    def archived(self, api_name: str) -> KinesisVideoArchivedMediaClient:
+        client: KinesisVideoArchivedMediaClient = self._data_client(
+            "kinesis-video-archived-media", api_name
+        )
+        return client
+
+    def close(self) -> None:
+        for _endpoint, client in self._data_clients.values():
+            client.close()
+        self._data_clients.clear()
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+
+
+def _close_quietly(payload: Any) -> None:
+    with contextlib.suppress(Exception):
+        payload.close()
+
+
+def _error_id(fragment: Fragment) -> int | None:
+    """The fragment's ErrorId (GetMediaForFragmentList puts it in the code tag); -1 for an
+    error without a numeric id; None for a fragment without error tags."""
+    if fragment.error_id is not None:
+        return fragment.error_id
+    code = fragment.error_code
+    if code is None:
+        return None
+    return int(code) if code.isdigit() else -1
+
+
+def _describe_error(fragment: Fragment) -> str:
+    parts = [f"ErrorId {_error_id(fragment)}"]
+    if fragment.error_code and not fragment.error_code.isdigit():
+        parts.append(fragment.error_code)
+    if fragment.error_message:
+        parts.append(fragment.error_message)
+    if fragment.fragment_number:
+        parts.append(f"fragment {fragment.fragment_number}")
+    return ", ".join(parts)
+
+
+def _number_value(number: str) -> int | None:
+    # Fragment numbers are decimal and increase with ingestion order.
+    return int(number) if number.isdigit() else None
+
+
+# --- live -----------------------------------------------------------------------------------
+class LiveReader:
+    """Fragments of a stream through GetMedia, followed live, surviving reconnections.
+
+    ``start``: a :class:`StartSelector` (or its :meth:`StartSelector.parse` text). With a
+    ``checkpoint_store`` holding a checkpoint for ``checkpoint_key`` (default: the
+    stream name), reading resumes right after it instead.
+
+    A fragment counts as *processed* once the loop asks for the next one (or
+    :meth:`commit` is called): only then is it checkpointed, so a crash while handling
+    a fragment delivers that fragment again after the restart, and nothing is skipped.
+    Checkpoints are saved every ``checkpoint_every`` processed fragments and/or every
+    ``checkpoint_interval_s`` seconds, and by :meth:`commit` and :meth:`close`.
+
+    ``session_max_s``: reconnect (from the continuation token) after this long on one
+    connection. ``read_timeout_s``: a connection silent this long is replaced (an idle
+    stream costs one request per timeout). ``max_retries``: consecutive failed attempts
+    before giving up with :class:`GetMediaError` (None: never, what a live consumer
+    usually wants). Iterate one loop at a time; :meth:`stop` may come from any thread
+    and also interrupts a read that waits for data. ``stop_event`` lets other code stop
+    the reader by setting an event; that is noticed at the next fragment, back-off or
+    read timeout.
+    """
+
+    def __init__(
+        self,
+        stream_name: str | None = None,
+        *,
+        stream_arn: str | None = None,
+        start: StartSelector | str = "now",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        session: boto3.session.Session | None = None,
+        checkpoint_store: CheckpointStore | None = None,
+        checkpoint_key: str | None = None,
+        checkpoint_every: int | None = 1,
+        checkpoint_interval_s: float | None = None,
+        session_max_s: float = DEFAULT_SESSION_MAX_S,
+        endpoint_refresh_s: float = DEFAULT_ENDPOINT_REFRESH_S,
+        read_timeout_s: float = DEFAULT_READ_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        backoff: Backoff | None = None,
+        max_retries: int | None = None,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.stats = ReaderStats()
+        self._clients = _Clients(
+            stream_name,
+            stream_arn,
+            endpoint_url=endpoint_url,
+            region=region,
+            session=session,
+            read_timeout_s=read_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            endpoint_refresh_s=endpoint_refresh_s,
+            stats=self.stats,
+        )
+        self.name = self._clients.label
+        self.start = StartSelector.parse(start) if isinstance(start, str) else start
+        self.checkpoint_store = checkpoint_store
+        self.checkpoint_key = checkpoint_key or self.name
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.session_max_s = session_max_s
+        self.backoff = backoff or Backoff()
+        self.max_retries = max_retries
+        self.max_element_size = max_element_size
+        self._stop = stop_event or threading.Event()
+        self._lock = threading.Lock()
+        self._payload: Any = None
+        self._resume: StartSelector | None = None
+        self._checkpoint_loaded = False
+        self._now_connected_at: dt.datetime | None = None
+        self._idle = False
+        self._recent: deque[str] = deque(maxlen=_RECENT_NUMBERS)
+        self._recent_set: set[str] = set()
+        self._last_value: int | None = None
+        self._delivered: Fragment | None = None
+        self._processed = True
+        self._pending: Checkpoint | None = None
+        self._unsaved = 0
+        self._last_save = time.monotonic()
+
+    # --- public ---------------------------------------------------------------------
+    @property
+    def resume_selector(self) -> StartSelector:
+        """Where the next connection starts."""
+        if self._resume is not None:
+            return self._resume
+        if self.start.kind == "NOW" and self._now_connected_at is not None:
+            # Nothing delivered yet: NOW again would skip what arrived in between.
+            return StartSelector.server_timestamp(self._now_connected_at)
+        return self.start
+
+    def __iter__(self) -> Iterator[Fragment]:
+        fragments = self._fragments()
+        try:
+            for fragment in fragments:
+                self._delivered = fragment
+                self._processed = False
+                yield fragment
+                self._mark_processed(force=False)
+        finally:
+            fragments.close()  # ends the connection at once, also when the loop broke off
+
+    def commit(self) -> None:
+        """Mark the fragment last handed out as processed and save the checkpoint now."""
+        if not self._processed:
+            self._mark_processed(force=True)
+        elif self._pending is not None:
+            self._save()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            payload = self._payload
+        if payload is not None:
+            interrupt(payload)
+
+    def close(self) -> None:
+        """Stop, save the checkpoint of processed fragments not yet saved, release clients.
+
+        The fragment last handed out is not checkpointed unless :meth:`commit` said it
+        was processed (or the loop asked for the next one)."""
+        self.stop()
+        if self._pending is not None:
+            self._save()
+        self._clients.close()
+
+    def __enter__(self) -> LiveReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # --- checkpoints ------------------------------------------------------------------
+    def _load_checkpoint(self) -> None:
+        if self._checkpoint_loaded or self.checkpoint_store is None:
+            return
+        self._checkpoint_loaded = True
+        checkpoint = self.checkpoint_store.load(self.checkpoint_key)
+        if checkpoint is None:
+            log.info("%s: no checkpoint, starting at %s", self.name, self.start)
+            return
+        self._resume = StartSelector.from_checkpoint(checkpoint)
+        self._remember(checkpoint.fragment_number)
+        log.info(
+            "%s: resuming after checkpointed fragment %s", self.name, checkpoint.fragment_number
+        )
+
+    def _mark_processed(self, *, force: bool) -> None:
+        fragment = self._delivered
+        if self._processed or fragment is None:
+            return
+        self._processed = True
+        if self.checkpoint_store is None or fragment.fragment_number is None:
+            return
+        self._pending = Checkpoint.of(fragment)
+        self._unsaved += 1
+        due = force or (
+            self.checkpoint_every is not None and self._unsaved >= self.checkpoint_every
+        )
+        if not due and self.checkpoint_interval_s is not None:
+            due = time.monotonic() - self._last_save >= self.checkpoint_interval_s
+        if due:
+            self._save()
+
+    def _save(self) -> None:
+        checkpoint, store = self._pending, self.checkpoint_store
+        if checkpoint is None or store is None:
+            return
+        store.save(self.checkpoint_key, checkpoint)
+        self._pending = None
+        self._unsaved = 0
+        self._last_save = time.monotonic()
+        self.stats.checkpoints_saved += 1
+        log.debug("%s: checkpoint at fragment %s", self.name, checkpoint.fragment_number)
+
+    # --- connections ------------------------------------------------------------------
+    def _fragments(self) -> Generator[Fragment, None, None]:
+        self._load_checkpoint()
+        failures = 0
+        while not self._stop.is_set():
+            if failures:
+                delay = self.backoff.delay(failures)
+                log.info("%s: retrying in %.2f s (attempt %d)", self.name, delay, failures + 1)
+                if self._stop.wait(delay):
+                    break
+            try:
+                payload = self._connect()
+            except _Retryable as exc:
+                failures = self._failed(failures, exc)
+                continue
+            progressed = False
+            try:
+                for fragment in self._read(payload):
+                    progressed = True
+                    failures = 0
+                    yield fragment
+                    if self._stop.is_set():
+                        return
+            except _Retryable as exc:
+                if self._stop.is_set():
+                    return
+                if progressed:
+                    self._failed(0, exc)  # counted; the first retry is immediate
+                else:
+                    failures = self._failed(failures, exc)
+                continue
+            finally:
+                with self._lock:
+                    self._payload = None
+                _close_quietly(payload)
+            if not progressed and not self._idle and not self._stop.is_set():
+                failures += 1  # ended at once: do not spin on a server that hangs up
+
+    def _failed(self, failures: int, exc: _Retryable) -> int:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)
+        if exc.throttled:
+            self.stats.throttled += 1
+        if exc.refresh_endpoint:
+            self._clients.invalidate()
+        attempts = failures + 1
+        if self.max_retries is not None and attempts > self.max_retries:
+            raise GetMediaError(f"{exc} (gave up after {attempts} attempts)") from exc
+        log.warning("%s: %s", self.name, exc)
+        return attempts
+
+    def _connect(self) -> Any:
+        selector = self.resume_selector
+        what = f"GetMedia {self.name}"
+        if selector.kind == "NOW" and self._now_connected_at is None:
+            self._now_connected_at = dt.datetime.now(dt.timezone.utc)
+        try:
+            client = self._clients.media()
+            response = client.get_media(
+                StartSelector=selector.to_api(),  # type: ignore[arg-type]
+                **self._clients.stream,
+            )
+        except Exception as exc:
+            translated = _translate(exc, what)
+            if translated is exc:
+                raise
+            raise translated from exc
+        self.stats.connections += 1
+        if self.stats.connections > 1:
+            self.stats.reconnects += 1
+        log.info("%s: connected, start %s", what, selector)
+        payload = response["Payload"]
+        with self._lock:
+            self._payload = payload
+        if self._stop.is_set():  # stop() came while connecting
+            interrupt(payload)
+        return payload
+
+    def _read(self, payload: Any) -> Iterator[Fragment]:
+        reader = FragmentReader(max_element_size=self.max_element_size)
+        deadline = time.monotonic() + self.session_max_s
+        self._idle = False
+        try:
+            for chunk in iter_payload(payload):
+                self.stats.bytes += len(chunk)
+                for fragment in reader.feed(chunk):
+                    accepted = self._accept(fragment)
+                    if accepted is not None:
+                        yield accepted
+                if self._stop.is_set():
+                    return
+                if time.monotonic() >= deadline:
+                    self.stats.session_rotations += 1
+                    log.info(
+                        "%s: session reached %.0f s, reconnecting from the continuation token",
+                        self.name,
+                        self.session_max_s,
+                    )
+                    return
+        except MkvError as exc:
+            raise _Retryable(f"GetMedia {self.name}: malformed response: {exc}") from exc
+        except _TIMEOUTS as exc:
+            if self._stop.is_set():
+                return
+            self.stats.idle_reconnects += 1
+            self._idle = True  # a quiet stream is no failure: reconnect without back-off
+            log.debug("%s: no data for the read timeout, reconnecting (%s)", self.name, exc)
+            return
+        except _NETWORK_ERRORS as exc:
+            if self._stop.is_set():
+                return
+            raise _Retryable(f"GetMedia {self.name}: connection lost ({exc})") from exc
+        # The service ended the response. A media fragment without its trailing tags may
+        # be incomplete: the next connection starts at it again. Error documents count.
+        try:
+            tail = reader.close(keep_truncated=True)
+        except MkvError:
+            tail = []
+        for fragment in tail:
+            if _error_id(fragment) is not None:
+                self._accept(fragment)
+        log.info("%s: the service ended the response", self.name)
+
+    def _accept(self, fragment: Fragment) -> Fragment | None:
+        error_id = _error_id(fragment)
+        if error_id is not None:
+            self._error_fragment(fragment, error_id)
+            return None
+        number = fragment.fragment_number
+        if number is not None:
+            if self._is_duplicate(number):
+                self.stats.duplicates += 1
+                log.debug("%s: dropped repeated fragment %s", self.name, number)
+                return None
+            self._remember(number)
+        token = fragment.continuation_token
+        if token:
+            self._resume = StartSelector.continuation(token)
+        elif number is not None:
+            self._resume = StartSelector.after_fragment(number)
+        self.stats.count(fragment)
+        return fragment
+
+    def _is_duplicate(self, number: str) -> bool:
+        if number in self._recent_set:
+            return True
+        value = _number_value(number)
+        return value is not None and self._last_value is not None and value <= self._last_value
+
+    def _remember(self, number: str) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(number)
+        self._recent_set.add(number)
+        value = _number_value(number)
+        if value is not None:
+            self._last_value = value if self._last_value is None else max(self._last_value, value)
+
+    def _error_fragment(self, fragment: Fragment, error_id: int) -> None:
+        self.stats.count_error(error_id)
+        description = _describe_error(fragment)
+        self.stats.last_error = description
+        if error_id == ERROR_FRAGMENT_NOT_FOUND:
+            self.stats.skipped += 1
+            log.warning("%s: skipped a fragment that was not found (%s)", self.name, description)
+            if fragment.continuation_token:
+                self._resume = StartSelector.continuation(fragment.continuation_token)
+            return
+        if error_id in _KMS_ERRORS:
+            raise GetMediaError(
+                f"GetMedia {self.name}: the stream's KMS key cannot be used ({description})",
+                error_id=error_id,
+            )
+        # 3002, 5000 and unknown ids: the service failed; resume from the last good token.
+        raise _Retryable(f"GetMedia {self.name}: error fragment ({description})")
+
+
+# --- archive --------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class FragmentInfo:
+    """One ListFragments entry."""
+
+    fragment_number: str
+    size: int
+    producer_timestamp: dt.datetime
+    server_timestamp: dt.datetime
+    duration_ms: int
+
+    @classmethod
+    def from_api(cls, entry: Any) -> FragmentInfo:
+        return cls(
+            fragment_number=entry["FragmentNumber"],
+            size=int(entry.get("FragmentSizeInBytes", 0)),
+            producer_timestamp=entry["ProducerTimestamp"],
+            server_timestamp=entry["ServerTimestamp"],
+            duration_ms=int(entry.get("FragmentLengthInMilliseconds", 0)),
+        )
+
+
+TimestampType = Literal["PRODUCER_TIMESTAMP", "SERVER_TIMESTAMP"]
+
+
+class ArchiveReader:
+    """The archived fragments of a time range, in timestamp order.
+
+    ``start``/``end`` bound the range (inclusive) on the producer or server timestamps
+    (``timestamp_type``). ListFragments is paged ``page_size`` at a time and the whole
+    listing sorted by (timestamp, fragment number); then GetMediaForFragmentList fetches
+    ``batch_size`` fragments per request (at most 1000). Requests are retried with
+    back-off up to ``max_retries`` times; a batch cut mid-way is resumed at the first
+    fragment not yet delivered. Fragments answered with error 4000 (not found: expired
+    since the listing) are skipped and counted.
+    """
+
+    def __init__(
+        self,
+        stream_name: str | None = None,
+        start: dt.datetime | None = None,
+        end: dt.datetime | None = None,
+        *,
+        stream_arn: str | None = None,
+        timestamp_type: TimestampType = "PRODUCER_TIMESTAMP",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        session: boto3.session.Session | None = None,
+        page_size: int = MAX_LIST_RESULTS,
+        batch_size: int = MAX_FRAGMENT_LIST,
+        read_timeout_s: float = 60.0,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
+        backoff: Backoff | None = None,
+        max_retries: int = 5,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+    ) -> None:
+        if start is None or end is None:
+            raise ValueError("ArchiveReader needs a start and an end")
+        if start > end:
+            raise ValueError(f"start {start.isoformat()} is after end {end.isoformat()}")
+        if not 1 <= page_size <= MAX_LIST_RESULTS:
+            raise ValueError(f"page_size must be 1..{MAX_LIST_RESULTS}, not {page_size}")
+        if not 1 <= batch_size <= MAX_FRAGMENT_LIST:
+            raise ValueError(f"batch_size must be 1..{MAX_FRAGMENT_LIST}, not {batch_size}")
+        self.stats = ReaderStats()
+        self._clients = _Clients(
+            stream_name,
+            stream_arn,
+            endpoint_url=endpoint_url,
+            region=region,
+            session=session,
+            read_timeout_s=read_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            endpoint_refresh_s=DEFAULT_ENDPOINT_REFRESH_S,
+            stats=self.stats,
+        )
+        self.name = self._clients.label
+        self.start = start
+        self.end = end
+        self.timestamp_type: TimestampType = timestamp_type
+        self.page_size = page_size
+        self.batch_size = batch_size
+        self.backoff = backoff or Backoff()
+        self.max_retries = max_retries
+        self.max_element_size = max_element_size
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._payload: Any = None
+
+    def _call(self, what: str, request: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return request()
+            except Exception as exc:
+                translated = _translate(exc, what)
+                if translated is exc:
+                    raise
+                if not isinstance(translated, _Retryable):
+                    raise translated from exc
+                attempt = self._failed(attempt, translated)
+
+    def _failed(self, attempt: int, exc: _Retryable) -> int:
+        self.stats.failures += 1
+        self.stats.last_error = str(exc)
+        if exc.throttled:
+            self.stats.throttled += 1
+        if exc.refresh_endpoint:
+            self._clients.invalidate()
+        attempt += 1
+        if self._stop.is_set():
+            raise _Stopped
+        if attempt > self.max_retries:
+            raise GetMediaError(f"{exc} (gave up after {attempt} attempts)") from exc
+        delay = self.backoff.delay(attempt)
+        log.warning("%s; retrying in %.2f s", exc, delay)
+        if self._stop.wait(delay):
+            raise _Stopped
+        return attempt
+
+    def list_fragments(self) -> list[FragmentInfo]:
+        """Every fragment in the range, sorted by (timestamp, fragment number)."""
+        try:
+            return self._list()
+        except _Stopped:
+            raise GetMediaError(f"ListFragments {self.name}: stopped") from None
+
+    def _list(self) -> list[FragmentInfo]:
+        selector = {
+            "FragmentSelectorType": self.timestamp_type,
+            "TimestampRange": {"StartTimestamp": self.start, "EndTimestamp": self.end},
+        }
+        found: list[FragmentInfo] = []
+        token: str | None = None
+        while True:
+            request: dict[str, Any] = {
+                **self._clients.stream,
+                "FragmentSelector": selector,
+                "MaxResults": self.page_size,
+            }
+            if token:
+                request["NextToken"] = token
+
+            def page(request: dict[str, Any] = request) -> Any:
+                return self._clients.archived("LIST_FRAGMENTS").list_fragments(**request)
+
+            answer = self._call(f"ListFragments {self.name}", page)
+            found.extend(FragmentInfo.from_api(f) for f in answer.get("Fragments", ()))
+            token = answer.get("NextToken")
+            if not token:
+                break
+        producer = self.timestamp_type == "PRODUCER_TIMESTAMP"
+
+        def order(info: FragmentInfo) -> tuple[float, int, str]:
+            stamp = info.producer_timestamp if producer else info.server_timestamp
+            return (
+                stamp.timestamp(),
+                _number_value(info.fragment_number) or 0,
+                info.fragment_number,
+            )
+
+        found.sort(key=order)
+        self.stats.listed = len(found)
+        log.info("%s: %d fragments between %s and %s", self.name, len(found), self.start, self.end)
+        return found
+
+    def __iter__(self) -> Iterator[Fragment]:
+        try:
+            numbers = [info.fragment_number for info in self._list()]
+        except _Stopped:
+            return
+        yield from self.get_fragments(numbers)
+
+    def get_fragments(self, numbers: Sequence[str]) -> Iterator[Fragment]:
+        """These fragments through GetMediaForFragmentList (batched), in this order."""
+        for first in range(0, len(numbers), self.batch_size):
+            remaining = list(numbers[first : first + self.batch_size])
+            attempt = 0
+            while remaining:
+                if self._stop.is_set():
+                    return
+                try:
+                    for fragment in self._fetch(remaining):
+                        attempt = 0
+                        yield fragment
+                        if self._stop.is_set():
+                            return
+                except _Retryable as exc:
+                    try:
+                        attempt = self._failed(attempt, exc)
+                    except _Stopped:
+                        return
+                    continue
+                except _Stopped:
+                    return
+                if self._stop.is_set():
+                    return
+                if remaining:
+                    self.stats.skipped += len(remaining)
+                    log.warning(
+                        "%s: %d fragments missing from the response, e.g. %s",
+                        self.name,
+                        len(remaining),
+                        remaining[0],
+                    )
+                break
+
+    def _fetch(self, remaining: list[str]) -> Iterator[Fragment]:
+        """One GetMediaForFragmentList request; removes what it delivers from ``remaining``."""
+        what = f"GetMediaForFragmentList {self.name}"
+
+        def request() -> Any:
+            client = self._clients.archived("GET_MEDIA_FOR_FRAGMENT_LIST")
+            return client.get_media_for_fragment_list(
+                Fragments=list(remaining),
+                **self._clients.stream,
+            )
+
+        payload = self._call(what, request)["Payload"]
+        self.stats.connections += 1
+        with self._lock:
+            self._payload = payload
+        reader = FragmentReader(max_element_size=self.max_element_size)
+        try:
+            try:
+                for chunk in iter_payload(payload):
+                    self.stats.bytes += len(chunk)
+                    for fragment in reader.feed(chunk):
+                        if self._take(fragment, remaining):
+                            yield fragment
+                tail = reader.close()
+            except MkvError as exc:
+                raise _Retryable(f"{what}: malformed or cut response: {exc}") from exc
+            except _NETWORK_ERRORS as exc:
+                if self._stop.is_set():
+                    return
+                raise _Retryable(f"{what}: connection lost ({exc})") from exc
+            for fragment in tail:
+                if self._take(fragment, remaining):
+                    yield fragment
+        finally:
+            with self._lock:
+                self._payload = None
+            _close_quietly(payload)
+
+    def _take(self, fragment: Fragment, remaining: list[str]) -> bool:
+        number = fragment.fragment_number
+        if number in remaining:
+            remaining.remove(number)
+        error_id = _error_id(fragment)
+        if error_id is None:
+            self.stats.count(fragment)
+            return True
+        self.stats.count_error(error_id)
+        description = _describe_error(fragment)
+        self.stats.last_error = description
+        if error_id in _KMS_ERRORS:
+            raise GetMediaError(
+                f"GetMediaForFragmentList {self.name}: the stream's KMS key cannot be used "
+                f"({description})",
+                error_id=error_id,
+            )
+        self.stats.skipped += 1
+        log.warning("%s: skipped a fragment (%s)", self.name, description)
+        return False
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            payload = self._payload
+        if payload is not None:
+            interrupt(payload)
+
+    def close(self) -> None:
+        self.stop()
+        self._clients.close()
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+# --- files --------------------------------------------------------------------------------
+class FileReader:
+    """The fragments of a GetMedia capture or any MKV file (a path, or a binary stream).
+
+    A file cut off mid-fragment yields the complete frames of that last fragment (its
+    ``truncated`` flag set) unless ``keep_truncated`` is False, in which case the cut
+    raises :class:`~kvs_toolkit.errors.MkvError`. Malformed data raises
+    :class:`~kvs_toolkit.errors.MkvError` naming the file and the byte offset.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | IO[bytes],
+        *,
+        keep_truncated: bool = True,
+        chunk_size: int = _CHUNK,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+    ) -> None:
+        self.source = source
+        self.name = getattr(source, "name", None) or str(source)
+        if isinstance(source, (str, os.PathLike)):
+            self.name = str(Path(source))
+        self.keep_truncated = keep_truncated
+        self.chunk_size = chunk_size
+        self.max_element_size = max_element_size
+        self.stats = ReaderStats()
+        self._stop = threading.Event()
+
+    def __iter__(self) -> Iterator[Fragment]:
+        if isinstance(self.source, (str, os.PathLike)):
+            try:
+                stream: IO[bytes] = open(self.source, "rb")  # noqa: SIM115 - closed below
+            except OSError as exc:
+                raise MkvError(f"cannot read {self.name}: {exc.strerror or exc}") from exc
+            with stream:
+                yield from self._read(stream)
+        else:
+            yield from self._read(self.source)
+
+    def _read(self, stream: IO[bytes]) -> Iterator[Fragment]:
+        reader = FragmentReader(max_element_size=self.max_element_size)
+        try:
+            while chunk := stream.read(self.chunk_size):
+                self.stats.bytes += len(chunk)
+                for fragment in reader.feed(chunk):
+                    yield self._counted(fragment)
+                if self._stop.is_set():
+                    return
+            reader.feed(b"")  # raises an error the last chunk deferred: corruption, not a cut
+            tail = reader.close(keep_truncated=self.keep_truncated)
+            if reader.truncation is not None:
+                log.warning("%s: %s", self.name, reader.truncation)
+        except MkvError as exc:
+            raise MkvError(f"{self.name}: {exc.message}", exc.offset) from exc
+        for fragment in tail:
+            yield self._counted(fragment)
+
+    def _counted(self, fragment: Fragment) -> Fragment:
+        error_id = _error_id(fragment)
+        if error_id is not None:
+            self.stats.count_error(error_id)
+        self.stats.count(fragment)
+        return fragment
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self) -> FileReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
