@@ -562,3 +562,33 @@ def test_no_retention_means_no_persisted_ack(emulator: Emulator, kv: Any) -> Non
         )
     )
     assert kinds(acks) == ["BUFFERING", "RECEIVED"]
+
+
+def test_idle_acks_while_no_data_and_close_after_the_idle_limit() -> None:
+    """IDLE every few seconds without data; the request ends after the idle limit."""
+    from functools import partial
+
+    from kvs_toolkit.emulator import archived, control, dataplane
+
+    config = dataplane.DataPlaneConfig(idle_ack_interval_s=0.2, idle_timeout_s=1.0)
+    installers = [control.install, archived.install, partial(dataplane.install, config=config)]
+    with Emulator(route_installers=installers) as emu:
+        writer = MkvWriter([VIDEO])
+
+        async def run() -> tuple[list[str], float]:
+            async with aiohttp.ClientSession() as http:
+                await http.post(
+                    f"{emu.endpoint_url}/createStream",
+                    json={"StreamName": "quiet", "DataRetentionInHours": 1},
+                )
+                session = PutMediaSession(http, emu.endpoint_url, "quiet")
+                async with session:
+                    await session.write(writer.header())
+                    started = time.monotonic()
+                    seen = [ack.event_type.value async for ack in session.acks()]
+                    return seen, time.monotonic() - started
+
+        seen, elapsed = asyncio.run(run())
+    assert set(seen) == {"IDLE"}
+    assert 3 <= len(seen) <= 6
+    assert 0.9 <= elapsed < 3
