@@ -35,7 +35,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from kvs_toolkit.emulator import archived, control, dataplane
+from kvs_toolkit.emulator import archived, clip, control, dataplane, hls
 from kvs_toolkit.emulator.context import (
     EMULATOR,
     EmulatorConfig,
@@ -71,6 +71,8 @@ DEFAULT_ROUTE_INSTALLERS: list[RouteInstaller] = [
     control.install,
     archived.install,
     dataplane.install,
+    hls.install,
+    clip.install,
 ]
 
 
