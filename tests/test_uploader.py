@@ -192,3 +192,37 @@ def test_buffer_bound_drops_oldest_while_offline() -> None:
     stats, oldest = asyncio.run(run())
     assert stats.dropped_fragments >= 3
     assert oldest > START_MS
+
+
+def test_wrong_credentials_fail_once_with_a_clear_error_not_a_retry_storm() -> None:
+    from botocore.credentials import Credentials
+
+    with Emulator(credentials={"AKIDGOOD": "right-secret"}) as emu:
+        boto3.client(
+            "kinesisvideo",
+            endpoint_url=emu.endpoint_url,
+            region_name="us-east-1",
+            aws_access_key_id="AKIDGOOD",
+            aws_secret_access_key="right-secret",
+        ).create_stream(StreamName="guarded", DataRetentionInHours=1)
+
+        async def run() -> Uploader:
+            uploader = Uploader(
+                emu.endpoint_url,
+                "guarded",
+                [VIDEO],
+                credentials=Credentials("AKIDGOOD", "wrong-secret"),
+            )
+            await uploader.start()
+            for i in range(12):
+                with contextlib.suppress(PutMediaError):
+                    uploader.put_frame(frame(i))
+                await asyncio.sleep(0.02)
+            with contextlib.suppress(PutMediaError):
+                await uploader.close(timeout=5)
+            return uploader
+
+        uploader = asyncio.run(run())
+    assert uploader.stats.connections == 1  # refused once, not retried
+    with pytest.raises(PutMediaError, match="403 InvalidSignatureException"):
+        uploader.put_frame(frame(99))
