@@ -1090,3 +1090,30 @@ def test_h265_plays_in_fmp4_and_ts(emu: Emulator, tmp_path_factory: pytest.TempP
             init = http_get(base_of(url) + init_uri.group(1))[2]
             # The hvc1 sample entry (parameter sets in hvcC), which Apple players need.
             assert b"hvc1" in init and b"hvcC" in init and b"hev1" not in init
+
+
+def test_opencv_videocapture_reads_the_hls_url(sample: SampleStream) -> None:
+    """OpenCV, as many consumer scripts use it, plays the session URL directly."""
+    import cv2
+
+    if "FFMPEG" not in cv2.getBuildInformation():
+        pytest.skip("this OpenCV build has no FFmpeg backend")
+    url = hls_url(
+        sample.emulator,
+        sample.name,
+        PlaybackMode="ON_DEMAND",
+        HLSFragmentSelector=on_demand_selector(sample),
+    )
+    capture = cv2.VideoCapture(url, cv2.CAP_FFMPEG)
+    try:
+        assert capture.isOpened()
+        frames = 0
+        while True:
+            ok, image = capture.read()
+            if not ok:
+                break
+            assert image.shape == (360, 640, 3)
+            frames += 1
+    finally:
+        capture.release()
+    assert frames == sample.frame_count
