@@ -15,6 +15,7 @@
 Registered detector names: ``motion``, ``haar-face``, ``rekognition``, ``onnx``.
 """
 
+from kvs_toolkit.analysis.annotate import AnnotatedPublisher
 from kvs_toolkit.analysis.base import (
     AnalysisError,
     BoundingBox,
@@ -55,6 +56,7 @@ from kvs_toolkit.analysis.yolo import OnnxDetector, decode_yolo_output, nms
 
 __all__ = [
     "AnalysisError",
+    "AnnotatedPublisher",
     "AnalysisRecord",
     "AnalysisStats",
     "Analyzer",

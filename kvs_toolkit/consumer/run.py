@@ -1,5 +1,12 @@
 """``kvs consume``: read a stream (live, an archived range, or a file), decode, write JSON lines.
 
+With ``--model`` every decoded frame also goes through a detector
+(:mod:`kvs_toolkit.analysis`): its JSON line gains the analysis record (``detections``,
+``stream_name``, ``frame_timestamp``, ``model``, ``latency_ms``), the records go to the
+optional sinks (``--to-kinesis``, ``--to-s3``, ``--webhook``), frames with their boxes
+drawn can be published into a second stream (``--annotate-to``), and a summary of the
+detections per label ends the run on stderr.
+
 :func:`consume` is the loop behind the command, usable from code: fragments from any
 :class:`~kvs_toolkit.consumer.readers.FragmentSource` through a
 :class:`~kvs_toolkit.consumer.decode.FragmentDecoder`, one JSON object per decoded frame
@@ -18,13 +25,24 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
 
 import boto3
+import botocore.exceptions
 
+from kvs_toolkit.analysis import (
+    AnalysisError,
+    AnalysisRecord,
+    Analyzer,
+    Detection,
+    Detector,
+    ResultSink,
+    create_detector,
+    create_sink,
+)
 from kvs_toolkit.consumer.checkpoint import JsonFileCheckpointStore
 from kvs_toolkit.consumer.decode import FragmentDecoder
 from kvs_toolkit.consumer.frames import DecodedFrame
@@ -39,6 +57,9 @@ from kvs_toolkit.consumer.readers import (
 )
 from kvs_toolkit.errors import KvsError
 
+if TYPE_CHECKING:
+    from kvs_toolkit.analysis.annotate import AnnotatedPublisher
+
 __all__ = [
     "ConsumeResult",
     "Progress",
@@ -46,6 +67,7 @@ __all__ = [
     "cmd_consume",
     "consume",
     "frame_record",
+    "model_detector",
     "open_reader",
 ]
 
@@ -143,24 +165,40 @@ def consume(
     frames_dir: Path | None = None,
     max_fragments: int | None = None,
     on_frame: Callable[[DecodedFrame], None] | None = None,
+    analyzer: Analyzer | None = None,
+    on_record: Callable[[AnalysisRecord], None] | None = None,
 ) -> ConsumeResult:
     """Decode what ``source`` yields and write one JSON line per frame to ``out``.
 
-    Stops after ``max_fragments`` fragments (then a live reader's last fragment is
-    committed: it was processed), or when the source ends or is stopped.
+    With an ``analyzer`` (which must not sample: one record per frame) each line is the
+    frame's fields plus its :class:`~kvs_toolkit.analysis.AnalysisRecord` (the
+    analyzer's sinks get the record too, and ``on_record`` after them). Stops after
+    ``max_fragments`` fragments (then a live reader's last fragment is committed: it was
+    processed), or when the source ends or is stopped.
     """
+    if analyzer is not None and analyzer.sampler is not None:
+        raise ValueError("consume() needs an Analyzer without fps sampling (one record a frame)")
     fragments = frames = jpegs = 0
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
 
     def emit(decoded: list[DecodedFrame]) -> None:
         nonlocal frames, jpegs
-        for frame in decoded:
+        records: Iterator[AnalysisRecord | None] = (
+            iter([None] * len(decoded)) if analyzer is None else analyzer.process(decoded)
+        )
+        # zip(strict) exhausts process() too, which flushes the sinks once per fragment.
+        for frame, record in zip(decoded, records, strict=True):
             jpeg = None
             if frames_dir is not None:
                 jpeg = _write_jpeg(frame, frames_dir)
                 jpegs += 1
-            out.write(json.dumps(frame_record(frame, jpeg), separators=(",", ":")) + "\n")
+            line = frame_record(frame, jpeg)
+            if record is not None:
+                line.update(record.to_json())
+                if on_record is not None:
+                    on_record(record)
+            out.write(json.dumps(line, separators=(",", ":")) + "\n")
             frames += 1
             if on_frame is not None:
                 on_frame(frame)
@@ -176,6 +214,95 @@ def consume(
     if isinstance(source, LiveReader):
         source.commit()
     return ConsumeResult(fragments, frames, jpegs)
+
+
+# --- models ---------------------------------------------------------------------------------
+# (argument after the ':', --min-confidence, --region) -> detector
+_ModelFactory: TypeAlias = Callable[[str, float | None, str | None], Detector]
+
+
+class _MinConfidence:
+    """Drops the detections of ``detector`` below ``min_confidence`` (0..1)."""
+
+    def __init__(self, detector: Detector, min_confidence: float) -> None:
+        self.detector = detector
+        self.min_confidence = min_confidence
+
+    @property
+    def name(self) -> str:
+        return self.detector.name
+
+    def detect(self, frames: Sequence[DecodedFrame]) -> list[list[Detection]]:
+        return [
+            [d for d in found if d.confidence >= self.min_confidence]
+            for found in self.detector.detect(frames)
+        ]
+
+
+def _no_argument(name: str, argument: str) -> None:
+    if argument:
+        raise AnalysisError(f"model {name!r} takes no ':' argument (got {argument!r})")
+
+
+def _motion(argument: str, min_confidence: float | None, region: str | None) -> Detector:
+    _no_argument("motion", argument)
+    return create_detector("motion", track=True)
+
+
+def _haar_faces(argument: str, min_confidence: float | None, region: str | None) -> Detector:
+    _no_argument("haar-faces", argument)
+    return create_detector("haar-face")
+
+
+def _rekognition(mode: str) -> _ModelFactory:
+    def make(argument: str, min_confidence: float | None, region: str | None) -> Detector:
+        _no_argument(f"rekognition-{mode}", argument)
+        options: dict[str, Any] = {"mode": mode, "region_name": region}
+        if min_confidence is not None:
+            # Rekognition filters on its side too, in percent: fewer labels come back.
+            options["min_confidence"] = min_confidence * 100.0
+        return create_detector("rekognition", **options)
+
+    return make
+
+
+def _onnx(argument: str, min_confidence: float | None, region: str | None) -> Detector:
+    if not argument:
+        raise AnalysisError("model 'onnx' needs the model file: onnx:PATH")
+    options: dict[str, Any] = {"model": argument}
+    if min_confidence is not None:
+        options["conf_threshold"] = min_confidence
+    return create_detector("onnx", **options)
+
+
+#: ``--model`` names: ``name`` or ``name:ARGUMENT``; anything else with a ':' is a plug-in.
+MODELS: Final[dict[str, _ModelFactory]] = {
+    "motion": _motion,
+    "haar-faces": _haar_faces,
+    "rekognition-labels": _rekognition("labels"),
+    "rekognition-faces": _rekognition("faces"),
+    "onnx": _onnx,
+}
+
+
+def model_detector(
+    spec: str, *, min_confidence: float | None = None, region: str | None = None
+) -> Detector:
+    """The detector of a ``--model`` spec: a name of :data:`MODELS` (``onnx:PATH``) or a
+    ``module:function`` plug-in; detections below ``min_confidence`` (0..1) are dropped.
+
+    Raises :class:`~kvs_toolkit.analysis.AnalysisError` for an unknown or bad spec.
+    """
+    name, _, argument = spec.partition(":")
+    factory = MODELS.get(name)
+    if factory is not None:
+        detector = factory(argument, min_confidence, region)
+    elif argument:
+        detector = create_detector(spec)
+    else:
+        known = ", ".join(name for name in MODELS if name != "onnx")
+        raise AnalysisError(f"unknown model {spec!r} (known: {known}, onnx:PATH, module:function)")
+    return detector if min_confidence is None else _MinConfidence(detector, min_confidence)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -197,6 +324,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
     return value
 
 
@@ -251,6 +385,34 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress on stderr"
+    )
+    analysis = parser.add_argument_group("analysis (with --model)")
+    analysis.add_argument(
+        "--model",
+        metavar="SPEC",
+        help="analyse every frame: motion, haar-faces, rekognition-labels, rekognition-faces, "
+        "onnx:PATH or module:function; --out then gets one record per frame with detections",
+    )
+    analysis.add_argument(
+        "--min-confidence",
+        type=_fraction,
+        metavar="C",
+        help="drop detections below this confidence (0..1)",
+    )
+    analysis.add_argument(
+        "--to-kinesis", metavar="STREAM", help="also send records to this Kinesis data stream"
+    )
+    analysis.add_argument(
+        "--to-s3",
+        metavar="s3://BUCKET/PREFIX",
+        help="also store per frame the record (.json) and the annotated frame (.jpg) in S3",
+    )
+    analysis.add_argument("--webhook", metavar="URL", help="also POST records to this URL")
+    analysis.add_argument(
+        "--annotate-to",
+        metavar="STREAM",
+        help="publish the frames with their boxes drawn into this KVS stream (created if "
+        "missing; when publishing falls behind the oldest waiting frames are dropped)",
     )
 
 
@@ -331,6 +493,46 @@ class _ProgressThread:
         self._show(Progress.of(self.stats, self.frames(), live=self.live, done=True))
 
 
+def _sink_specs(args: argparse.Namespace) -> list[str]:
+    specs = []
+    if args.to_kinesis:
+        specs.append(f"kinesis:{args.to_kinesis}")
+    if args.to_s3:
+        if not args.to_s3.startswith("s3://"):
+            raise ValueError(f"--to-s3 takes s3://BUCKET/PREFIX, not {args.to_s3}")
+        specs.append(f"s3:{args.to_s3}")
+    if args.webhook:
+        specs.append(f"webhook:{args.webhook}")
+    return specs
+
+
+def _open_analyzer(args: argparse.Namespace) -> Analyzer:
+    detector = model_detector(args.model, min_confidence=args.min_confidence, region=args.region)
+    sinks: list[ResultSink] = []
+    for spec in _sink_specs(args):
+        aws = {"region_name": args.region} if not spec.startswith("webhook:") else {}
+        sinks.append(create_sink(spec, **aws))
+    stream_name = args.stream or (Path(args.from_file).name if args.from_file else None)
+    # One frame a batch: a live consumer must not hold frames back waiting for a batch.
+    return Analyzer(detector, sinks, batch_size=1, stream_name=stream_name)
+
+
+def _summary(analyzer: Analyzer, publisher: AnnotatedPublisher | None) -> str:
+    stats = analyzer.stats
+    labels = ", ".join(
+        f"{label} {count}" for label, count in stats.detections_by_label.most_common()
+    )
+    p50, p95 = stats.latency_p50, stats.latency_p95
+    latency = "-" if p50 is None or p95 is None else f"p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+    text = (
+        f"{analyzer.detector.name}: {stats.frames_analysed} frames analysed, "
+        f"{stats.detections} detections ({labels or 'none'}), latency {latency}"
+    )
+    if publisher is not None:
+        text += "\n" + publisher.stats.line()
+    return text
+
+
 def cmd_consume(args: argparse.Namespace) -> int:
     """``kvs consume --stream NAME ...``: decode frames to JSON lines until done or Ctrl-C.
 
@@ -340,12 +542,44 @@ def cmd_consume(args: argparse.Namespace) -> int:
     if args.max_fragments is not None and args.max_fragments < 0:
         print("kvs consume: --max-fragments must not be negative", file=sys.stderr)
         return _EXIT_USAGE
+    model_options = (args.to_kinesis, args.to_s3, args.webhook, args.annotate_to)
+    if args.model is None and (args.min_confidence is not None or any(model_options)):
+        print(
+            "kvs consume: --min-confidence, --to-kinesis, --to-s3, --webhook and --annotate-to "
+            "need --model",
+            file=sys.stderr,
+        )
+        return _EXIT_USAGE
+    analyzer: Analyzer | None = None
+    if args.model is not None:
+        try:
+            analyzer = _open_analyzer(args)
+        except (AnalysisError, ValueError, botocore.exceptions.BotoCoreError) as exc:
+            print(f"kvs consume: {exc}", file=sys.stderr)
+            return _EXIT_USAGE
     session = boto3.session.Session(region_name=args.region) if not args.from_file else None
     try:
         source = open_reader(args, session)
     except ValueError as exc:
+        if analyzer is not None:
+            analyzer.close()
         print(f"kvs consume: {exc}", file=sys.stderr)
         return _EXIT_USAGE
+    publisher: AnnotatedPublisher | None = None
+    if args.annotate_to:
+        from kvs_toolkit.analysis.annotate import AnnotatedPublisher
+
+        publisher = AnnotatedPublisher(
+            args.annotate_to,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            credentials=session.get_credentials() if session is not None else None,
+        )
+
+    def annotate(record: AnalysisRecord) -> None:
+        if publisher is not None and record.frame is not None:
+            publisher.submit(record.frame, record.detections)
+
     decoder = FragmentDecoder(fps=args.fps, keyframes_only=args.keyframes_only)
     frames_dir = Path(args.frames_dir) if args.frames_dir else None
     frame_count = 0
@@ -384,12 +618,29 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 frames_dir=frames_dir,
                 max_fragments=args.max_fragments,
                 on_frame=counted,
+                analyzer=analyzer,
+                on_record=annotate if publisher is not None else None,
             )
     finally:
         if timer is not None:
             timer.cancel()
         source.close()
         decoder.close()
+        # Sinks and the publisher deliver what they hold even after an error; their own
+        # errors are raised only when the run itself succeeded.
+        closing_errors: list[Exception] = []
+        for closer in (analyzer, publisher):
+            if closer is None:
+                continue
+            try:
+                closer.close()
+            except Exception as exc:
+                log.error("%s", exc)
+                closing_errors.append(exc)
+    if closing_errors:
+        raise closing_errors[0]
+    if analyzer is not None:
+        print(_summary(analyzer, publisher), file=sys.stderr)
     log.info(
         "consumed %d fragments, %d frames in %.1f s",
         result.fragments,
