@@ -56,10 +56,10 @@ from kvs_toolkit.analysis.yolo import OnnxDetector, decode_yolo_output, nms
 
 __all__ = [
     "AnalysisError",
-    "AnnotatedPublisher",
     "AnalysisRecord",
     "AnalysisStats",
     "Analyzer",
+    "AnnotatedPublisher",
     "BoundingBox",
     "CallableDetector",
     "ChangeFilter",
