@@ -502,13 +502,19 @@ async def get_dash_manifest(request: web.Request) -> web.Response:
 
 
 async def _cached(
-    request: web.Request, key: tuple[object, ...], make: Callable[[], bytes]
+    request: web.Request,
+    key: tuple[object, ...],
+    load: Callable[[], Awaitable[bytes]],
+    make: Callable[[bytes], bytes],
 ) -> bytes:
+    """The remuxed bytes for ``key``; on a miss the stored payload is read (``load``)
+    and remuxed (``make``) off the event loop. A hit reads nothing from the store."""
     cache = request.app[PLAYBACK].cache
     data = cache.get(key)
     if data is None:
+        payload = await load()
         try:
-            data = await asyncio.to_thread(make)
+            data = await asyncio.to_thread(make, payload)
         except DecodeError as exc:
             raise InvalidMediaFrameError(str(exc)) from exc
         cache.put(key, data)
@@ -529,9 +535,13 @@ async def get_mp4_init_fragment(request: web.Request) -> web.Response:
         raise ResourceNotFoundError("The session's first fragment is no longer in the stream.")
 
     _number, position = _track(request, session)
-    payload = await ctx.store.read_payload(record)
     key = ("init", session.stream_id, record.fragment_number, position)
-    data = await _cached(request, key, lambda: fmp4_init_segment(payload, stream_index=position))
+    data = await _cached(
+        request,
+        key,
+        lambda: ctx.store.read_payload(record),
+        lambda payload: fmp4_init_segment(payload, stream_index=position),
+    )
     return _binary(data, "video/mp4")
 
 
@@ -586,13 +596,13 @@ async def get_mp4_media_fragment(request: web.Request) -> web.Response:
         raise InvalidArgumentError("The session's ContainerFormat is MPEG_TS.")
     _number, position = _track(request, session)
     record, sequence = await _session_fragment(request, session)
-    payload = await _checked_payload(request, session, record)
     origin = session.origin_ms
     key = ("fmp4", session.stream_id, record.fragment_number, origin, sequence, position)
     data = await _cached(
         request,
         key,
-        lambda: fmp4_media_segment(
+        lambda: _checked_payload(request, session, record),
+        lambda payload: fmp4_media_segment(
             payload, origin_ms=origin, sequence_number=sequence, stream_index=position
         ),
     )
@@ -604,10 +614,14 @@ async def get_ts_fragment(request: web.Request) -> web.Response:
     if session.params.container != "MPEG_TS":
         raise InvalidArgumentError("The session's ContainerFormat is FRAGMENTED_MP4.")
     record, _sequence = await _session_fragment(request, session)
-    payload = await _checked_payload(request, session, record)
     origin = session.origin_ms
     key = ("ts", session.stream_id, record.fragment_number, origin)
-    data = await _cached(request, key, lambda: mpegts_segment(payload, origin_ms=origin))
+    data = await _cached(
+        request,
+        key,
+        lambda: _checked_payload(request, session, record),
+        lambda payload: mpegts_segment(payload, origin_ms=origin),
+    )
     return _binary(data, "video/mp2t")
 
 
