@@ -7,7 +7,8 @@
 5. Print what happens as it happens; at the end write, under the output folder:
    ``detections.jsonl``, ``contact-sheet.png``, ``timeline.png`` and ``summary.json``.
 
-``--serve`` then leaves the emulator running and prints how to watch the stream.
+``--serve`` then leaves the emulator running and prints its endpoint and the URL of its
+web page, where the stream plays in a browser.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from kvs_toolkit.analysis.base import box_iou
 from kvs_toolkit.analysis.sinks import AnalysisRecord, JsonLinesSink
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
+from kvs_toolkit.emulator.web import page_url
 from kvs_toolkit.errors import MkvError
 from kvs_toolkit.getmedia import interrupt, iter_fragments
 from kvs_toolkit.mkv import Fragment
@@ -270,6 +272,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
             raise consumer.error
         if args.serve:
             _say(out, f"emulator left running at {endpoint}; stream {STREAM!r}")
+            _say(out, f"  watch it in a browser: {page_url(endpoint)}")
             _say(out, "  e.g. kvs inspect, boto3 with endpoint_url, or GetHLSStreamingSessionURL")
             _say(out, "press Ctrl-C to stop")
             try:

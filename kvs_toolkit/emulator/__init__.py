@@ -7,6 +7,9 @@
 * :mod:`.events`: waiting for newly persisted fragments.
 * :mod:`.control`: the control plane; :mod:`.archived`: ListFragments.
 * :mod:`.sigv4`: SigV4 verification; :mod:`.errors`: the service's error answers.
+* :mod:`.dataplane`: PutMedia and GetMedia; :mod:`.hls`, :mod:`.playback`, :mod:`.remux`,
+  :mod:`.clip`: HLS, DASH, GetClip and GetImages.
+* :mod:`.web`: the web page at ``/`` (stream list, HLS player, fragment timeline).
 """
 
 from kvs_toolkit.emulator.context import EMULATOR, EmulatorConfig, EmulatorContext

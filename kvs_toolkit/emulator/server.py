@@ -13,7 +13,8 @@ then add it to :data:`DEFAULT_ROUTE_INSTALLERS` or pass it as ``Emulator(route_i
 
 Every request passes two middlewares: errors (a raised
 :class:`~kvs_toolkit.emulator.errors.ServiceError` becomes the service's error shape)
-and, when credentials are configured, SigV4 verification.
+and, when credentials are configured, SigV4 verification (except for the web page at
+``/`` and ``/_emulator/``, see :mod:`.web`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from types import TracebackType
 from aiohttp import web
 
 from kvs_toolkit.emulator import archived, clip, control, dataplane, hls
+from kvs_toolkit.emulator import web as web_page
 from kvs_toolkit.emulator.context import (
     EMULATOR,
     EmulatorConfig,
@@ -73,6 +75,7 @@ DEFAULT_ROUTE_INSTALLERS: list[RouteInstaller] = [
     dataplane.install,
     hls.install,
     clip.install,
+    web_page.install,
 ]
 
 
@@ -101,7 +104,8 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
 async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
     credentials = ctx.config.credentials
-    if credentials is None:
+    # The web page and its JSON API are a local developer page, served unsigned.
+    if credentials is None or web_page.is_page_request(request):
         return await handler(request)
     declared = request.headers.get("x-amz-content-sha256")
     if request.path in ctx.streaming_paths:

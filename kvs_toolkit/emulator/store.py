@@ -1054,6 +1054,15 @@ class Store:
             ).fragments
         )
 
+    def count_fragments(self, stream_name: str) -> int:
+        """How many fragments the stream holds (an index-only count)."""
+        with self._read() as conn:
+            stream = _select_stream(conn, "name", stream_name)
+            (count,) = conn.execute(
+                "SELECT COUNT(*) FROM fragments WHERE stream_id = ?", (stream.stream_id,)
+            ).fetchone()
+        return int(count)
+
     def earliest_fragment(self, stream_name: str) -> FragmentRecord | None:
         return self._edge_fragment(stream_name, "ASC")
 
@@ -1330,6 +1339,9 @@ class AsyncStore:
         self, stream_name: str, fragment_number: str | None, limit: int = 100
     ) -> list[FragmentRecord]:
         return await self._in_pool(self.sync.fragments_after, stream_name, fragment_number, limit)
+
+    async def count_fragments(self, stream_name: str) -> int:
+        return await self._in_pool(self.sync.count_fragments, stream_name)
 
     async def earliest_fragment(self, stream_name: str) -> FragmentRecord | None:
         return await self._in_pool(self.sync.earliest_fragment, stream_name)
