@@ -11,6 +11,7 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── FragmentMetadataError     fragment metadata that breaks the service's limits
     ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
     ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
+    ├── CredentialsError          AWS credentials could not be obtained (IoT provider, profile)
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
     ├── CheckpointError           a consumer checkpoint could not be read or written
     │   └── LeaseLostError        another consumer took over this stream's lease
@@ -27,6 +28,7 @@ __all__ = [
     "AnalysisError",
     "BitstreamError",
     "CheckpointError",
+    "CredentialsError",
     "DecodeError",
     "EmulatorError",
     "EncodeError",
@@ -79,6 +81,19 @@ class PutMediaError(KvsError):
         self.status = status
         self.error_id = error_id
         self.error_code = error_code
+        super().__init__(message)
+
+
+class CredentialsError(KvsError):
+    """AWS credentials could not be obtained: the AWS IoT credentials provider refused
+    or could not be reached (TLS, HTTP status, a malformed answer), a certificate or
+    key file is unusable, or the credential options are incomplete.
+
+    ``status`` is the provider's HTTP status when it answered one.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        self.status = status
         super().__init__(message)
 
 
