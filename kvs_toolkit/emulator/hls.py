@@ -22,21 +22,34 @@ audio rendition (``EXT-X-MEDIA``) with its own media playlist and DASH an audio
 AdaptationSet, each over that track's init and media segments, as the service has.
 
 Sessions live in memory until they expire (Expires, 300 s by default); a restarted
-emulator forgets them. Segments are remuxed on demand (:mod:`.remux`, in worker
-threads) and kept in a byte-bounded LRU. Playlists come from the sans-I/O builders in
+emulator forgets them. Segments are made on demand in worker threads (fMP4 written by
+:mod:`.fmp4`, MPEG-TS remuxed by :mod:`.remux`) and kept in a byte-bounded LRU; init
+segments are built from the Tracks alone. Playlists come from the sans-I/O builders in
 :mod:`.playback`.
 
 Deviations from the service, on purpose:
 
 * A media playlist or segment URL without ``TrackNumber`` serves every track muxed
   (the service's always name one); with it, one track, as the service does.
-* G.711 audio is left out of DASH (FFmpeg's mp4 muxer cannot carry it); HLS refuses
+* G.711 audio is left out of DASH (the fMP4 writer, like FFmpeg's mp4 muxer, has no
+  G.711 sample entry); HLS refuses
   it, as the service does.
 * Segment media is placed on the producer timeline whichever FragmentSelectorType
   chose the fragments (see :mod:`.playback`).
-* The codec private data may not change inside a session (the service allows changes
-  for HLS): a fragment whose tracks differ from the session's first answers
-  InvalidCodecPrivateDataException.
+* Codec private data changing inside a session (a producer restarted with another
+  resolution): HLS puts ``EXT-X-DISCONTINUITY`` before the first fragment of the new
+  configuration whatever the DiscontinuityMode (RFC 8216 6.2.1), and for fMP4 a new
+  ``EXT-X-MAP`` whose init segment URL names that fragment
+  (``getMP4InitFragment.mp4?...&FragmentNumber=N``), which players built on MSE
+  (hls.js) or AVFoundation append before the next segments (tested here the same
+  way: each init then its segments, decoded with PyAV). FFmpeg's HLS demuxer does not
+  re-read an ``EXT-X-MAP`` that changes (it decodes on with the first one's parameter
+  sets); MPEG-TS segments carry them in band and play through in FFmpeg too. The
+  tracks themselves (kinds and codecs) may not change: InvalidCodecPrivateDataException,
+  as the service's "track changes aren't supported". DASH refuses any change with
+  InvalidCodecPrivateDataException, as the service documents for DASH.
+* Segments are checked against the session before the segment cache (which sessions
+  share), from a cache of fragment heads read from the first bytes of each payload.
 """
 
 from __future__ import annotations
@@ -46,12 +59,13 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
 
+from kvs_toolkit.emulator import fmp4
 from kvs_toolkit.emulator.context import (
     EMULATOR,
     EmulatorContext,
@@ -90,14 +104,9 @@ from kvs_toolkit.emulator.playback import (
     timestamp_of,
     tracks_of_payload,
 )
-from kvs_toolkit.emulator.remux import (
-    ByteLRU,
-    fmp4_init_segment,
-    fmp4_media_segment,
-    mpegts_segment,
-)
-from kvs_toolkit.emulator.store import FragmentRecord, StreamRecord, TimestampType
-from kvs_toolkit.errors import DecodeError
+from kvs_toolkit.emulator.remux import ByteLRU, mpegts_segment
+from kvs_toolkit.emulator.store import FragmentRecord, Store, StreamRecord, TimestampType
+from kvs_toolkit.errors import DecodeError, MkvError
 
 __all__ = [
     "LIVE_IDLE_TIMEOUT_S",
@@ -117,6 +126,14 @@ LIVE_IDLE_TIMEOUT_S: float = 30.0
 SEGMENT_CACHE_BYTES: Final = 64 * 1024 * 1024
 #: Sessions kept at most (expired ones are dropped first).
 MAX_SESSIONS: Final = 10_000
+#: Distinct codec configurations one HLS session follows (each is kept for its init
+#: segment); past this a playlist request fails with InvalidCodecPrivateDataException.
+MAX_CONFIGS_PER_SESSION: Final = 1000
+#: Bytes of fragment heads (Info + Tracks) remembered across sessions.
+HEAD_CACHE_BYTES: Final = 4 * 1024 * 1024
+# A fragment's Info + Tracks are read from the first bytes of its stored payload; a
+# larger head (CodecPrivate may be up to 1 MiB) costs a read of the whole payload.
+_HEAD_PROBE_BYTES: Final = 8192
 # A live session remembers this many entries beyond its playlist window, so a player a
 # little behind can still fetch a DASH $Number$ that just left the manifest.
 _LIVE_KEEP_EXTRA: Final = 64
@@ -155,10 +172,31 @@ class PlaybackSession:
     exhausted: bool = False  # LIVE_REPLAY with an end: every fragment has been added
     target_duration: int = 1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # HLS: the codec configurations (Info + Tracks) seen, numbered in order of
+    # appearance (0 is ``head``), and the fragment that brought each one in, which
+    # names its init segment.
+    config_heads: list[bytes] = field(default_factory=list)
+    config_fragments: list[str] = field(default_factory=list)
+    config_by_head: dict[bytes, int] = field(default_factory=dict)
 
     @property
     def ended(self) -> bool:
         return self.params.mode == "ON_DEMAND" or self.exhausted
+
+    def config_of(self, head: bytes, fragment_number: str) -> int:
+        """The number of a fragment's codec configuration, a new one if not seen yet."""
+        config = self.config_by_head.get(head)
+        if config is None:
+            if len(self.config_heads) >= MAX_CONFIGS_PER_SESSION:
+                raise InvalidCodecPrivateDataError(
+                    f"The codec private data changed more than {MAX_CONFIGS_PER_SESSION} "
+                    "times in the streaming session."
+                )
+            config = len(self.config_heads)
+            self.config_by_head[head] = config
+            self.config_heads.append(head)
+            self.config_fragments.append(fragment_number)
+        return config
 
 
 @dataclass(eq=False)
@@ -167,6 +205,7 @@ class PlaybackState:
 
     sessions: dict[str, PlaybackSession] = field(default_factory=dict)
     cache: ByteLRU = field(default_factory=lambda: ByteLRU(SEGMENT_CACHE_BYTES))
+    heads: ByteLRU = field(default_factory=lambda: ByteLRU(HEAD_CACHE_BYTES))
 
     def add(self, session: PlaybackSession, now_ms: int) -> None:
         if len(self.sessions) >= MAX_SESSIONS:
@@ -229,6 +268,52 @@ async def list_all_fragments(
         after = page.fragments[-1].fragment_number
 
 
+def _read_heads(store: Store, cache: ByteLRU, records: Sequence[FragmentRecord]) -> list[bytes]:
+    """The Info + Tracks of each fragment (blocking: a few KiB read per fragment not
+    cached yet)."""
+    heads = []
+    for record in records:
+        key = (record.stream_id, record.fragment_number)
+        head = cache.get(key)
+        if head is None:
+            # The store keeps each payload at record.offset in record.path (see
+            # Store.read_payload); only its first bytes are needed here.
+            try:
+                with open(store.data_dir / record.path, "rb") as f:
+                    f.seek(record.offset)
+                    prefix = f.read(min(record.length, _HEAD_PROBE_BYTES))
+                length = fmp4.head_length(prefix)
+                head = (
+                    prefix[:length]
+                    if length is not None
+                    else split_payload(store.read_payload(record))[0]
+                )
+            except (OSError, MkvError) as exc:
+                raise InvalidMediaFrameError(
+                    f"The stored fragment {record.fragment_number} cannot be read: {exc}"
+                ) from exc
+            cache.put(key, head)
+        heads.append(head)
+    return heads
+
+
+async def _add_records(
+    request: web.Request, session: PlaybackSession, records: Sequence[FragmentRecord]
+) -> None:
+    """Add fragments to the session's index; for HLS with their codec configurations.
+
+    Their heads land in the head cache, so that a segment request of a listed fragment
+    is checked and served from the segment cache without a store query.
+    """
+    if not records:
+        return
+    store = request.app[EMULATOR].store.sync
+    heads = await asyncio.to_thread(_read_heads, store, request.app[PLAYBACK].heads, records)
+    hls = session.params.protocol == "HLS"
+    for record, head in zip(records, heads, strict=True):
+        session.index.add(record, session.config_of(head, record.fragment_number) if hls else 0)
+
+
 def _live_idle_ms() -> int:
     return round(LIVE_IDLE_TIMEOUT_S * 1000)
 
@@ -288,8 +373,9 @@ async def _initial_fragments(
     return []
 
 
-async def _refresh(ctx: EmulatorContext, session: PlaybackSession, now_ms: int) -> None:
+async def _refresh(request: web.Request, session: PlaybackSession, now_ms: int) -> None:
     """Add the fragments that joined a LIVE or LIVE_REPLAY session since the last look."""
+    ctx = request.app[EMULATOR]
     params = session.params
     if params.mode == "ON_DEMAND" or session.exhausted:
         return
@@ -298,8 +384,7 @@ async def _refresh(ctx: EmulatorContext, session: PlaybackSession, now_ms: int) 
         raise ResourceNotFoundError(f"The stream {session.stream_name} was deleted.")
     if params.mode == "LIVE":
         new = await list_all_fragments(ctx, session.stream_name, after=session.last_seen_number)
-        for record in new:
-            session.index.add(record)
+        await _add_records(request, session, new)
         if new:
             session.last_seen_number = new[-1].fragment_number
             newest = max(r.server_timestamp_ms for r in new)
@@ -318,8 +403,7 @@ async def _refresh(ctx: EmulatorContext, session: PlaybackSession, now_ms: int) 
     records = await list_all_fragments(
         ctx, session.stream_name, timestamp_type=params.selector, start_ms=lower, end_ms=upper
     )
-    for record in order_for_playback(records, params.selector):
-        session.index.add(record)
+    await _add_records(request, session, order_for_playback(records, params.selector))
     if params.end_ms is not None and horizon >= params.end_ms:
         session.exhausted = True
 
@@ -350,8 +434,6 @@ async def _create_session(request: web.Request, protocol: Protocol) -> PlaybackS
     )
     keep = None if params.mode == "ON_DEMAND" else params.max_results + _LIVE_KEEP_EXTRA
     index = SessionIndex(params.selector, params.discontinuity, keep=keep)
-    for record in records:
-        index.add(record)
     origin = min(r.producer_timestamp_ms for r in records)
     last = records[-1]
     window_end = last.producer_timestamp_ms + last.duration_ms - origin
@@ -373,8 +455,10 @@ async def _create_session(request: web.Request, protocol: Protocol) -> PlaybackS
         last_seen_number=max(r.fragment_number for r in records),
         newest_server_ms=max(r.server_timestamp_ms for r in records),
         replay_first_ms=timestamp_of(first, params.selector),
-        target_duration=target_duration_s(index.entries),
     )
+    session.config_of(head, first.fragment_number)
+    await _add_records(request, session, records)
+    session.target_duration = target_duration_s(index.entries)
     state.prune(now)
     state.add(session, now)
     return session
@@ -435,7 +519,7 @@ async def get_hls_master_playlist(request: web.Request) -> web.Response:
 
 async def _window(request: web.Request, session: PlaybackSession) -> tuple[PlaylistEntry, ...]:
     async with session.lock:
-        await _refresh(request.app[EMULATOR], session, _now_ms())
+        await _refresh(request, session, _now_ms())
         live = session.params.mode != "ON_DEMAND"
         entries = session.index.window(session.params.max_results, newest=live)
         session.target_duration = max(session.target_duration, target_duration_s(entries))
@@ -450,7 +534,13 @@ async def get_hls_media_playlist(request: web.Request) -> web.Response:
     if session.params.container == "FRAGMENTED_MP4":
         # One track's init and segments; without TrackNumber, every track muxed.
         track_query = "" if track is None else f"&TrackNumber={track}"
-        map_uri: str | None = f"getMP4InitFragment.mp4?SessionToken={token}{track_query}"
+        first_init = f"getMP4InitFragment.mp4?SessionToken={token}{track_query}"
+
+        def map_uri(entry: PlaylistEntry) -> str:
+            # A later codec configuration's init is named by the fragment that brought it.
+            if entry.config == 0:
+                return first_init
+            return f"{first_init}&FragmentNumber={session.config_fragments[entry.config]}"
 
         def segment_uri(entry: PlaylistEntry) -> str:
             return (
@@ -458,15 +548,15 @@ async def get_hls_media_playlist(request: web.Request) -> web.Response:
                 f"&SessionToken={token}{track_query}"
             )
     else:
-        map_uri = None
 
         def segment_uri(entry: PlaylistEntry) -> str:
             return f"getTSFragment.ts?FragmentNumber={entry.fragment_number}&SessionToken={token}"
 
+    mp4 = session.params.container == "FRAGMENTED_MP4"
     playlist = hls_media_playlist(
         entries,
         segment_uri=segment_uri,
-        map_uri=map_uri,
+        map_uri=map_uri if mp4 else None,
         discontinuity_sequence=session.index.discontinuity_sequence(
             entries[0] if entries else None
         ),
@@ -502,19 +592,16 @@ async def get_dash_manifest(request: web.Request) -> web.Response:
 
 
 async def _cached(
-    request: web.Request,
-    key: tuple[object, ...],
-    load: Callable[[], Awaitable[bytes]],
-    make: Callable[[bytes], bytes],
+    request: web.Request, key: tuple[object, ...], make: Callable[[], bytes]
 ) -> bytes:
-    """The remuxed bytes for ``key``; on a miss the stored payload is read (``load``)
-    and remuxed (``make``) off the event loop. A hit reads nothing from the store."""
+    """The segment bytes for ``key``; on a miss ``make`` (which reads the stored
+    fragment and remuxes it: blocking) runs in one worker thread. A hit reads nothing
+    from the store."""
     cache = request.app[PLAYBACK].cache
     data = cache.get(key)
     if data is None:
-        payload = await load()
         try:
-            data = await asyncio.to_thread(make, payload)
+            data = await asyncio.to_thread(make)
         except DecodeError as exc:
             raise InvalidMediaFrameError(str(exc)) from exc
         cache.put(key, data)
@@ -525,30 +612,62 @@ def _binary(data: bytes, content_type: str) -> web.Response:
     return web.Response(body=data, content_type=content_type)
 
 
+def _check_tracks(session: PlaybackSession, head: bytes, fragment_number: str) -> None:
+    """Whether a fragment's Info + Tracks may play in the session (blocking).
+
+    DASH and GetClip allow no change of codec private data (the service's "CPD changes
+    aren't supported during a streaming session"); HLS allows it (a new init segment
+    after a discontinuity) as long as the tracks stay the same kinds with the same
+    codecs (the service's "track changes aren't supported").
+    """
+    if head == session.head:
+        return
+    if session.params.protocol != "HLS":
+        raise InvalidCodecPrivateDataError(
+            f"The tracks of fragment {fragment_number} differ from the session's first "
+            "fragment: the codec private data may not change inside a DASH session."
+        )
+    tracks, _scale = fmp4.parse_head(head)
+    audio = (CODEC_AAC,)
+    info = media_info(tracks, audio_codecs=audio)
+    if [(t.kind, t.codec.split(".")[0]) for t in info.tracks] != [
+        (t.kind, t.codec.split(".")[0]) for t in session.info.tracks
+    ]:
+        raise InvalidCodecPrivateDataError(
+            f"The tracks of fragment {fragment_number} ({info.codecs_attribute}) differ from "
+            f"the session's ({session.info.codecs_attribute}): tracks may not change inside "
+            "a session, only their codec private data."
+        )
+
+
 async def get_mp4_init_fragment(request: web.Request) -> web.Response:
     session = _session(request)
     if session.params.container != "FRAGMENTED_MP4":
         raise InvalidArgumentError("The session's ContainerFormat is MPEG_TS.")
-    ctx = request.app[EMULATOR]
-    record = await ctx.store.get_fragment(session.stream_name, session.init_fragment_number)
-    if record is None or record.stream_id != session.stream_id:
-        raise ResourceNotFoundError("The session's first fragment is no longer in the stream.")
-
     _number, position = _track(request, session)
-    key = ("init", session.stream_id, record.fragment_number, position)
-    data = await _cached(
-        request,
-        key,
-        lambda: ctx.store.read_payload(record),
-        lambda payload: fmp4_init_segment(payload, stream_index=position),
-    )
-    return _binary(data, "video/mp4")
+    # Built from the tracks alone (fmp4.init_segment): no stored fragment is read. With
+    # FragmentNumber, the init of the codec configuration that fragment brought in.
+    number = request.query.get("FragmentNumber")
+    config = 0
+    if number is not None:
+        if number not in session.config_fragments:
+            raise ResourceNotFoundError(
+                f"Fragment {number} does not start a codec configuration of the session."
+            )
+        config = session.config_fragments.index(number)
+    head = session.config_heads[config]
+    key = ("init", head, position)
+
+    def make() -> bytes:
+        _check_tracks(session, head, session.config_fragments[config])
+        return fmp4.init_segment(fmp4.parse_head(head)[0], stream_index=position)
+
+    return _binary(await _cached(request, key, make), "video/mp4")
 
 
-async def _session_fragment(
-    request: web.Request, session: PlaybackSession
-) -> tuple[FragmentRecord, int]:
-    """The fragment a segment request names, checked against the session; its sequence."""
+def _requested_number(request: web.Request, session: PlaybackSession) -> str:
+    """The fragment number a segment request names (FragmentNumber, or DASH's
+    SequenceNumber through the session's index)."""
     number = request.query.get("FragmentNumber")
     sequence_text = request.query.get("SequenceNumber")
     if number is None and sequence_text is not None:
@@ -562,8 +681,12 @@ async def _session_fragment(
         raise InvalidArgumentError("FragmentNumber is required.")
     if not number.isdigit():
         raise InvalidArgumentError(f"FragmentNumber {number!r} is not a fragment number.")
-    ctx = request.app[EMULATOR]
-    record = await ctx.store.get_fragment(session.stream_name, number)
+    return number
+
+
+def _session_payload(store: Store, heads: ByteLRU, session: PlaybackSession, number: str) -> bytes:
+    """The stored payload of a fragment of the session, checked (blocking)."""
+    record = store.get_fragment(session.stream_name, number)
     if record is None or record.stream_id != session.stream_id:
         raise ResourceNotFoundError(f"Fragment {number} was not found in the stream.")
     params = session.params
@@ -574,20 +697,50 @@ async def _session_fragment(
     )
     if not allowed:
         raise ResourceNotFoundError(f"Fragment {number} is not part of the streaming session.")
-    sequence = session.index.sequence_of(record.fragment_number) or 1
-    return record, sequence
-
-
-async def _checked_payload(
-    request: web.Request, session: PlaybackSession, record: FragmentRecord
-) -> bytes:
-    payload = await request.app[EMULATOR].store.read_payload(record)
-    if split_payload(payload)[0] != session.head:
-        raise InvalidCodecPrivateDataError(
-            f"The tracks of fragment {record.fragment_number} differ from the session's "
-            "first fragment: the codec private data may not change inside a session."
-        )
+    payload = store.read_payload(record)
+    length = fmp4.head_length(payload)
+    if length is None:
+        raise DecodeError(f"the stored fragment {number} is corrupt: it has no Info and Tracks")
+    head = payload[:length]
+    heads.put((record.stream_id, number), head)
+    _check_tracks(session, head, number)
     return payload
+
+
+async def _segment(
+    request: web.Request,
+    session: PlaybackSession,
+    kind: str,
+    position: int | None,
+    make: Callable[[bytes, int], bytes],
+) -> bytes:
+    """A media segment: ``make(payload, sequence)`` on a cache miss.
+
+    A fragment the session lists, with its head in the head cache, is checked without
+    I/O and a cached segment is served at once. Otherwise one worker thread looks the
+    fragment up, checks it, reads it and makes the segment (one hand-off, not three).
+    """
+    state = request.app[PLAYBACK]
+    number = _requested_number(request, session)
+    sequence = session.index.sequence_of(number)
+    key = (kind, session.stream_id, number, session.origin_ms, sequence or 1, position)
+    head = state.heads.get((session.stream_id, number)) if sequence is not None else None
+    if head is not None:
+        _check_tracks(session, head, number)
+        cached = state.cache.get(key)
+        if cached is not None:
+            return cached
+    store = request.app[EMULATOR].store.sync
+
+    def produce() -> bytes:
+        return make(_session_payload(store, state.heads, session, number), sequence or 1)
+
+    try:
+        data = await asyncio.to_thread(produce)
+    except DecodeError as exc:
+        raise InvalidMediaFrameError(str(exc)) from exc
+    state.cache.put(key, data)
+    return data
 
 
 async def get_mp4_media_fragment(request: web.Request) -> web.Response:
@@ -595,17 +748,17 @@ async def get_mp4_media_fragment(request: web.Request) -> web.Response:
     if session.params.container != "FRAGMENTED_MP4":
         raise InvalidArgumentError("The session's ContainerFormat is MPEG_TS.")
     _number, position = _track(request, session)
-    record, sequence = await _session_fragment(request, session)
     origin = session.origin_ms
-    key = ("fmp4", session.stream_id, record.fragment_number, origin, sequence, position)
-    data = await _cached(
-        request,
-        key,
-        lambda: _checked_payload(request, session, record),
-        lambda payload: fmp4_media_segment(
-            payload, origin_ms=origin, sequence_number=sequence, stream_index=position
-        ),
-    )
+
+    def make(payload: bytes, sequence: int) -> bytes:
+        return fmp4.media_segment(
+            fmp4.read_stored_fragment(payload),
+            origin_ms=origin,
+            sequence_number=sequence,
+            stream_index=position,
+        )
+
+    data = await _segment(request, session, "fmp4", position, make)
     return _binary(data, "video/mp4")
 
 
@@ -613,15 +766,12 @@ async def get_ts_fragment(request: web.Request) -> web.Response:
     session = _session(request, "HLS")
     if session.params.container != "MPEG_TS":
         raise InvalidArgumentError("The session's ContainerFormat is FRAGMENTED_MP4.")
-    record, _sequence = await _session_fragment(request, session)
     origin = session.origin_ms
-    key = ("ts", session.stream_id, record.fragment_number, origin)
-    data = await _cached(
-        request,
-        key,
-        lambda: _checked_payload(request, session, record),
-        lambda payload: mpegts_segment(payload, origin_ms=origin),
-    )
+
+    def make(payload: bytes, _sequence: int) -> bytes:
+        return mpegts_segment(payload, origin_ms=origin)
+
+    data = await _segment(request, session, "ts", None, make)
     return _binary(data, "video/mp2t")
 
 

@@ -320,6 +320,9 @@ class PlaylistEntry:
     duration_ms: int
     size: int
     discontinuity: bool  # a discontinuity marker goes before this entry
+    # Which of the session's codec configurations (distinct Info + Tracks, numbered from
+    # 0 in order of appearance) the fragment has: a change needs a new fMP4 init segment.
+    config: int = 0
 
 
 class SessionIndex:
@@ -359,8 +362,13 @@ class SessionIndex:
     def entries(self) -> tuple[PlaylistEntry, ...]:
         return tuple(self._entries)
 
-    def add(self, record: FragmentRecord) -> PlaylistEntry | None:
-        """Append a fragment; None (and nothing changes) if it is not newer than the last."""
+    def add(self, record: FragmentRecord, config: int = 0) -> PlaylistEntry | None:
+        """Append a fragment; None (and nothing changes) if it is not newer than the last.
+
+        ``config`` numbers the fragment's codec configuration; a change from the last
+        entry's is always a discontinuity (RFC 8216 6.2.1: a change of encoding
+        parameters needs EXT-X-DISCONTINUITY), whatever the DiscontinuityMode.
+        """
         last = self._last
         if last is not None:
             if record.fragment_number in self._numbers:
@@ -379,7 +387,9 @@ class SessionIndex:
             server_ms=record.server_timestamp_ms,
             duration_ms=record.duration_ms,
             size=record.size,
-            discontinuity=last is not None and self._is_discontinuity(last, record),
+            discontinuity=last is not None
+            and (config != last.config or self._is_discontinuity(last, record)),
+            config=config,
         )
         self._next_sequence += 1
         self._entries.append(entry)
@@ -655,7 +665,7 @@ def hls_media_playlist(
     entries: Sequence[PlaylistEntry],
     *,
     segment_uri: Callable[[PlaylistEntry], str],
-    map_uri: str | None,
+    map_uri: str | Callable[[PlaylistEntry], str] | None,
     discontinuity_sequence: int = 0,
     target_duration: int | None = None,
     program_date_time: TimestampType | None = None,
@@ -664,7 +674,10 @@ def hls_media_playlist(
 ) -> str:
     """A media playlist (RFC 8216) over ``entries``.
 
-    ``map_uri`` is the fMP4 initialization segment (``EXT-X-MAP``; None for MPEG-TS).
+    ``map_uri`` is the fMP4 initialization segment (``EXT-X-MAP``; None for MPEG-TS),
+    or a function of an entry giving the init segment of its codec configuration: a new
+    ``EXT-X-MAP`` goes before the first entry whose URI differs from the one before
+    (RFC 8216 4.3.2.5: a map applies to every segment after it until the next).
     ``program_date_time`` adds ``EXT-X-PROGRAM-DATE-TIME`` with that timestamp of each
     fragment (DisplayFragmentTimestamp ALWAYS). ``ended`` adds ``EXT-X-ENDLIST``.
     """
@@ -680,11 +693,18 @@ def hls_media_playlist(
     if playlist_type is not None:
         lines.append(f"#EXT-X-PLAYLIST-TYPE:{playlist_type}")
     lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
-    if map_uri is not None:
+    map_of: Callable[[PlaylistEntry], str] | None = (
+        (lambda _entry: map_uri) if isinstance(map_uri, str) else map_uri
+    )
+    current_map: str | None = None
+    if isinstance(map_uri, str) and not entries:
         lines.append(f'#EXT-X-MAP:URI="{map_uri}"')
     for position, entry in enumerate(entries):
         if entry.discontinuity and position > 0:
             lines.append("#EXT-X-DISCONTINUITY")
+        if map_of is not None and (uri := map_of(entry)) != current_map:
+            lines.append(f'#EXT-X-MAP:URI="{uri}"')
+            current_map = uri
         if program_date_time is not None:
             lines.append(
                 f"#EXT-X-PROGRAM-DATE-TIME:{iso8601(timestamp_of(entry, program_date_time))}"

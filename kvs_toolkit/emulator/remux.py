@@ -1,34 +1,31 @@
-"""Stored fragments remuxed with PyAV for HLS, DASH, GetClip and GetImages (no re-encoding).
+"""Stored fragments as HLS/DASH segments, GetClip MP4s and GetImages frames (no re-encoding).
 
 Every function here is blocking CPU work: call it in a worker thread
-(``asyncio.to_thread``). Input is one or more stored payloads (``Info + Tracks +
-sized Cluster``, see :mod:`kvs_toolkit.emulator.media`); they become one in-memory MKV
-document (EBML header, unknown-size Segment, the first payload's Info and Tracks, every
-Cluster) that FFmpeg's matroska demuxer reads, and the packets go to FFmpeg's muxers
-unchanged.
+(``asyncio.to_thread``). fMP4 (init and media segments) is written directly from the
+stored payload by :mod:`.fmp4`; MPEG-TS segments and GetClip MP4s go through PyAV: the
+payloads (``Info + Tracks + sized Cluster``, see :mod:`kvs_toolkit.emulator.media`)
+become one in-memory MKV document (EBML header, unknown-size Segment, the first
+payload's Info and Tracks, every Cluster) that FFmpeg's matroska demuxer reads, and the
+packets go to FFmpeg's muxers unchanged (the TS muxer converts AVCC to Annex-B).
 
 Timing. The Cluster holds absolute producer timestamps in 1 ms units. Every output is
 timed relative to an *origin* (a producer timestamp in ms, the first fragment of a
 playback session or of a clip), so consecutive segments of a session continue each
 other's timeline exactly:
 
-* fMP4 media segments (``moof + mdat``): FFmpeg's fragmenting mp4 muxer always starts
-  ``tfdt`` (baseMediaDecodeTime) at 0 for a new output, so after muxing the ``tfdt`` of
-  each ``traf`` is rewritten in place with the track's first decode time since the
-  origin, in the track's ``mdhd`` timescale (90 kHz video, the sample rate for audio).
-  Players place each segment on the session timeline by that value (ISO/IEC 14496-12
-  8.8.12).
+* fMP4 media segments (``moof + mdat``): ``tfdt`` is the track's first decode time
+  since the origin in its ``mdhd`` timescale (90 kHz video, the sample rate for audio);
+  players place each segment on the session timeline by it (ISO/IEC 14496-12 8.8.12).
 * MPEG-TS segments: packets carry PTS/DTS since the origin in 90 kHz, so segments
   continue each other without a discontinuity.
 * GetClip: one non-fragmented MP4 (``moov`` first), timed from the clip's first fragment.
 
-G.711 audio is left out of mp4 outputs: FFmpeg's mp4 muxer cannot carry it.
+B-frames: Matroska blocks carry presentation times only, in decode order. Decode times
+are rebuilt from them (the i-th block decodes at the i-th smallest presentation time):
+fMP4 gets composition offsets in ``trun`` (version 1 when negative), MPEG-TS and
+GetClip get DTS moved back by the reordering delay (see :func:`_remux`).
 
-B-frames: Matroska SimpleBlocks carry presentation times only; decode times are taken
-equal to them, which is right for the streams KVS producers send (the service's
-guidance is no B-frames). A stream with B-frames makes FFmpeg's muxers refuse the
-packets (decode times out of order): the caller gets a
-:class:`~kvs_toolkit.errors.DecodeError`. GetImages still decodes such streams.
+G.711 audio is left out of mp4 outputs: FFmpeg's mp4 muxer cannot carry it.
 """
 
 from __future__ import annotations
@@ -48,6 +45,7 @@ import av
 import av.error
 from av.video.frame import VideoFrame
 
+from kvs_toolkit.emulator import fmp4
 from kvs_toolkit.emulator.media import split_payload
 from kvs_toolkit.errors import DecodeError, MkvError
 from kvs_toolkit.mkv import ids
@@ -72,11 +70,6 @@ _SEGMENT_START: Final = encode_id(ids.SEGMENT) + UNKNOWN_SIZE_BYTES
 _EBML_HEADER: Final = ebml_header()
 _VIDEO_TIME_BASE: Final = Fraction(1, 90_000)
 _MS: Final = Fraction(1, 1000)
-# frag_custom: one moof per output (FFmpeg cuts only when flushed, and closing flushes),
-# so a fragment with several key frames still becomes one media segment.
-_FMP4_FLAGS: Final = "frag_custom+empty_moov+default_base_moof+skip_trailer"
-_SEGMENT_BOXES: Final = frozenset({b"moof", b"mdat"})
-_INIT_BOXES: Final = frozenset({b"ftyp", b"moov"})
 _NOT_IN_MP4: Final = frozenset({"pcm_alaw", "pcm_mulaw"})
 
 
@@ -134,43 +127,6 @@ def _children(
     return [box for box in iter_boxes(data, parent[2], parent[3]) if box[0] == kind]
 
 
-def _track_timescales(data: bytes | bytearray) -> dict[int, int]:
-    """track_ID -> mdhd timescale, from the moov of an FFmpeg mp4 output."""
-    timescales: dict[int, int] = {}
-    for moov in (b for b in iter_boxes(data) if b[0] == b"moov"):
-        for trak in _children(data, moov, b"trak"):
-            tkhd = _children(data, trak, b"tkhd")[0]
-            version = data[tkhd[2]]
-            # tkhd: version/flags, creation and modification times (4 or 8 bytes each)
-            (track_id,) = struct.unpack_from(">I", data, tkhd[2] + (20 if version == 1 else 12))
-            mdia = _children(data, trak, b"mdia")[0]
-            mdhd = _children(data, mdia, b"mdhd")[0]
-            version = data[mdhd[2]]
-            (scale,) = struct.unpack_from(">I", data, mdhd[2] + (20 if version == 1 else 12))
-            timescales[track_id] = scale
-    return timescales
-
-
-def _set_base_decode_times(data: bytearray, first_decode_ms: dict[int, Fraction]) -> None:
-    """Rewrite each traf's tfdt with its track's first decode time since the origin."""
-    timescales = _track_timescales(data)
-    for moof in (b for b in iter_boxes(data) if b[0] == b"moof"):
-        for traf in _children(data, moof, b"traf"):
-            tfhd = _children(data, traf, b"tfhd")[0]
-            (track_id,) = struct.unpack_from(">I", data, tfhd[2] + 4)
-            start = first_decode_ms.get(track_id)
-            if start is None:
-                continue
-            value = max(0, round(start * timescales[track_id] / 1000))
-            for tfdt in _children(data, traf, b"tfdt"):
-                if data[tfdt[2]] == 1:
-                    struct.pack_into(">Q", data, tfdt[2] + 4, value)
-                elif value < 1 << 32:
-                    struct.pack_into(">I", data, tfdt[2] + 4, value)
-                else:  # pragma: no cover - FFmpeg writes version 1
-                    raise DecodeError("tfdt version 0 cannot hold the base media decode time")
-
-
 def _moov_first(data: bytes) -> bytes:
     """Move ``moov`` in front of ``mdat`` (what FFmpeg's ``faststart`` does with a second
     pass over a file, which an in-memory output cannot have), shifting chunk offsets."""
@@ -202,21 +158,15 @@ def _moov_first(data: bytes) -> bytes:
     return b"".join((*before, bytes(moved), *after))
 
 
-def _keep_boxes(data: bytes | bytearray, kinds: frozenset[bytes]) -> bytes:
-    return b"".join(bytes(data[s:e]) for kind, s, _p, e in iter_boxes(data) if kind in kinds)
-
-
 # --- remuxing -------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Output:
-    stream: av.stream.Stream  # in the sink
-    track_id: int
-    pending: av.Packet[Any] | None = None  # the previous packet, held back to learn its duration
-    pending_ms: Fraction | None = None  # its timestamp in ms
-    first_decode_ms: Fraction | None = None
-    last_duration_ms: Fraction = Fraction(0)
+def _packet_ms(packet: av.Packet[Any], value: int) -> int:
+    """``value`` (a pts or duration in the packet's time base) in whole ms."""
+    tb = packet.time_base or _MS
+    if tb == _MS:
+        return value
+    return round(Fraction(value) * tb * 1000)
 
 
 def _remux(
@@ -225,16 +175,15 @@ def _remux(
     *,
     origin_ms: int,
     options: dict[str, str] | None = None,
-    stream_index: int | None = None,
-) -> tuple[bytes, dict[int, Fraction]]:
+) -> bytes:
     """Copy the audio/video packets of ``document`` into a new ``container_format`` output.
 
-    ``stream_index``: only the track at that position in Tracks (FFmpeg's stream
-    index; the matroska demuxer numbers streams in TrackEntry order); None for all.
     G.711 tracks are left out of mp4 outputs (FFmpeg's mp4 muxer has no G.711).
-    Packets are timed in ms since ``origin_ms``. Returns the output and, per output
-    track_ID (output stream index + 1, FFmpeg's mp4 numbering), the first decode time
-    in ms.
+    Packets are timed in ms since ``origin_ms``. Decode times: the blocks come in
+    decode order with presentation times, so the i-th packet of a track decodes at the
+    i-th smallest presentation time, moved back by the track's largest reordering
+    (the B-frame delay, 0 without B-frames) so that no packet decodes after it is
+    presented, which both muxers require.
     """
     sink_buffer = io.BytesIO()
     try:
@@ -242,11 +191,9 @@ def _remux(
             av.open(io.BytesIO(document), "r", format="matroska", options=_NO_PROBING) as source,
             av.open(sink_buffer, "w", format=container_format, options=options) as sink,
         ):
-            outputs: dict[int, _Output] = {}
+            outputs: dict[int, av.stream.Stream] = {}
             for stream in source.streams:
                 if stream.type not in ("video", "audio"):
-                    continue
-                if stream_index is not None and stream.index != stream_index:
                     continue
                 if container_format == "mp4" and stream.codec_context.name in _NOT_IN_MP4:
                     log.info(
@@ -263,77 +210,69 @@ def _remux(
                 else:
                     rate = stream.codec_context.sample_rate or 48_000
                     out.time_base = Fraction(1, rate)
-                outputs[stream.index] = _Output(out, track_id=len(outputs) + 1)
+                outputs[stream.index] = out
             if not outputs:
-                what = "audio or video" if stream_index is None else f"track #{stream_index}"
-                raise DecodeError(f"the fragment has no {what} to put in {container_format}")
+                raise DecodeError(
+                    f"the fragment has no audio or video to put in {container_format}"
+                )
+            packets: dict[int, list[tuple[av.Packet[Any], int]]] = {i: [] for i in outputs}
             for packet in source.demux(*(s for s in source.streams if s.index in outputs)):
                 if packet.size == 0 or packet.pts is None:
                     continue  # the demuxer's flush packets
-                _push(sink, outputs[packet.stream.index], packet, origin_ms)
-            for output in outputs.values():
-                _push(sink, output, None, origin_ms)
-            first = {
-                o.track_id: o.first_decode_ms
-                for o in outputs.values()
-                if o.first_decode_ms is not None
-            }
+                packets[packet.stream.index].append((packet, _packet_ms(packet, packet.pts)))
+            timed: list[tuple[Fraction, int, int, av.Packet[Any]]] = []
+            for index, track_packets in packets.items():
+                timed += _decode_timed(outputs[index], track_packets, origin_ms, index)
+            for _dts, _index, _order, packet in sorted(timed, key=lambda t: t[:3]):
+                sink.mux(packet)
     except av.error.FFmpegError as exc:
         raise DecodeError(f"remuxing to {container_format} failed: {exc}") from exc
-    return sink_buffer.getvalue(), first
+    return sink_buffer.getvalue()
 
 
-def _push(
-    sink: av.container.OutputContainer,
-    output: _Output,
-    packet: av.Packet[Any] | None,
+def _decode_timed(
+    output: av.stream.Stream,
+    packets: Sequence[tuple[av.Packet[Any], int]],
     origin_ms: int,
-) -> None:
-    """Send the held-back packet (its duration known now) and hold ``packet``.
-
-    ``packet`` must have a pts (None: flush the held one).
-    """
-    held, held_ms = output.pending, output.pending_ms
-    if packet is None or packet.pts is None:
-        output.pending, output.pending_ms = None, None
-    else:
-        output.pending = packet
-        output.pending_ms = Fraction(packet.pts) * (packet.time_base or _MS) * 1000
-    if held is None or held_ms is None:
-        return
-    if output.pending_ms is not None:
-        duration = output.pending_ms - held_ms
-    elif held.duration:
-        duration = Fraction(held.duration) * (held.time_base or _MS) * 1000
-    else:  # the last frame of a SimpleBlock cluster: as long as the one before it
-        duration = output.last_duration_ms
-    output.last_duration_ms = duration
-    start = held_ms - origin_ms  # ms since the origin
-    if output.first_decode_ms is None:
-        output.first_decode_ms = start
-    out_tb = output.stream.time_base or _VIDEO_TIME_BASE
-    scale = _MS / out_tb
-    held.pts = held.dts = round(start * scale)
-    held.duration = max(0, round(duration * scale))
-    held.time_base = out_tb
-    held.stream = output.stream
-    sink.mux(held)
+    index: int,
+) -> list[tuple[Fraction, int, int, av.Packet[Any]]]:
+    """The track's packets retimed for ``output``: ``(dts in s, index, order, packet)``."""
+    if not packets:
+        return []
+    presentation = [ms - origin_ms for _packet, ms in packets]
+    decode = sorted(presentation)
+    delay = max(0, *(d - p for p, d in zip(presentation, decode, strict=True)))
+    out_tb = output.time_base or _VIDEO_TIME_BASE
+    per_ms = _MS / out_tb  # output ticks per ms
+    timed = []
+    last_duration = 0
+    for order, ((packet, _ms), pts, dts) in enumerate(
+        zip(packets, presentation, decode, strict=True)
+    ):
+        if order + 1 < len(decode):
+            duration = decode[order + 1] - dts
+        elif packet.duration:
+            duration = _packet_ms(packet, packet.duration)
+        else:  # the last frame of a SimpleBlock cluster: as long as the one before it
+            duration = last_duration
+        last_duration = duration
+        packet.pts = round(pts * per_ms)
+        packet.dts = round((dts - delay) * per_ms)
+        packet.duration = max(0, round(duration * per_ms))
+        packet.time_base = out_tb
+        packet.stream = output
+        timed.append((Fraction(dts - delay, 1000), index, order, packet))
+    return timed
 
 
 def fmp4_init_segment(payload: bytes, *, stream_index: int | None = None) -> bytes:
     """The fMP4 initialization segment (``ftyp + moov``) for a fragment's tracks.
 
     ``stream_index`` limits it to one track (a DASH AdaptationSet, an HLS rendition):
-    the one at that position in the fragment's Tracks.
+    the one at that position in the fragment's Tracks. Built from the TrackEntries by
+    :mod:`.fmp4` (no FFmpeg).
     """
-    data, _first = _remux(
-        matroska_document([payload]),
-        "mp4",
-        origin_ms=0,
-        options={"movflags": _FMP4_FLAGS},
-        stream_index=stream_index,
-    )
-    return _keep_boxes(data, _INIT_BOXES)
+    return fmp4.init_segment(fmp4.read_stored_fragment(payload).tracks, stream_index=stream_index)
 
 
 def fmp4_media_segment(
@@ -346,18 +285,16 @@ def fmp4_media_segment(
     """A fragment as one fMP4 media segment (``moof + mdat``) on the origin's timeline.
 
     ``sequence_number`` goes into ``mfhd`` (1 or more); ``stream_index`` limits the
-    segment to one track, as for :func:`fmp4_init_segment`.
+    segment to one track, as for :func:`fmp4_init_segment`. Written by :mod:`.fmp4`:
+    box headers around the stored samples, decode times and composition offsets from
+    the blocks' presentation times (B-frames included).
     """
-    data, first = _remux(
-        matroska_document([payload]),
-        "mp4",
+    return fmp4.media_segment(
+        fmp4.read_stored_fragment(payload),
         origin_ms=origin_ms,
-        options={"movflags": _FMP4_FLAGS, "fragment_index": str(max(1, sequence_number))},
+        sequence_number=sequence_number,
         stream_index=stream_index,
     )
-    patched = bytearray(data)
-    _set_base_decode_times(patched, first)
-    return _keep_boxes(patched, _SEGMENT_BOXES)
 
 
 def mpegts_segment(payload: bytes, *, origin_ms: int) -> bytes:
@@ -365,16 +302,22 @@ def mpegts_segment(payload: bytes, *, origin_ms: int) -> bytes:
 
     FFmpeg converts AVCC/HVCC to Annex-B and adds ADTS headers to AAC by itself.
     """
-    data, _first = _remux(matroska_document([payload]), "mpegts", origin_ms=origin_ms)
-    return data
+    # With B-frames the first DTS of a session is before its origin (negative): left as
+    # it is (33-bit wrap, which players unwrap), since FFmpeg's default would shift this
+    # segment alone and break the continuity with the next.
+    return _remux(
+        matroska_document([payload]),
+        "mpegts",
+        origin_ms=origin_ms,
+        options={"avoid_negative_ts": "disabled"},
+    )
 
 
 def mp4_clip(payloads: Sequence[bytes]) -> bytes:
     """Fragments as one playable MP4 file (``moov`` before ``mdat``), timed from the first."""
     document = matroska_document(payloads)
     origin = _first_timestamp_ms(document)
-    data, _first = _remux(document, "mp4", origin_ms=origin)
-    return _moov_first(data)
+    return _moov_first(_remux(document, "mp4", origin_ms=origin))
 
 
 def _first_timestamp_ms(document: bytes) -> int:
@@ -422,7 +365,13 @@ def decode_nearest_frames(payload: bytes, targets_ms: Sequence[int]) -> dict[int
             wanted: dict[int, list[int]] = {}
             for target in targets_ms:
                 wanted.setdefault(_nearest(times, target), []).append(target)
-            last_needed = max(wanted)
+            # Decode order is not presentation order with B-frames: stop after the last
+            # packet (in decode order) whose frame is wanted; everything it needs is in.
+            last_needed = max(
+                i
+                for i, p in enumerate(packets)
+                if p.pts is not None and int(Fraction(p.pts) * tb * 1000) in wanted
+            )
             chosen: dict[int, DecodedSample] = {}
 
             def take(frames: Sequence[VideoFrame]) -> None:
@@ -433,10 +382,8 @@ def decode_nearest_frames(payload: bytes, targets_ms: Sequence[int]) -> dict[int
                             chosen[target] = DecodedSample(ms, frame)
 
             decoder = stream.codec_context
-            for packet in packets:
+            for packet in packets[: last_needed + 1]:
                 take(decoder.decode(packet))
-                if int(Fraction(packet.pts) * tb * 1000) >= last_needed:
-                    break  # every frame up to the last one needed has gone in
             take(decoder.decode(None))
             return chosen
     except av.error.FFmpegError as exc:

@@ -502,6 +502,32 @@ def test_media_playlist_text() -> None:
     assert "#EXT-X-DISCONTINUITY\n" not in live and "#EXT-X-ENDLIST" not in live
 
 
+def test_codec_configuration_change_is_a_discontinuity_with_a_new_map() -> None:
+    index = SessionIndex("PRODUCER_TIMESTAMP", "NEVER")
+    for n, config in enumerate((0, 0, 1, 1, 0), start=1):
+        index.add(record(n, n * 2000), config)
+    # NEVER, and yet each change of codec configuration is marked (RFC 8216 6.2.1).
+    assert [e.discontinuity for e in index.entries] == [False, False, True, False, True]
+    text = hls_media_playlist(
+        index.entries,
+        segment_uri=lambda e: f"seg?n={e.sequence}",
+        map_uri=lambda e: f"init?config={e.config}",
+    )
+    body = [line for line in text.splitlines() if not line.startswith("#EXTINF")]
+    assert body[body.index("#EXT-X-INDEPENDENT-SEGMENTS") + 1 :] == [
+        '#EXT-X-MAP:URI="init?config=0"',
+        "seg?n=1",
+        "seg?n=2",
+        "#EXT-X-DISCONTINUITY",
+        '#EXT-X-MAP:URI="init?config=1"',
+        "seg?n=3",
+        "seg?n=4",
+        "#EXT-X-DISCONTINUITY",
+        '#EXT-X-MAP:URI="init?config=0"',
+        "seg?n=5",
+    ]
+
+
 def test_master_playlist_and_codecs_from_the_sps(sample: SampleStream) -> None:
     track = sample.tracks[0]
     info = media_info(sample.tracks, bandwidth=123_456)
@@ -746,6 +772,45 @@ def test_session_token_is_the_only_credential_and_expires(
     expired = http_get(url)
     assert expired[0] == 403 and expired[1]["x-amzn-ErrorType"] == "NotAuthorizedException"
     assert b"Streaming session token is expired" in expired[2]
+
+
+def test_segment_requests_name_what_is_wrong(sample: SampleStream) -> None:
+    """Segment URLs a player could get wrong: each answers the service's error, with why."""
+    first, second, third = sample.records
+    url = hls_url(
+        sample.emulator,
+        sample.name,
+        PlaybackMode="ON_DEMAND",
+        HLSFragmentSelector={
+            "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+            "TimestampRange": {
+                "StartTimestamp": first.producer_timestamp_ms / 1000,
+                "EndTimestamp": second.producer_timestamp_ms / 1000,
+            },
+        },
+    )
+    token = url.split("SessionToken=", 1)[1]
+    segment = f"{base_of(url)}getMP4MediaFragment.mp4?SessionToken={token}"
+    cases = [
+        ("", 400, "InvalidArgumentException", "FragmentNumber is required."),
+        ("&FragmentNumber=abc", 400, "InvalidArgumentException", "is not a fragment number"),
+        ("&FragmentNumber=123", 404, "ResourceNotFoundException", "was not found in the stream"),
+        (
+            f"&FragmentNumber={third.fragment_number}",
+            404,
+            "ResourceNotFoundException",
+            "is not part of the streaming session",
+        ),
+        ("&SequenceNumber=x", 400, "InvalidArgumentException", "SequenceNumber 'x' is not a"),
+        ("&SequenceNumber=99", 404, "ResourceNotFoundException", "No fragment with sequence"),
+        ("&TrackNumber=7", 400, "InvalidArgumentException", "TrackNumber '7' is not a track"),
+    ]
+    for query, status, code, message in cases:
+        got_status, headers, body = http_get(segment + query)
+        assert (got_status, headers["x-amzn-ErrorType"]) == (status, code), query
+        assert message in body.decode(), (query, body)
+    ok = http_get(f"{segment}&FragmentNumber={second.fragment_number}")
+    assert ok[0] == 200 and [b[0] for b in boxes(ok[2])] == ["moof", "mdat"]
 
 
 def test_session_url_errors_through_boto3(sample: SampleStream, emu: Emulator) -> None:
@@ -1117,3 +1182,104 @@ def test_opencv_videocapture_reads_the_hls_url(sample: SampleStream) -> None:
     finally:
         capture.release()
     assert frames == sample.frame_count
+
+
+# --- codec private data changing inside a session -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resized(emu: Emulator, tmp_path_factory: pytest.TempPathFactory) -> SampleStream:
+    """A producer restarted with another resolution: 2 fragments of 160x96, then 2 of
+    320x192 (a new SPS, so new CodecPrivate), on one stream."""
+    directory = tmp_path_factory.mktemp("resized")
+    small, large = directory / "small.mkv", directory / "large.mkv"
+    write_clip(small, Clip(frames=50))
+    write_clip(large, Clip(frames=50, width=320, height=192))
+    first = upload_file(emu, small, "resized", fragment_duration_ms=1000)
+    # The producer stamps a file's fragments from the time it starts; the restart is
+    # placed right after the first run's end instead, so only the codec changes.
+    source = upload_file(emu, large, "resized-source", fragment_duration_ms=1000)
+    clusters = [shifted(f, first.end_ms + 1000 * n) for n, f in enumerate(source.fragments)]
+    put_fragments(emu.endpoint_url, "resized", source.tracks, clusters)
+    store = emu.store.sync
+    records = list(store.list_fragments("resized").fragments)
+    fragments = [parse_payload(store.read_payload(r)) for r in records]
+    both = SampleStream(emu, "resized", records, fragments)
+    assert first.tracks[0].codec_private != both.fragments[-1].tracks[0].codec_private
+    return both
+
+
+def test_codec_change_gets_a_discontinuity_and_a_new_init_segment(resized: SampleStream) -> None:
+    assert len(resized.records) == 4
+    url = hls_url(
+        resized.emulator,
+        resized.name,
+        PlaybackMode="ON_DEMAND",
+        HLSFragmentSelector=on_demand_selector(resized),  # PRODUCER_TIMESTAMP: NEVER
+    )
+    master = http_get(url)[2].decode()
+    media = http_get(base_of(url) + playlist_uris(master)[0])[2].decode()
+    lines = media.splitlines()
+    maps = [line for line in lines if line.startswith("#EXT-X-MAP:")]
+    assert len(maps) == 2 and lines.count("#EXT-X-DISCONTINUITY") == 1
+    third = resized.records[2].fragment_number
+    assert maps[1].endswith(f'&FragmentNumber={third}"')
+    # The discontinuity and the new map come right before the first 320x192 segment.
+    at = lines.index("#EXT-X-DISCONTINUITY")
+    assert lines[at + 1] == maps[1] and f"FragmentNumber={third}&" in lines[at + 3]
+    # A player appends each init segment before the segments after its EXT-X-MAP (as
+    # MSE players do): every frame decodes, at its own size, on one timeline.
+    sizes: list[tuple[int, int]] = []
+    times: list[float] = []
+    init = b""
+    for line in lines:
+        if line.startswith("#EXT-X-MAP:"):
+            init = http_get(base_of(url) + line.split('"')[1])[2]
+            assert [b[0] for b in boxes(init)] == ["ftyp", "moov"]
+        elif line and not line.startswith("#"):
+            segment = http_get(base_of(url) + line)[2]
+            with av.open(io.BytesIO(init + segment)) as container:
+                stream = container.streams.video[0]
+                for frame in container.decode(stream):
+                    sizes.append((frame.width, frame.height))
+                    times.append(float(frame.pts * stream.time_base))
+    assert sizes == [(160, 96)] * 50 + [(320, 192)] * 50
+    assert times == sorted(times)
+    # An init segment of a fragment that brings no configuration in: not found.
+    token = url.split("SessionToken=", 1)[1]
+    second = resized.records[1].fragment_number
+    status, _headers, body = http_get(
+        f"{base_of(url)}getMP4InitFragment.mp4?SessionToken={token}&FragmentNumber={second}"
+    )
+    assert status == 404 and b"does not start a codec configuration" in body
+
+
+def test_codec_change_plays_in_ffmpeg_over_mpeg_ts(resized: SampleStream) -> None:
+    """MPEG-TS carries the parameter sets in band: FFmpeg's HLS demuxer plays across."""
+    url = hls_url(
+        resized.emulator,
+        resized.name,
+        PlaybackMode="ON_DEMAND",
+        ContainerFormat="MPEG_TS",
+        HLSFragmentSelector=on_demand_selector(resized),
+    )
+    media = http_get(base_of(url) + playlist_uris(http_get(url)[2].decode())[0])[2].decode()
+    assert media.count("#EXT-X-DISCONTINUITY\n") == 1 and "#EXT-X-MAP" not in media
+    with av.open(url) as container:
+        sizes = [(f.width, f.height) for f in container.decode(video=0)]
+    assert sizes == [(160, 96)] * 50 + [(320, 192)] * 50
+
+
+def test_dash_refuses_a_codec_change(resized: SampleStream) -> None:
+    am = archived_client(resized.emulator, resized.name, "GET_DASH_STREAMING_SESSION_URL")
+    url = am.get_dash_streaming_session_url(
+        StreamName=resized.name,
+        PlaybackMode="ON_DEMAND",
+        DASHFragmentSelector=on_demand_selector(resized),
+    )["DASHStreamingSessionURL"]
+    token = url.split("SessionToken=", 1)[1]
+    status, headers, body = http_get(
+        f"{base_of(url)}getMP4MediaFragment.mp4?SessionToken={token}&TrackNumber=1&SequenceNumber=3"
+    )
+    assert status == 400 and headers["x-amzn-ErrorType"] == "InvalidCodecPrivateDataException"
+    assert b"may not change inside a DASH session" in body
