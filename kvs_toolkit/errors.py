@@ -12,6 +12,7 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
     ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
     ├── CredentialsError          AWS credentials could not be obtained (IoT provider, profile)
+    ├── SpoolError                the producer's on-disk spool cannot be used
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
     ├── CheckpointError           a consumer checkpoint could not be read or written
     │   └── LeaseLostError        another consumer took over this stream's lease
@@ -39,6 +40,7 @@ __all__ = [
     "MkvError",
     "PutMediaError",
     "SourceError",
+    "SpoolError",
 ]
 
 
@@ -95,6 +97,11 @@ class CredentialsError(KvsError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class SpoolError(KvsError):
+    """The producer's on-disk spool directory cannot be used (not a directory, not
+    writable, another stream's), or one spooled file cannot be read back."""
 
 
 class GetMediaError(KvsError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kvs_toolkit.mkv import FragmentReader, Tag, TrackInfo
 from kvs_toolkit.producer import EncodedFrame, FragmentBuffer, Fragmenter, PendingFragment
 
@@ -70,3 +72,32 @@ def test_buffer_drops_oldest_when_full_and_releases_on_ack() -> None:
     fragments[2].append(b"y" * 200)
     assert buffer.grew(fragments[2], 200) == []  # the growing fragment itself is kept
     assert buffer.bytes == 300
+
+
+def test_a_key_frame_stamped_a_little_early_still_ends_the_fragment() -> None:
+    # a jittery clock stamps the key frame due at +2000 ms at +1995 ms: still a cut there
+    frames = camera(6, gop=20)
+    jittered = [
+        EncodedFrame(f.data, f.timestamp_ms - 5, f.keyframe) if i == 20 else f
+        for i, f in enumerate(frames)
+    ]
+    _, fragments = package(Fragmenter([VIDEO], fragment_duration_ms=2000), jittered)
+    assert [f.timecode for f in fragments] == [1_000_000, 1_001_995, 1_004_000]
+    assert [f.frames for f in fragments] == [20, 20, 20]
+    # without tolerance the early key frame cannot cut: the fragment runs to the next one
+    strict = Fragmenter([VIDEO], fragment_duration_ms=2000, cut_tolerance_ms=0)
+    _, fragments = package(strict, jittered)
+    assert [f.frames for f in fragments] == [40, 20]
+
+
+def test_tolerance_is_bounded_by_a_quarter_of_the_duration() -> None:
+    assert Fragmenter([VIDEO], fragment_duration_ms=2000).cut_tolerance_ms == 100
+    assert Fragmenter([VIDEO], fragment_duration_ms=200).cut_tolerance_ms == 50
+    frames = camera(1, fps=20, gop=2)  # key frames every 100 ms
+    _, fragments = package(Fragmenter([VIDEO], fragment_duration_ms=200), frames)
+    # 100 ms is more than 50 ms early: no cut there
+    assert [f.timecode - 1_000_000 for f in fragments] == [0, 200, 400, 600, 800]
+    with pytest.raises(ValueError, match="cut_tolerance_ms must be in"):
+        Fragmenter([VIDEO], fragment_duration_ms=200, cut_tolerance_ms=200)
+    with pytest.raises(ValueError, match="fragment_duration_ms must not be negative"):
+        Fragmenter([VIDEO], fragment_duration_ms=-1)

@@ -32,6 +32,10 @@ DEFAULT_BUFFER_BYTES: Final = 64 * 1024 * 1024
 # A SimpleBlock holds a signed 16-bit offset from its cluster (Matroska), and the
 # service refuses fragments over 10 s (ErrorId 4002): cut before either.
 _MAX_FRAGMENT_SPAN_MS: Final = 9_500
+# Key frames come every fragment duration, stamped by a clock with jitter (a camera's
+# arrival clock, a pipe read): one stamped a little early must still end the fragment,
+# not double its length. Up to this much (and a quarter of the duration) early counts.
+DEFAULT_CUT_TOLERANCE_MS: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +73,10 @@ class Fragmenter:
 
     ``add(frame)`` returns the bytes to send now and the fragment they belong to. A new
     fragment starts on a video key frame once the current one is at least
-    ``fragment_duration_ms`` long (or would exceed the service's limits).
+    ``fragment_duration_ms`` long (or would exceed the service's limits). A key frame
+    up to ``cut_tolerance_ms`` early also starts one (default: 100 ms, at most a quarter
+    of the duration), so a key-frame interval equal to the fragment duration, stamped by
+    a jittery clock, gives fragments of that duration rather than twice it.
     """
 
     def __init__(
@@ -78,10 +85,20 @@ class Fragmenter:
         *,
         fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS,
         metadata: FragmentMetadata | None = None,
+        cut_tolerance_ms: int | None = None,
     ) -> None:
+        if fragment_duration_ms < 0:  # 0: a fragment per key frame
+            raise ValueError(f"fragment_duration_ms must not be negative: {fragment_duration_ms}")
         self.writer = MkvWriter(tracks)
         self.metadata = metadata or FragmentMetadata()
         self.fragment_duration_ms = fragment_duration_ms
+        if cut_tolerance_ms is None:
+            cut_tolerance_ms = min(DEFAULT_CUT_TOLERANCE_MS, fragment_duration_ms // 4)
+        if cut_tolerance_ms < 0 or 0 < fragment_duration_ms <= cut_tolerance_ms:
+            raise ValueError(
+                f"cut_tolerance_ms must be in [0, {fragment_duration_ms}), not {cut_tolerance_ms}"
+            )
+        self.cut_tolerance_ms = cut_tolerance_ms
         self._video = {t.number for t in tracks if t.track_type == 1}
         self.current: PendingFragment | None = None
         self.header = self.writer.header()
@@ -97,7 +114,7 @@ class Fragmenter:
         starts_fragment = is_video and frame.keyframe
         if current is not None and starts_fragment:
             age = frame.timestamp_ms - current.timecode
-            if age >= self.fragment_duration_ms:
+            if age >= self.fragment_duration_ms - self.cut_tolerance_ms:
                 completed.append(self._close())
                 current = None
         if current is not None and frame.timestamp_ms - current.timecode > _MAX_FRAGMENT_SPAN_MS:
@@ -161,6 +178,12 @@ class FragmentBuffer:
 
     def __len__(self) -> int:
         return len(self._fragments)
+
+    def __contains__(self, fragment: object) -> bool:
+        return (
+            isinstance(fragment, PendingFragment)
+            and self._fragments.get(fragment.timecode) is fragment
+        )
 
     def add(self, fragment: PendingFragment) -> list[PendingFragment]:
         """Keep ``fragment``; returns the oldest fragments dropped to make room."""

@@ -34,9 +34,22 @@ from botocore.credentials import Credentials
 from kvs_toolkit.acks import Ack
 from kvs_toolkit.errors import KvsError, PutMediaError
 from kvs_toolkit.mkv import TrackInfo
+from kvs_toolkit.producer.credentials import (
+    add_credential_arguments,
+    aws_session,
+    credentials_from_args,
+    session_from_args,
+)
 from kvs_toolkit.producer.encoder import ENCODERS
-from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
+from kvs_toolkit.producer.fragmenter import (
+    DEFAULT_BUFFER_BYTES,
+    DEFAULT_FRAGMENT_DURATION_MS,
+    EncodedFrame,
+)
+from kvs_toolkit.producer.metrics import DEFAULT_INTERVAL_S as DEFAULT_METRICS_INTERVAL_S
+from kvs_toolkit.producer.metrics import CloudWatchMetrics, MetricsPublisher
 from kvs_toolkit.producer.sources import FrameSource, SourceError, SourceOptions, open_source
+from kvs_toolkit.producer.spool import DEFAULT_SPOOL_MAX_BYTES
 from kvs_toolkit.producer.uploader import AckLevel, Uploader, UploadStats
 
 if TYPE_CHECKING:
@@ -47,6 +60,7 @@ __all__ = [
     "Progress",
     "add_produce_arguments",
     "cmd_produce",
+    "parse_size",
     "parse_tags",
     "produce",
     "resolve_data_endpoint",
@@ -58,8 +72,8 @@ DEFAULT_REGION: Final = "us-east-1"
 DEFAULT_RETENTION_HOURS: Final = 24
 # Frames waiting between the source thread and the uploader: a few seconds of video.
 _QUEUE_FRAMES: Final = 128
+_MIB: Final = 1024 * 1024
 _STREAM_ACTIVE_TIMEOUT_S: Final = 60.0
-_CUT_TOLERANCE_MS: Final = 100
 _MEDIA_TYPES: Final = {"V_MPEG4/ISO/AVC": "video/h264", "V_MPEGH/ISO/HEVC": "video/h265"}
 
 
@@ -78,6 +92,11 @@ class Progress:
     ack_latency_ms: float | None  # mean of the latest acknowledgements
     dropped_fragments: int
     errors: int
+    pending: int = 0  # fragments not yet acknowledged (memory and spool)
+    buffer_bytes: int = 0  # memory buffer use
+    buffer_max_bytes: int = 0
+    spool_bytes: int = 0  # spool use (0 without a spool)
+    reconnects: int = 0
     done: bool = False
 
     def line(self) -> str:
@@ -86,8 +105,12 @@ class Progress:
         text = (
             f"{self.elapsed_s:6.1f} s  {self.video_frames} frames ({self.frames_per_s:.1f}/s)  "
             f"{self.megabytes_per_s:.2f} MB/s  fragments {self.acked}/{self.fragments} acked  "
-            f"ack latency {latency}"
+            f"{self.pending} pending  ack latency {latency}  "
+            f"buffer {self.buffer_bytes / _MIB:.1f}/{self.buffer_max_bytes / _MIB:.0f} MiB  "
+            f"reconnects {self.reconnects}"
         )
+        if self.spool_bytes:
+            text += f"  spool {self.spool_bytes / _MIB:.1f} MiB"
         if self.dropped_fragments or self.errors:
             text += f"  dropped {self.dropped_fragments}  errors {self.errors}"
         return text
@@ -103,17 +126,9 @@ ProgressCallback = Callable[[Progress], None]
 def _client(
     endpoint_url: str | None, region: str, credentials: Credentials | None
 ) -> KinesisVideoClient:
-    keys: dict[str, Any] = {}
-    if credentials is not None:
-        frozen = credentials.get_frozen_credentials()
-        keys = {
-            "aws_access_key_id": frozen.access_key,
-            "aws_secret_access_key": frozen.secret_key,
-            "aws_session_token": frozen.token,
-        }
-    return boto3.session.Session(region_name=region, **keys).client(
-        "kinesisvideo", endpoint_url=endpoint_url
-    )
+    # aws_session keeps refreshing credentials refreshing (the data endpoint is looked up
+    # again long after start-up, when temporary credentials may have been renewed)
+    return aws_session(credentials, region).client("kinesisvideo", endpoint_url=endpoint_url)
 
 
 def resolve_data_endpoint(
@@ -125,11 +140,13 @@ def resolve_data_endpoint(
     create_stream: bool = False,
     retention_hours: int = DEFAULT_RETENTION_HOURS,
     media_type: str = "video/h264",
+    kms_key_id: str | None = None,
 ) -> tuple[str, int]:
     """(PUT_MEDIA data endpoint, the stream's retention in hours); blocking (boto3).
 
     ``endpoint_url`` is the control plane's (the emulator's, or None for AWS). With
-    ``create_stream`` a missing stream is created and waited for until ACTIVE.
+    ``create_stream`` a missing stream is created (encrypted with ``kms_key_id``, else
+    the service's default key) and waited for until ACTIVE.
     """
     client = _client(endpoint_url, region, credentials)
     try:
@@ -143,10 +160,12 @@ def resolve_data_endpoint(
                     error_code="ResourceNotFoundException",
                 ) from None
             log.info("creating stream %s (retention %d h)", stream_name, retention_hours)
+            options: dict[str, Any] = {} if kms_key_id is None else {"KmsKeyId": kms_key_id}
             client.create_stream(
                 StreamName=stream_name,
                 DataRetentionInHours=retention_hours,
                 MediaType=media_type,
+                **options,
             )
             info = _wait_active(client, stream_name)
         endpoint = client.get_data_endpoint(StreamName=stream_name, APIName="PUT_MEDIA")
@@ -234,6 +253,7 @@ class _ProgressMeter:
         self.video_frames = 0
 
     def snapshot(self, *, done: bool = False) -> Progress:
+        self.uploader.update_use()
         stats = self.uploader.stats
         elapsed = max(time.monotonic() - self.started, 1e-9)
         latencies = list(stats.ack_latency_ms)[-20:]
@@ -249,17 +269,13 @@ class _ProgressMeter:
             ack_latency_ms=sum(latencies) / len(latencies) if latencies else None,
             dropped_fragments=stats.dropped_fragments,
             errors=sum(stats.errors.values()),
+            pending=self.uploader.pending_fragments(),
+            buffer_bytes=stats.buffer_bytes,
+            buffer_max_bytes=self.uploader.buffer.max_bytes,
+            spool_bytes=stats.spool_bytes,
+            reconnects=stats.reconnects,
             done=done,
         )
-
-
-def _cut_after(fragment_duration_ms: int) -> int:
-    """The Fragmenter's threshold for a fragment of about ``fragment_duration_ms``.
-
-    Key frames come every fragment duration, stamped by a clock with jitter: one that
-    arrives a few ms early must still end the fragment, not double it.
-    """
-    return fragment_duration_ms - min(_CUT_TOLERANCE_MS, fragment_duration_ms // 4)
 
 
 def _media_type(tracks: list[TrackInfo]) -> str:
@@ -285,6 +301,14 @@ async def produce(
     ack_level: AckLevel | None = None,
     stop: asyncio.Event | None = None,
     close_timeout_s: float = 30.0,
+    duration_s: float | None = None,
+    kms_key_id: str | None = None,
+    buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    spool_dir: str | os.PathLike[str] | None = None,
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES,
+    cloudwatch_namespace: str | None = None,
+    metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S,
+    metrics: MetricsPublisher | None = None,
 ) -> UploadStats:
     """Upload everything ``source`` yields to ``stream_name``; returns the upload's stats.
 
@@ -293,9 +317,16 @@ async def produce(
     ``data_endpoint`` gives it directly. ``tags`` become persistent fragment metadata.
     Fragments are released on PERSISTED acks, or RECEIVED for a stream with no
     retention (which gets no PERSISTED), unless ``ack_level`` says otherwise. Setting
-    ``stop`` ends the upload gracefully: the source stops, the last fragment is flushed
-    and acknowledged. ``progress`` is called about every ``progress_interval_s`` and once
-    at the end.
+    ``stop`` (or reaching ``duration_s``) ends the upload gracefully: the source stops,
+    the last fragment is flushed and acknowledged. ``progress`` is called about every
+    ``progress_interval_s`` and once at the end; ``stats.all_acknowledged`` says
+    whether everything was acknowledged.
+
+    ``create_stream`` makes a missing stream (``retention_hours``, ``kms_key_id``).
+    ``buffer_bytes`` bounds the memory buffer; ``spool_dir`` / ``spool_max_bytes`` add
+    the on-disk spool (see :class:`~kvs_toolkit.producer.uploader.Uploader`).
+    ``cloudwatch_namespace`` publishes metrics every ``metrics_interval_s`` with
+    :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` (or pass ``metrics``).
     """
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[object] = asyncio.Queue(_QUEUE_FRAMES)
@@ -305,6 +336,15 @@ async def produce(
     watcher: asyncio.Task[None] | None = None
     ticker: asyncio.Task[None] | None = None
     stop = stop or asyncio.Event()
+    deadline = None if duration_s is None else loop.call_later(duration_s, stop.set)
+    if metrics is None and cloudwatch_namespace is not None:
+        metrics = CloudWatchMetrics(
+            cloudwatch_namespace,
+            stream_name,
+            interval_s=metrics_interval_s,
+            region=region,
+            credentials=credentials,
+        )
     try:
         first = await _next_item(items, stop)
         if not isinstance(first, list):
@@ -322,6 +362,7 @@ async def produce(
                 create_stream=create_stream,
                 retention_hours=retention_hours,
                 media_type=_media_type(tracks),
+                kms_key_id=kms_key_id,
             )
             data_endpoint = resolved
         level: AckLevel = ack_level or ("PERSISTED" if retention > 0 else "RECEIVED")
@@ -332,9 +373,13 @@ async def produce(
             tracks,
             credentials=credentials,
             region=region,
-            fragment_duration_ms=_cut_after(fragment_duration_ms),
+            fragment_duration_ms=fragment_duration_ms,
             ack_level=level,
             on_ack=_log_ack,
+            buffer_bytes=buffer_bytes,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            metrics=metrics,
         )
         for name, value in (tags or {}).items():
             uploader.put_fragment_metadata(name, value, persistent=True)
@@ -342,8 +387,16 @@ async def produce(
         await uploader.start()
         watcher = asyncio.create_task(_wake_on_stop(items, stop))
         ticker = asyncio.create_task(_tick(meter, progress, progress_interval_s))
-        while not stop.is_set():
-            item = await items.get()
+        while True:
+            if stop.is_set():
+                # frames the source already handed over are sent, not thrown away (at
+                # most the queue's bound: the source thread stops adding)
+                thread.stop.set()
+                if items.empty():
+                    break
+                item = items.get_nowait()
+            else:
+                item = await items.get()
             if isinstance(item, EncodedFrame):
                 uploader.put_frame(item)
                 meter.payload_bytes += len(item.data)
@@ -360,6 +413,8 @@ async def produce(
             progress(final)
         return stats
     finally:
+        if deadline is not None:
+            deadline.cancel()
         thread.stop.set()
         for task in (watcher, ticker):
             if task is not None:
@@ -474,6 +529,35 @@ def parse_tags(pairs: list[str] | None) -> dict[str, str]:
     return tags
 
 
+_SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """``"512M"`` -> 536870912: bytes, with an optional K/M/G/T suffix (powers of 1024)."""
+    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = cleaned[-1:] if cleaned[-1:] in _SIZE_UNITS else ""
+    number = cleaned[: len(cleaned) - len(unit)]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a size is a number of bytes with an optional K, M, G or T suffix, not {text!r}"
+        ) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"a size must be positive, not {text!r}")
+    return int(value)
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
+    return value
+
+
 def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``kvs produce``."""
     parser.add_argument(
@@ -499,7 +583,16 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="fragment length; also the key-frame interval when encoding (default 2.0)",
     )
-    parser.add_argument(
+    pacing = parser.add_mutually_exclusive_group()
+    pacing.add_argument(
+        "--realtime",
+        dest="realtime",
+        action="store_true",
+        default=True,
+        help="send a file at its frame rate (the default)",
+    )
+    pacing.add_argument(
+        "--fast",
         "--no-realtime",
         dest="realtime",
         action="store_false",
@@ -536,6 +629,60 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_RETENTION_HOURS,
         help="retention of a stream created with --create-stream (default 24)",
     )
+    parser.add_argument(
+        "--kms-key-id",
+        metavar="KEY",
+        help="KMS key (id, ARN or alias) of a stream created with --create-stream "
+        "(default: the service's key)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        help="stop gracefully after this long (flush and wait for the last acks)",
+    )
+    parser.add_argument(
+        "--close-timeout",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="at the end, how long to wait for the last acks (default 30); what is not "
+        "acknowledged by then stays in --spool-dir for the next run",
+    )
+    parser.add_argument(
+        "--buffer-max-bytes",
+        type=parse_size,
+        default=DEFAULT_BUFFER_BYTES,
+        metavar="SIZE",
+        help="memory for unacknowledged fragments; when full the oldest is dropped (default 64M)",
+    )
+    parser.add_argument(
+        "--spool-dir",
+        metavar="DIR",
+        help="also keep unacknowledged fragments in this directory: through long outages "
+        "and across restarts (sent first when the producer starts again)",
+    )
+    parser.add_argument(
+        "--spool-max-bytes",
+        type=parse_size,
+        default=DEFAULT_SPOOL_MAX_BYTES,
+        metavar="SIZE",
+        help="bound of --spool-dir; when full the oldest fragment is dropped (default 1G)",
+    )
+    parser.add_argument(
+        "--cloudwatch-namespace",
+        metavar="NAMESPACE",
+        help="publish upload metrics to CloudWatch in this namespace "
+        "(needs cloudwatch:PutMetricData)",
+    )
+    parser.add_argument(
+        "--metrics-interval",
+        type=_positive_seconds,
+        default=DEFAULT_METRICS_INTERVAL_S,
+        metavar="SECONDS",
+        help="CloudWatch metrics period (default 60)",
+    )
+    add_credential_arguments(parser)
 
 
 class _StatusLine:
@@ -587,8 +734,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
         height=args.height,
         fragment_duration_ms=fragment_ms,
     )
-    session = boto3.session.Session()
-    credentials = session.get_credentials()
+    session = session_from_args(args)
+    credentials = credentials_from_args(args, session)
     if credentials is None:
         log.warning("no AWS credentials found: PutMedia requests go unsigned")
     region = _region(args, session)
@@ -598,13 +745,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            # First Ctrl-C: finish gracefully; the handler goes, so a second one kills.
-            def on_interrupt() -> None:
-                log.warning("interrupted: flushing the last fragment")
+            # First Ctrl-C (or SIGTERM, from systemd): finish gracefully; the handler
+            # goes, so a second one kills.
+            def on_signal(signum: signal.Signals) -> None:
+                log.warning("%s: flushing the last fragment", signum.name)
                 stop.set()
-                loop.remove_signal_handler(signal.SIGINT)
+                loop.remove_signal_handler(signum)
 
-            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(signum, on_signal, signum)
         return await produce(
             source,
             args.endpoint_url,
@@ -615,12 +764,28 @@ def cmd_produce(args: argparse.Namespace) -> int:
             fragment_duration_ms=fragment_ms,
             create_stream=args.create_stream,
             retention_hours=args.retention_hours,
+            kms_key_id=args.kms_key_id,
             progress=_StatusLine(),
             stop=stop,
+            close_timeout_s=args.close_timeout,
+            duration_s=args.duration,
+            buffer_bytes=args.buffer_max_bytes,
+            spool_dir=args.spool_dir,
+            spool_max_bytes=args.spool_max_bytes,
+            cloudwatch_namespace=args.cloudwatch_namespace,
+            metrics_interval_s=args.metrics_interval,
         )
 
     stats = asyncio.run(main())
-    if stats.dropped_fragments or stats.errors:
-        log.warning("%d fragments dropped, errors by id: %s", stats.dropped_fragments, stats.errors)
+    if not stats.all_acknowledged:
+        # exit status 0 only when everything produced was acknowledged
+        log.warning(
+            "not everything was acknowledged: %d fragments dropped, %d unacknowledged%s, "
+            "errors by id: %s",
+            stats.dropped_fragments,
+            stats.unacknowledged,
+            " (kept in the spool)" if stats.spool_fragments else "",
+            stats.errors,
+        )
         return 1
     return 0

@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kvs_toolkit.cli import main as cli_main
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import CredentialsError, PutMediaError
@@ -41,7 +42,6 @@ from kvs_toolkit.getmedia import iter_fragments
 from kvs_toolkit.mkv import Fragment
 from kvs_toolkit.producer.credentials import (
     IotCredentialsProvider,
-    add_credential_arguments,
     aws_session,
     credentials_from_args,
     session_from_args,
@@ -416,8 +416,7 @@ def test_bad_files_and_names_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
 
 def _parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_produce_arguments(parser)  # the options must not clash with kvs produce's
-    add_credential_arguments(parser)
+    add_produce_arguments(parser)  # kvs produce's options include the credential ones
     return parser.parse_args(["clip.mp4", "--stream", THING, *argv])
 
 
@@ -522,6 +521,27 @@ def test_produce_with_iot_credentials(iot: IotEndpoint, make_clip: ClipFactory) 
         assert stats.fragments == stats.acked == 2 and not stats.errors
         fragments = _get_media(emulator, 2)
     assert _decoded_frames(fragments) == 50
+
+
+def test_kvs_produce_with_iot_options(
+    iot: IotEndpoint, pki: Pki, make_clip: ClipFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = make_clip("iot-cli.mp4", Clip())
+    with guarded_emulator(iot) as emulator:
+        status = cli_main(
+            [
+                "produce", str(path), "--stream", "cam", "--fast", "--fragment-duration", "1",
+                "--endpoint-url", emulator.endpoint_url, "--region", "us-east-1",
+                "--iot-credentials-endpoint", iot.url.removeprefix("https://"),
+                "--iot-cert", str(pki.device_cert), "--iot-key", str(pki.device_key),
+                "--iot-ca", str(pki.ca), "--iot-role-alias", ROLE_ALIAS,
+                "--iot-thing-name", THING,
+            ]
+        )  # fmt: skip
+        assert status == 0, capsys.readouterr().err
+        # the control plane calls and PutMedia all signed with the IoT provider's keys
+        assert iot.issued == ["AKIDIOT1"]
+        assert _decoded_frames(_get_media(emulator, 2)) == 50
 
 
 @dataclass

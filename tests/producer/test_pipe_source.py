@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import os
@@ -47,7 +48,8 @@ def pipe(data: bytes, chunk: int = 1500, delay_s: float = 0.0) -> Iterator[Binar
     read_fd, write_fd = os.pipe()
 
     def write() -> None:
-        with os.fdopen(write_fd, "wb", buffering=0) as out:
+        # a source that gives up on bad input closes its end first: not the writer's error
+        with contextlib.suppress(BrokenPipeError), os.fdopen(write_fd, "wb", buffering=0) as out:
             for start in range(0, len(data), chunk):
                 out.write(data[start : start + chunk])
                 if delay_s:

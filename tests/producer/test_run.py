@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
+import logging
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -22,6 +30,7 @@ from kvs_toolkit.producer.run import (
     Progress,
     add_produce_arguments,
     cmd_produce,
+    parse_size,
     parse_tags,
     produce,
 )
@@ -252,3 +261,169 @@ def test_control_plane_that_does_not_answer_is_a_put_media_error(make_clip: Clip
     with pytest.raises(PutMediaError, match="control plane call for 'cam' failed"):
         # nothing listens on port 9 (discard) of localhost
         asyncio.run(produce(source, "http://127.0.0.1:9", "cam", credentials=CREDENTIALS))
+
+
+def test_cli_kms_key_id_with_create_stream(make_clip: ClipFactory) -> None:
+    key = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    with emulated_kvs() as kvs:
+        args = produce_args(
+            str(make_clip("clip.mkv", Clip())), "--stream", "secret", "--endpoint-url", kvs.url,
+            "--no-realtime", "--create-stream", "--kms-key-id", key,
+        )  # fmt: skip
+        assert cmd_produce(args) == 0
+        info = kvs.client("kinesisvideo").describe_stream(StreamName="secret")["StreamInfo"]
+    assert info["KmsKeyId"] == key
+
+
+def test_bad_kms_key_id_is_a_clear_error(make_clip: ClipFactory) -> None:
+    source = open_source(str(make_clip("clip.mkv", Clip())), SourceOptions(realtime=False))
+    with emulated_kvs() as kvs, pytest.raises(PutMediaError, match="InvalidArgumentException"):
+        asyncio.run(
+            produce(
+                source, kvs.url, "secret", credentials=CREDENTIALS, create_stream=True,
+                kms_key_id="k" * 2049,  # the service's limit is 2048 characters
+            )
+        )  # fmt: skip
+    assert kvs.created == []
+
+
+def test_cli_duration_stops_a_looping_source(
+    make_clip: ClipFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with emulated_kvs(live=24) as kvs:
+        args = produce_args(
+            str(make_clip("clip.mkv", Clip())), "--stream", "live", "--endpoint-url", kvs.url,
+            "--loop", "--fragment-duration", "1", "--duration", "1.2",
+        )  # fmt: skip
+        started = time.monotonic()
+        assert cmd_produce(args) == 0  # everything acknowledged
+        elapsed = time.monotonic() - started
+    assert 1.1 < elapsed < 6
+    assert len(kvs.fragments) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "fragments 2/2 acked  0 pending" in last and "reconnects 0" in last
+    assert "buffer 0.0/64 MiB" in last
+
+
+def test_progress_line_shows_buffer_use_reconnects_and_spool() -> None:
+    progress = Progress(
+        elapsed_s=12.0, frames=300, video_frames=300, frames_per_s=25.0,
+        payload_bytes=2_000_000, megabytes_per_s=0.17, fragments=6, acked=4,
+        ack_latency_ms=850.0, dropped_fragments=1, errors=0, pending=2,
+        buffer_bytes=1_572_864, buffer_max_bytes=64 << 20, spool_bytes=3_355_443,
+        reconnects=3,
+    )  # fmt: skip
+    assert progress.line() == (
+        "  12.0 s  300 frames (25.0/s)  0.17 MB/s  fragments 4/6 acked  2 pending  "
+        "ack latency 850 ms  buffer 1.5/64 MiB  reconnects 3  spool 3.2 MiB  dropped 1  errors 0"
+    )
+
+
+def test_parse_size() -> None:
+    assert parse_size("4096") == 4096
+    assert parse_size("512M") == 512 * 1024**2
+    assert parse_size("1.5g") == 3 * 1024**3 // 2
+    assert parse_size("64KiB") == 65536
+    for bad in ("", "lots", "-1M", "0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="size"):
+            parse_size(bad)
+    args = produce_args("-", "--stream", "s", "--spool-dir", "/var/spool/kvs",
+                        "--spool-max-bytes", "2G")  # fmt: skip
+    assert (args.spool_dir, args.spool_max_bytes) == ("/var/spool/kvs", 2 * 1024**3)
+    assert args.buffer_max_bytes == 64 * 1024**2 and args.close_timeout == 30.0
+    with pytest.raises(SystemExit):
+        produce_args("-", "--stream", "s", "--duration", "-3")
+
+
+class PutMediaBlackHole:
+    """A TCP proxy to the emulator that lets the control plane through but drops every
+    PutMedia connection: the network path to the data plane is down."""
+
+    def __init__(self, target: str) -> None:
+        self.target_port = int(target.rsplit(":", 1)[1])
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def _handler(self) -> type[socketserver.BaseRequestHandler]:
+        target_port = self.target_port
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                client: socket.socket = self.request
+                first = client.recv(65536)
+                if first.startswith(b"POST /putMedia"):
+                    return  # closed unanswered
+                with socket.create_connection(("127.0.0.1", target_port)) as upstream:
+                    upstream.sendall(first)
+                    back = threading.Thread(target=_pipe, args=(upstream, client), daemon=True)
+                    back.start()
+                    _pipe(client, upstream)
+                    back.join(5)
+
+        return Handler
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _pipe(source: socket.socket, target: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := source.recv(65536):
+            target.sendall(data)
+    with contextlib.suppress(OSError):
+        target.shutdown(socket.SHUT_WR)
+
+
+def test_cli_exit_status_1_when_unacknowledged_and_the_spool_delivers_on_the_next_run(
+    make_clip: ClipFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clip = str(make_clip("clip.mkv", Clip()))
+    spool = tmp_path / "spool"
+    with emulated_kvs(cam=24) as kvs:
+        black_hole = PutMediaBlackHole(kvs.url)
+        try:
+            args = produce_args(
+                clip, "--stream", "cam", "--endpoint-url", black_hole.url, "--no-realtime",
+                "--fragment-duration", "1", "--spool-dir", str(spool), "--close-timeout", "0.5",
+            )  # fmt: skip
+            with caplog.at_level(logging.WARNING):
+                assert cmd_produce(args) == 1
+        finally:
+            black_hole.close()
+        assert "2 unacknowledged (kept in the spool)" in caplog.text
+        assert len(list(spool.glob("*.frag"))) == 2
+        # the network is back: the next run sends the spool first, then its own video
+        args = produce_args(
+            clip, "--stream", "cam", "--endpoint-url", kvs.url, "--no-realtime",
+            "--fragment-duration", "1", "--spool-dir", str(spool),
+        )  # fmt: skip
+        assert cmd_produce(args) == 0
+    assert list(spool.glob("*.frag")) == []
+    fragments = kvs.fragments
+    assert len(fragments) == 4
+    assert sum(len(f.frames) for f in fragments) == 100  # both runs' 50 frames, once each
+
+
+def test_sigterm_ends_kvs_produce_gracefully(make_clip: ClipFactory) -> None:
+    clip = str(make_clip("clip.mkv", Clip()))
+    with emulated_kvs(porch=24) as kvs:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "kvs_toolkit.cli", "produce", clip, "--stream", "porch",
+             "--endpoint-url", kvs.url, "--loop", "--fragment-duration", "1"],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        assert process.stderr is not None
+        for line in process.stderr:  # a status line a second (not a terminal)
+            if "fragments 1/" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+        assert process.returncode == 0, err
+        acked = int(err.strip().splitlines()[-1].split("fragments ")[1].split("/")[0])
+    assert "SIGTERM: flushing the last fragment" in err
+    assert len(kvs.fragments) == acked >= 2
