@@ -3,7 +3,7 @@
 
     python consumers/save_snapshots.py --stream my-stream --every 10 --out snapshots/
     python consumers/save_snapshots.py --stream test --endpoint-url http://127.0.0.1:4567 \\
-        --every 1 --start earliest --checkpoint snapshots.json      # the local emulator
+        --every 1 --start earliest --checkpoint snapshots.sqlite3   # the local emulator
 
 Only the frames that are kept are converted to images (the decoder's time-based
 sampling), so this costs little CPU. With ``--checkpoint`` a restart continues where
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import cv2
 
-from kvs_toolkit.consumer import FragmentDecoder, JsonFileCheckpointStore, LiveReader
+from kvs_toolkit.consumer import FragmentDecoder, LiveReader, open_checkpoint_store
 from kvs_toolkit.errors import KvsError
 
 
@@ -31,14 +31,16 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between snapshots")
     parser.add_argument("--out", default="snapshots", help="folder for the JPEGs")
     parser.add_argument("--start", default="now", help="now, earliest, fragment:N, producer:TIME")
-    parser.add_argument("--checkpoint", help="JSON file to resume from")
+    parser.add_argument(
+        "--checkpoint", help="resume from here: a SQLite file, a .json file or dynamodb:TABLE"
+    )
     parser.add_argument("--max-snapshots", type=int, help="stop after N snapshots")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    store = JsonFileCheckpointStore(args.checkpoint) if args.checkpoint else None
+    store = open_checkpoint_store(args.checkpoint) if args.checkpoint else None
     reader = LiveReader(
         args.stream,
         start=args.start,

@@ -69,7 +69,8 @@ __all__ = [
     "write_wav",
 ]
 
-# The reading half: fragment sources (live GetMedia, archive, files) and checkpoints.
+# The reading half: fragment sources (live GetMedia, archive, HLS, files), checkpoints
+# (SQLite by default, a JSON file, DynamoDB with leases) and the bounded frame queue.
 from kvs_toolkit.consumer.checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -79,7 +80,12 @@ from kvs_toolkit.consumer.checkpoint import (
     LeaseCoordinator,
     LeaseInfo,
     LeaseLostError,
+    SqliteCheckpointStore,
+    default_checkpoint_path,
+    open_checkpoint_store,
 )
+from kvs_toolkit.consumer.frame_queue import FrameQueue, QueuePolicy
+from kvs_toolkit.consumer.hls import HlsReader, PlaybackMode
 from kvs_toolkit.consumer.readers import (
     ArchiveReader,
     Backoff,
@@ -102,12 +108,19 @@ __all__ += [
     "FileReader",
     "FragmentInfo",
     "FragmentSource",
+    "FrameQueue",
+    "HlsReader",
     "JsonFileCheckpointStore",
     "LeaseCoordinator",
     "LeaseInfo",
     "LeaseLostError",
     "LiveReader",
+    "PlaybackMode",
+    "QueuePolicy",
     "ReaderStats",
+    "SqliteCheckpointStore",
     "StartSelector",
+    "default_checkpoint_path",
+    "open_checkpoint_store",
     "parse_timestamp",
 ]

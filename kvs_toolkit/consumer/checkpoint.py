@@ -3,6 +3,8 @@
 A :class:`Checkpoint` records the last fragment a consumer has *processed* (its number
 and GetMedia continuation token). A :class:`CheckpointStore` keeps one per stream:
 
+* :class:`SqliteCheckpointStore` - the default: one row per (stream, consumer group) in
+  a SQLite database in WAL mode, each save one atomic, durable upsert.
 * :class:`JsonFileCheckpointStore` - one local JSON file, rewritten atomically (temp
   file in the same folder, fsync, ``os.replace``, fsync of the folder), so a crash
   leaves either the old or the new file, never a torn one.
@@ -30,6 +32,7 @@ import json
 import logging
 import math
 import os
+import sqlite3
 import tempfile
 import threading
 import time
@@ -51,6 +54,9 @@ __all__ = [
     "LeaseCoordinator",
     "LeaseInfo",
     "LeaseLostError",
+    "SqliteCheckpointStore",
+    "default_checkpoint_path",
+    "open_checkpoint_store",
 ]
 
 log = logging.getLogger(__name__)
@@ -217,6 +223,140 @@ def _fsync_directory(folder: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# --- SQLite (the default) -------------------------------------------------------------------
+def default_checkpoint_path() -> Path:
+    """Where ``kvs consume`` keeps checkpoints unless told otherwise:
+    ``$XDG_STATE_HOME/kvs-toolkit/checkpoints.sqlite3`` (``~/.local/state/...`` when the
+    variable is unset), the XDG Base Directory place for state that survives restarts."""
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "kvs-toolkit" / "checkpoints.sqlite3"
+
+
+class SqliteCheckpointStore:
+    """Checkpoints in a SQLite database (standard library ``sqlite3``), the default store.
+
+    One row per (stream, consumer group) holds the last processed fragment number, its
+    continuation token and timestamps; a save is one ``INSERT ... ON CONFLICT DO
+    UPDATE`` in its own transaction, so the fields change together or not at all. The
+    database runs in WAL mode with ``synchronous=FULL``: a save is on disk when it
+    returns, and readers (another process looking at progress) never block the writer.
+    Several processes may share a file (SQLite locks it; ``busy_timeout`` waits).
+    ``consumer_group`` lets independent consumers of one stream keep separate positions.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        consumer_group: str = "default",
+        busy_timeout_s: float = 10.0,
+    ) -> None:
+        if not consumer_group:
+            raise ValueError("consumer_group must not be empty")
+        self.path = Path(path)
+        self.consumer_group = consumer_group
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise CheckpointError(f"cannot open checkpoint database {self.path}: {exc}") from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS checkpoints ("
+                " stream TEXT NOT NULL,"
+                " consumer_group TEXT NOT NULL,"
+                " fragment_number TEXT NOT NULL,"
+                " continuation_token TEXT,"
+                " producer_timestamp REAL,"
+                " server_timestamp REAL,"
+                " updated_at REAL NOT NULL,"
+                " PRIMARY KEY (stream, consumer_group))"
+            )
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise CheckpointError(f"checkpoint database {self.path} is not usable: {exc}") from exc
+
+    def load(self, stream: str) -> Checkpoint | None:
+        with self._lock:
+            try:
+                row = self._db.execute(
+                    "SELECT fragment_number, continuation_token, producer_timestamp,"
+                    " server_timestamp, updated_at FROM checkpoints"
+                    " WHERE stream = ? AND consumer_group = ?",
+                    (stream, self.consumer_group),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise CheckpointError(
+                    f"cannot read checkpoint of {stream!r} from {self.path}: {exc}"
+                ) from exc
+        if row is None:
+            return None
+        return Checkpoint(row[0], row[1] or None, row[2], row[3], row[4])
+
+    def save(self, stream: str, checkpoint: Checkpoint) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO checkpoints (stream, consumer_group, fragment_number,"
+                    " continuation_token, producer_timestamp, server_timestamp, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (stream, consumer_group) DO UPDATE SET"
+                    " fragment_number = excluded.fragment_number,"
+                    " continuation_token = excluded.continuation_token,"
+                    " producer_timestamp = excluded.producer_timestamp,"
+                    " server_timestamp = excluded.server_timestamp,"
+                    " updated_at = excluded.updated_at",
+                    (
+                        stream,
+                        self.consumer_group,
+                        checkpoint.fragment_number,
+                        checkpoint.continuation_token,
+                        checkpoint.producer_timestamp,
+                        checkpoint.server_timestamp,
+                        checkpoint.updated_at,
+                    ),
+                )
+            except sqlite3.Error as exc:
+                raise CheckpointError(
+                    f"cannot save checkpoint of {stream!r} to {self.path}: {exc}"
+                ) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> SqliteCheckpointStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def open_checkpoint_store(
+    spec: str | os.PathLike[str] | None, *, consumer_group: str = "default"
+) -> CheckpointStore:
+    """The store a ``--checkpoint`` value names: ``dynamodb:TABLE`` (DynamoDB), a path
+    ending in ``.json`` (:class:`JsonFileCheckpointStore`), any other path (SQLite), or
+    None for SQLite at :func:`default_checkpoint_path`."""
+    if spec is None:
+        return SqliteCheckpointStore(default_checkpoint_path(), consumer_group=consumer_group)
+    text = os.fspath(spec)
+    if text.startswith("dynamodb:"):
+        table = text.partition(":")[2]
+        if not table:
+            raise CheckpointError("--checkpoint dynamodb:TABLE needs a table name")
+        # One table per consumer group: its items are keyed by stream (and hold leases).
+        return DynamoDBCheckpointStore(table)
+    if text.endswith(".json"):
+        return JsonFileCheckpointStore(text)
+    return SqliteCheckpointStore(text, consumer_group=consumer_group)
 
 
 # --- DynamoDB -------------------------------------------------------------------------------

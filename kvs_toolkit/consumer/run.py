@@ -1,4 +1,23 @@
-"""``kvs consume``: read a stream (live, an archived range, or a file), decode, write JSON lines.
+"""``kvs consume``: read a stream (live, an archived range, HLS, or a file), decode, write
+JSON lines.
+
+Sources: live GetMedia (default), ``--archive START END`` (ListFragments +
+GetMediaForFragmentList), ``--hls`` (an HLS session, LIVE or ON_DEMAND over
+``--archive``), ``--hls-url URL`` (a session made elsewhere), ``--from-file``.
+
+Checkpoints (live GetMedia): with ``--checkpoint PATH`` or ``--start checkpoint`` the
+position is saved after each fragment whose every frame was written and flushed, in a
+SQLite database by default (``$XDG_STATE_HOME/kvs-toolkit/checkpoints.sqlite3``; a
+``.json`` path or ``dynamodb:TABLE`` pick the other stores), one row per stream and
+``--consumer-group``. The contract is *at least once per fragment, with no gap*: a
+crash before a fragment's checkpoint delivers that fragment again on restart (only
+that one: the save follows each fragment), and a fragment that was completed and
+checkpointed is never delivered again.
+
+``--queue-size N`` reads and decodes in a thread and hands frames over through a
+bounded queue; ``--queue-policy block`` (the default) slows the reader down to the
+processor, ``drop-to-keyframe`` drops queued frames up to the newest key frame and
+reports how many in the closing summary.
 
 With ``--model`` every decoded frame also goes through a detector
 (:mod:`kvs_toolkit.analysis`): its JSON line gains the analysis record (``detections``,
@@ -43,9 +62,17 @@ from kvs_toolkit.analysis import (
     create_detector,
     create_sink,
 )
-from kvs_toolkit.consumer.checkpoint import JsonFileCheckpointStore
+from kvs_toolkit.consumer.checkpoint import Checkpoint, CheckpointStore, open_checkpoint_store
 from kvs_toolkit.consumer.decode import FragmentDecoder
+from kvs_toolkit.consumer.frame_queue import (
+    QUEUE_POLICIES,
+    FragmentDone,
+    FrameQueue,
+    QueueClosed,
+    QueuePolicy,
+)
 from kvs_toolkit.consumer.frames import DecodedFrame
+from kvs_toolkit.consumer.hls import HlsReader, PlaybackMode
 from kvs_toolkit.consumer.readers import (
     ArchiveReader,
     FileReader,
@@ -53,9 +80,11 @@ from kvs_toolkit.consumer.readers import (
     LiveReader,
     ReaderStats,
     StartSelector,
+    TimestampType,
     parse_timestamp,
 )
-from kvs_toolkit.errors import KvsError
+from kvs_toolkit.errors import CheckpointError, KvsError
+from kvs_toolkit.mkv import Fragment
 
 if TYPE_CHECKING:
     from kvs_toolkit.analysis.annotate import AnnotatedPublisher
@@ -155,6 +184,8 @@ class ConsumeResult:
     fragments: int
     frames: int
     jpegs: int
+    dropped_frames: int = 0  # by the drop-to-keyframe queue policy
+    max_queue_depth: int = 0
 
 
 def consume(
@@ -167,6 +198,9 @@ def consume(
     on_frame: Callable[[DecodedFrame], None] | None = None,
     analyzer: Analyzer | None = None,
     on_record: Callable[[AnalysisRecord], None] | None = None,
+    on_fragment_done: Callable[[Fragment], None] | None = None,
+    queue_size: int | None = None,
+    queue_policy: QueuePolicy = "block",
 ) -> ConsumeResult:
     """Decode what ``source`` yields and write one JSON line per frame to ``out``.
 
@@ -175,6 +209,13 @@ def consume(
     analyzer's sinks get the record too, and ``on_record`` after them). Stops after
     ``max_fragments`` fragments (then a live reader's last fragment is committed: it was
     processed), or when the source ends or is stopped.
+
+    ``on_fragment_done(fragment)`` runs once every frame of the fragment was written
+    (and flushed): the moment to checkpoint it. With ``queue_size``, reading and
+    decoding run in a thread and hand frames to this one through a
+    :class:`~kvs_toolkit.consumer.frame_queue.FrameQueue` of that many frames with
+    ``queue_policy`` (``block`` or ``drop-to-keyframe``); dropped frames count as
+    processed for the checkpoint and are reported in the result.
     """
     if analyzer is not None and analyzer.sampler is not None:
         raise ValueError("consume() needs an Analyzer without fps sampling (one record a frame)")
@@ -204,16 +245,76 @@ def consume(
                 on_frame(frame)
         out.flush()
 
+    if queue_size is not None:
+        return _consume_queued(
+            source, decoder, emit, FrameQueue(queue_size, queue_policy),
+            max_fragments=max_fragments, on_fragment_done=on_fragment_done,
+            counts=lambda: (frames, jpegs),
+        )  # fmt: skip
     if max_fragments is None or max_fragments > 0:
         for fragment in source:
             emit(decoder.decode(fragment))
             fragments += 1
+            if on_fragment_done is not None:
+                on_fragment_done(fragment)
             if max_fragments is not None and fragments >= max_fragments:
                 break
     emit(decoder.flush())
     if isinstance(source, LiveReader):
         source.commit()
     return ConsumeResult(fragments, frames, jpegs)
+
+
+def _consume_queued(
+    source: FragmentSource,
+    decoder: FragmentDecoder,
+    emit: Callable[[list[DecodedFrame]], None],
+    frame_queue: FrameQueue,
+    *,
+    max_fragments: int | None,
+    on_fragment_done: Callable[[Fragment], None] | None,
+    counts: Callable[[], tuple[int, int]],
+) -> ConsumeResult:
+    fragments = 0
+    failure: list[BaseException] = []
+
+    def read() -> None:
+        nonlocal fragments
+        try:
+            if max_fragments is None or max_fragments > 0:
+                for fragment in source:
+                    for frame in decoder.decode(fragment):
+                        frame_queue.put_frame(frame)
+                    frame_queue.put_done(fragment)
+                    fragments += 1
+                    if max_fragments is not None and fragments >= max_fragments:
+                        break
+            for frame in decoder.flush():
+                frame_queue.put_frame(frame)
+        except QueueClosed:
+            pass
+        except BaseException as exc:  # handed to the processing thread, raised there
+            failure.append(exc)
+        finally:
+            frame_queue.end()
+
+    reader = threading.Thread(target=read, name="kvs-consume-reader", daemon=True)
+    reader.start()
+    try:
+        while (item := frame_queue.get()) is not None:
+            if isinstance(item, FragmentDone):
+                if on_fragment_done is not None:
+                    on_fragment_done(item.fragment)
+            else:
+                emit([item])
+    finally:
+        frame_queue.close()
+        source.stop()
+        reader.join()
+    if failure:
+        raise failure[0]
+    frames, jpegs = counts()
+    return ConsumeResult(fragments, frames, jpegs, frame_queue.dropped, frame_queue.max_depth)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -306,7 +407,13 @@ def model_detector(
 
 
 # --- the command ----------------------------------------------------------------------------
-def _start(text: str) -> StartSelector:
+#: ``--start checkpoint``: after the saved checkpoint (the stream's start when none yet).
+START_CHECKPOINT: Final = "checkpoint"
+
+
+def _start(text: str) -> StartSelector | str:
+    if text.strip().lower() == START_CHECKPOINT:
+        return START_CHECKPOINT
     try:
         return StartSelector.parse(text)
     except ValueError as exc:
@@ -324,6 +431,13 @@ def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
     return value
 
 
@@ -347,11 +461,18 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
         default=StartSelector.now(),
         metavar="WHERE",
         help="live start: now (default), earliest, fragment:N (after fragment N), "
-        "producer:TIME, server:TIME (ISO 8601 or epoch seconds), token:TOKEN",
+        "producer:TIME, server:TIME (ISO 8601 or epoch seconds), token:TOKEN, or checkpoint "
+        "(right after the last fragment processed, per --checkpoint; earliest when there is "
+        "no checkpoint yet). A saved checkpoint always wins over the other values",
     )
     where = parser.add_mutually_exclusive_group()
     where.add_argument(
         "--from-file", metavar="PATH", help="read a GetMedia capture or MKV file ('-': stdin)"
+    )
+    where.add_argument(
+        "--hls-url",
+        metavar="URL",
+        help="read an HLS session URL created elsewhere (fMP4, DisplayFragmentTimestamp ALWAYS)",
     )
     where.add_argument(
         "--archive",
@@ -366,6 +487,23 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
         default="producer",
         help="which timestamps --archive selects on (default producer)",
     )
+    parser.add_argument(
+        "--hls",
+        action="store_true",
+        help="read through an HLS session (GetHLSStreamingSessionURL) instead of GetMedia: "
+        "LIVE, or ON_DEMAND over the --archive range",
+    )
+    parser.add_argument(
+        "--playback-mode",
+        choices=("LIVE", "ON_DEMAND"),
+        help="HLS playback mode (default: ON_DEMAND with --archive, else LIVE)",
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=_positive_float,
+        metavar="S",
+        help="live GetMedia and --hls LIVE: stop after S seconds without a new fragment",
+    )
     parser.add_argument("--fps", type=_positive_float, help="decode at most N frames a second")
     parser.add_argument(
         "--keyframes-only", action="store_true", help="decode key frames only (cheapest)"
@@ -376,8 +514,29 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames-dir", metavar="DIR", help="also save every frame as a JPEG")
     parser.add_argument(
         "--checkpoint",
-        metavar="FILE",
-        help="resume from and save the position in this JSON file (live streams)",
+        metavar="PATH",
+        help="live GetMedia: save the last processed fragment here after each fragment and "
+        "resume after it: a SQLite database (default with --start checkpoint: "
+        "$XDG_STATE_HOME/kvs-toolkit/checkpoints.sqlite3), a .json file, or dynamodb:TABLE",
+    )
+    parser.add_argument(
+        "--consumer-group",
+        default="default",
+        metavar="NAME",
+        help="independent consumers of one stream keep separate checkpoints (default: default)",
+    )
+    parser.add_argument(
+        "--queue-size",
+        type=_positive_int,
+        metavar="N",
+        help="read and decode in a thread, handing at most N frames to processing",
+    )
+    parser.add_argument(
+        "--queue-policy",
+        choices=QUEUE_POLICIES,
+        default="block",
+        help="when the queue is full: block the reader (default) or drop-to-keyframe "
+        "(drop queued frames up to the newest key frame; counted in the summary)",
     )
     parser.add_argument("--max-fragments", type=int, metavar="N", help="stop after N fragments")
     parser.add_argument(
@@ -416,39 +575,127 @@ def add_consume_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _uses_checkpoints(args: argparse.Namespace) -> bool:
+    return bool(args.checkpoint) or args.start == START_CHECKPOINT
+
+
+def open_checkpoints(args: argparse.Namespace) -> CheckpointStore | None:
+    """The checkpoint store the command line asks for (None without --checkpoint and
+    --start checkpoint); ValueError for a bad combination, CheckpointError for a bad store."""
+    if not _uses_checkpoints(args):
+        return None
+    for option, given in (("--from-file", args.from_file), ("--archive", args.archive),
+                          ("--hls", args.hls), ("--hls-url", args.hls_url)):  # fmt: skip
+        if given:
+            raise ValueError(f"--checkpoint applies to live streams (GetMedia), not {option}")
+    return open_checkpoint_store(args.checkpoint, consumer_group=args.consumer_group)
+
+
+def resolve_start(args: argparse.Namespace, store: CheckpointStore | None) -> StartSelector:
+    """Where a live read starts: right after the stream's checkpoint when there is one,
+    else ``--start`` (``checkpoint`` without a checkpoint: the earliest fragment)."""
+    if store is not None and args.stream:
+        saved = store.load(args.stream)
+        if saved is not None:
+            log.info("%s: resuming after fragment %s", args.stream, saved.fragment_number)
+            return StartSelector.from_checkpoint(saved)
+    if args.start == START_CHECKPOINT:
+        return StartSelector.earliest()
+    start: StartSelector = args.start
+    return start
+
+
 def open_reader(
-    args: argparse.Namespace, session: boto3.session.Session | None = None
+    args: argparse.Namespace,
+    session: boto3.session.Session | None = None,
+    checkpoints: CheckpointStore | None = None,
 ) -> FragmentSource:
-    """The reader the command line asks for (raises ValueError for a bad combination)."""
+    """The reader the command line asks for (raises ValueError for a bad combination).
+
+    Checkpoints are not the reader's business here: :func:`cmd_consume` saves them
+    after each fragment is fully processed (``consume(on_fragment_done=...)``)."""
     if args.from_file:
-        if args.checkpoint:
+        if _uses_checkpoints(args):
             raise ValueError("--checkpoint applies to live streams, not --from-file")
         return FileReader(sys.stdin.buffer if args.from_file == "-" else args.from_file)
+    timestamp_type: TimestampType = (
+        "SERVER_TIMESTAMP" if args.timestamp_type == "server" else "PRODUCER_TIMESTAMP"
+    )
+    if args.hls_url:
+        return HlsReader(session_url=args.hls_url, timestamp_type=timestamp_type,
+                         idle_exit_s=args.idle_exit)  # fmt: skip
     if not args.stream:
-        raise ValueError("--stream is required (or --from-file)")
+        raise ValueError("--stream is required (or --from-file, --hls-url)")
+    if args.playback_mode and not args.hls:
+        raise ValueError("--playback-mode applies to --hls")
+    if args.idle_exit and args.archive and not args.hls:
+        raise ValueError("--idle-exit applies to live reading, not --archive")
+    if args.hls:
+        mode: PlaybackMode = args.playback_mode or ("ON_DEMAND" if args.archive else "LIVE")
+        if mode == "ON_DEMAND" and not args.archive:
+            raise ValueError("--hls --playback-mode ON_DEMAND needs --archive START END")
+        start, end = args.archive or (None, None)
+        if mode == "LIVE" and args.archive:
+            raise ValueError("--hls LIVE follows the stream's live edge: leave out --archive")
+        return HlsReader(
+            args.stream,
+            playback_mode=mode,
+            start=start,
+            end=end,
+            timestamp_type=timestamp_type,
+            endpoint_url=args.endpoint_url,
+            region=args.region,
+            session=session,
+            idle_exit_s=args.idle_exit,
+        )
     if args.archive:
-        if args.checkpoint:
+        if _uses_checkpoints(args):
             raise ValueError("--checkpoint applies to live streams, not --archive")
         start, end = args.archive
         return ArchiveReader(
             args.stream,
             start,
             end,
-            timestamp_type="SERVER_TIMESTAMP"
-            if args.timestamp_type == "server"
-            else "PRODUCER_TIMESTAMP",
+            timestamp_type=timestamp_type,
             endpoint_url=args.endpoint_url,
             region=args.region,
             session=session,
         )
     return LiveReader(
         args.stream,
-        start=args.start,
+        start=resolve_start(args, checkpoints),
         endpoint_url=args.endpoint_url,
         region=args.region,
         session=session,
-        checkpoint_store=JsonFileCheckpointStore(args.checkpoint) if args.checkpoint else None,
     )
+
+
+class _IdleWatch:
+    """Stops ``source`` once no fragment arrived for ``seconds`` (``--idle-exit``)."""
+
+    def __init__(self, source: FragmentSource, seconds: float) -> None:
+        self.source = source
+        self.seconds = seconds
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kvs-consume-idle", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        seen = self.source.stats.fragments
+        last_change = time.monotonic()
+        while not self._cancel.wait(min(0.1, self.seconds / 4)):
+            count = self.source.stats.fragments
+            now = time.monotonic()
+            if count != seen:
+                seen, last_change = count, now
+            elif now - last_change >= self.seconds:
+                log.info("no new fragment for %.1f s: stopping (--idle-exit)", self.seconds)
+                self.source.stop()
+                return
+
+    def cancel(self) -> None:
+        self._cancel.set()
+        self._thread.join()
 
 
 class _ProgressThread:
@@ -559,12 +806,23 @@ def cmd_consume(args: argparse.Namespace) -> int:
             return _EXIT_USAGE
     session = boto3.session.Session(region_name=args.region) if not args.from_file else None
     try:
-        source = open_reader(args, session)
-    except ValueError as exc:
+        checkpoints = open_checkpoints(args)
+        source = open_reader(args, session, checkpoints)
+    except (ValueError, CheckpointError) as exc:
         if analyzer is not None:
             analyzer.close()
         print(f"kvs consume: {exc}", file=sys.stderr)
         return _EXIT_USAGE
+    on_fragment_done: Callable[[Fragment], None] | None = None
+    if checkpoints is not None and args.stream:
+        store, key = checkpoints, args.stream
+
+        def on_fragment_done(fragment: Fragment) -> None:
+            # Saved once every frame of the fragment is written and flushed: a crash
+            # before this line delivers the fragment again, never skips it.
+            if fragment.fragment_number is not None:
+                store.save(key, Checkpoint.of(fragment))
+
     publisher: AnnotatedPublisher | None = None
     if args.annotate_to:
         from kvs_toolkit.analysis.annotate import AnnotatedPublisher
@@ -593,6 +851,9 @@ def cmd_consume(args: argparse.Namespace) -> int:
         timer = threading.Timer(args.duration, source.stop)
         timer.daemon = True
         timer.start()
+    idle_watch: _IdleWatch | None = None
+    if args.idle_exit is not None and isinstance(source, LiveReader):
+        idle_watch = _IdleWatch(source, args.idle_exit)  # HlsReader does it itself
     progress = (
         _ProgressThread(
             source.stats, lambda: frame_count, live=isinstance(source, LiveReader)
@@ -620,10 +881,15 @@ def cmd_consume(args: argparse.Namespace) -> int:
                 on_frame=counted,
                 analyzer=analyzer,
                 on_record=annotate if publisher is not None else None,
+                on_fragment_done=on_fragment_done,
+                queue_size=args.queue_size,
+                queue_policy=args.queue_policy,
             )
     finally:
         if timer is not None:
             timer.cancel()
+        if idle_watch is not None:
+            idle_watch.cancel()
         source.close()
         decoder.close()
         # Sinks and the publisher deliver what they hold even after an error; their own
@@ -641,6 +907,12 @@ def cmd_consume(args: argparse.Namespace) -> int:
         raise closing_errors[0]
     if analyzer is not None:
         print(_summary(analyzer, publisher), file=sys.stderr)
+    if args.queue_size is not None:
+        print(
+            f"queue: {args.queue_policy}, size {args.queue_size}, at most "
+            f"{result.max_queue_depth} frames waiting, {result.dropped_frames} frames dropped",
+            file=sys.stderr,
+        )
     log.info(
         "consumed %d fragments, %d frames in %.1f s",
         result.fragments,

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,18 @@ def test_consume_duration_ends_a_quiet_live_read(
     assert out.read_text() == ""
 
 
+def test_consume_idle_exit_ends_a_live_read_after_the_last_fragment(
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "idle.jsonl"
+    args = live(emulator, "--start", "earliest", "--idle-exit", "2", "--out", str(out),
+                "--no-progress")  # fmt: skip
+    started = time.monotonic()
+    assert cmd_consume(args) == 0
+    assert len(read_jsonl(out)) == FRAMES  # everything there was, then quiet: done
+    assert time.monotonic() - started < 15
+
+
 def test_consume_from_a_getmedia_capture(captures: Path, tmp_path: Path) -> None:
     path = captures / "output_get_media.mkv"
     if not path.exists():
@@ -265,3 +278,35 @@ def test_readers_are_fragment_sources(emulator: Emulator) -> None:
     for reader in readers:
         assert isinstance(reader, FragmentSource)
         reader.close()
+
+
+def test_start_checkpoint_uses_the_default_sqlite_store_per_consumer_group(
+    emulator: Emulator,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from kvs_toolkit.consumer.checkpoint import SqliteCheckpointStore, default_checkpoint_path
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    runs = []
+    for run, group in enumerate(["a", "a", "b"]):
+        out = tmp_path / f"run{run}.jsonl"
+        args = live(emulator, "--start", "checkpoint", "--consumer-group", group, "--out",
+                    str(out), "--max-fragments", "2", "--no-progress")  # fmt: skip
+        assert cmd_consume(args) == 0
+        runs.append([r["fragment_number"] for r in read_jsonl(out)])
+    # Group a: the first two fragments, then the next two; group b starts over.
+    assert len(set(runs[0])) == 2 and len(set(runs[1])) == 2
+    assert not set(runs[0]) & set(runs[1])
+    assert runs[2] == runs[0]
+    store = SqliteCheckpointStore(default_checkpoint_path(), consumer_group="a")
+    saved = store.load(STREAM)
+    store.close()
+    assert saved is not None and saved.fragment_number == runs[1][-1]
+    assert saved.continuation_token
+    corrupt = tmp_path / "corrupt.sqlite3"
+    corrupt.write_bytes(b"garbage" * 100)
+    assert cmd_consume(live(emulator, "--checkpoint", str(corrupt), "--no-progress")) == 2
+    assert "is not usable: file is not a database" in capsys.readouterr().err

@@ -341,6 +341,35 @@ def test_cut_connection_resumes_from_the_continuation_token(
     assert proxy.accepted >= 2
 
 
+def test_emulator_restart_resumes_without_loss_or_duplicates(tmp_path: Path) -> None:
+    """The server closes every connection and goes away, then comes back on the same port
+    with the same data: the reader retries with back-off and resumes from its token."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    data = tmp_path / "data"
+    first = Emulator(data, port=port, credentials={ACCESS_KEY: SECRET})
+    first.__enter__()
+    url = first.endpoint_url
+    try:
+        create_stream(url, "restart")
+        producer = Producer(url, "restart")
+        reader = live_reader(url, "restart", start="earliest")
+        collector = Collector(reader, until=8)
+        producer.send(3)
+        collector.take(3)
+    finally:
+        first.close()  # closes the reader's GetMedia connection with it
+    wait_for(lambda: reader.stats.failures >= 1)  # connection refused while it is down
+    with Emulator(data, port=port, credentials={ACCESS_KEY: SECRET}) as second:
+        assert second.endpoint_url == url
+        producer.send(5, gap_s=0.02)
+        got = collector.finish()
+    reader.close()
+    assert numbers(got) == producer.numbers  # nothing lost, nothing twice, in order
+    assert reader.stats.duplicates == 0
+    assert reader.stats.reconnects >= 1
+
+
 def test_session_limit_reconnects_without_loss_or_duplicates(emulator: Emulator) -> None:
     url = emulator.endpoint_url
     create_stream(url, "rotate")
