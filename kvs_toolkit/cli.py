@@ -65,6 +65,12 @@ def _cmd_consume(args: argparse.Namespace) -> int:
     return cmd_consume(args)
 
 
+def _cmd_rekognition_processor(args: argparse.Namespace) -> int:
+    from kvs_toolkit.analysis.processors import cmd_rekognition_processor
+
+    return cmd_rekognition_processor(args)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from kvs_toolkit.demo import run_demo
 
@@ -112,6 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_consume_arguments(consume)
     consume.set_defaults(handler=_cmd_consume)
+
+    from kvs_toolkit.analysis.processors import add_processor_arguments
+
+    processor = sub.add_parser(
+        "rekognition-processor",
+        help="create/start/stop/describe/list/delete Rekognition Video stream processors, "
+        "or read their results",
+    )
+    add_processor_arguments(processor)
+    processor.set_defaults(handler=_cmd_rekognition_processor)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
     demo.add_argument("--output", default="demo-output", help="folder for the demo's results")

@@ -7,6 +7,9 @@
   :class:`HaarFaceDetector` (OpenCV Haar cascade), :class:`RekognitionDetector`
   (Amazon Rekognition Image per frame, rate-capped, retried, change-filtered) and
   :class:`OnnxDetector` (YOLO ONNX exports with the optional ``onnxruntime``).
+* :mod:`~kvs_toolkit.analysis.processors` - Rekognition Video stream processors
+  (:class:`StreamProcessors`: face search, connected home) and their Kinesis results
+  joined to fragments and frames (:class:`FaceSearchResults`, :class:`FragmentIndex`).
 * :mod:`~kvs_toolkit.analysis.sinks` - :class:`AnalysisRecord` and the sinks: JSON lines,
   Kinesis Data Streams, S3, webhook, memory.
 * :mod:`~kvs_toolkit.analysis.pipeline` - :class:`Analyzer`, plus :func:`contact_sheet`
@@ -31,7 +34,17 @@ from kvs_toolkit.analysis.draw import contact_sheet, draw_detections, label_colo
 from kvs_toolkit.analysis.faces import HaarFaceDetector
 from kvs_toolkit.analysis.motion import IouTracker, MotionDetector
 from kvs_toolkit.analysis.pipeline import AnalysisStats, Analyzer
+from kvs_toolkit.analysis.processors import (
+    FaceSearchResults,
+    FragmentIndex,
+    ResultsPosition,
+    StreamProcessorInfo,
+    StreamProcessorNotFoundError,
+    StreamProcessors,
+    parse_frame_record,
+)
 from kvs_toolkit.analysis.rekognition import (
+    CallWindow,
     ChangeFilter,
     RekognitionDetector,
     RekognitionError,
@@ -61,10 +74,13 @@ __all__ = [
     "Analyzer",
     "AnnotatedPublisher",
     "BoundingBox",
+    "CallWindow",
     "CallableDetector",
     "ChangeFilter",
     "Detection",
     "Detector",
+    "FaceSearchResults",
+    "FragmentIndex",
     "HaarFaceDetector",
     "IouTracker",
     "JsonLinesSink",
@@ -76,8 +92,12 @@ __all__ = [
     "RekognitionError",
     "RekognitionStats",
     "ResultSink",
+    "ResultsPosition",
     "S3Sink",
     "SinkError",
+    "StreamProcessorInfo",
+    "StreamProcessorNotFoundError",
+    "StreamProcessors",
     "TokenBucket",
     "WebhookSink",
     "box_iou",
@@ -89,6 +109,7 @@ __all__ = [
     "encode_image",
     "label_colour",
     "nms",
+    "parse_frame_record",
     "register_detector",
     "register_sink",
     "registered_detectors",

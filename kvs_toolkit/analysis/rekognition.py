@@ -9,7 +9,9 @@ Each frame is encoded as JPEG within the service's limits and sent as ``Image.By
 
 What keeps the bill and the throttling down:
 
-* a calls-per-second cap (:class:`TokenBucket`), shared by every call of the detector;
+* a calls-per-second cap, shared by every call of the detector: a :class:`TokenBucket`
+  spaces the calls' starts, and a :class:`CallWindow` makes sure no 1-second window at
+  the service holds more than the cap, whatever the network's latency;
 * retries with exponential back-off and jitter on ``ThrottlingException``,
   ``ProvisionedThroughputExceededException``, ``InternalServerError`` and connection
   errors (the default client has botocore's own retries turned off so that the two do
@@ -29,6 +31,7 @@ converted to frame pixels.
 
 from __future__ import annotations
 
+import collections
 import logging
 import random
 import threading
@@ -45,6 +48,7 @@ from kvs_toolkit.consumer.frames import DecodedFrame, Image
 
 __all__ = [
     "MODES",
+    "CallWindow",
     "ChangeFilter",
     "EncodedImage",
     "ImageLimits",
@@ -178,6 +182,75 @@ class TokenBucket:
         if wait > 0:
             self._sleep(wait)
         return wait
+
+
+class CallWindow:
+    """At most ``max_calls`` calls arrive at the service in any window of ``window_s``.
+
+    Spacing the *starts* of calls is not enough: a call that spends a few milliseconds
+    longer on the way than the one ``max_calls`` later puts one call too many into some
+    window at the server. A call arrives before its response leaves, so a new call may
+    start only while fewer than ``max_calls`` calls are in flight or answered within the
+    last ``window_s``: then no window at the server can hold more. Thread-safe;
+    :meth:`acquire` before each call, :meth:`release` when it is answered (or failed).
+    """
+
+    def __init__(
+        self,
+        max_calls: int,
+        window_s: float = 1.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_calls < 1:
+            raise ValueError("max_calls must be at least 1")
+        if not window_s > 0:
+            raise ValueError(f"window_s must be positive, not {window_s}")
+        self.max_calls = max_calls
+        self.window_s = window_s
+        self._clock = clock
+        self._sleep = sleep
+        self._answered: collections.deque[float] = collections.deque()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_rate(cls, calls_per_second: float, **kwargs: Any) -> CallWindow:
+        """A window that keeps to ``calls_per_second`` in every second (2.5/s: 2 a second;
+        0.5/s: 1 in 2 seconds)."""
+        if not calls_per_second > 0:
+            raise ValueError(f"calls_per_second must be positive, not {calls_per_second}")
+        max_calls = max(1, int(calls_per_second))
+        return cls(max_calls, max(1.0, max_calls / calls_per_second), **kwargs)
+
+    def acquire(self) -> float:
+        """Wait for a free slot and take it; return the seconds waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = self._clock()
+                while self._answered and self._answered[0] <= now - self.window_s:
+                    self._answered.popleft()
+                if self._in_flight + len(self._answered) < self.max_calls:
+                    self._in_flight += 1
+                    return waited
+                # the oldest answer leaves the window first (a call in flight frees
+                # nothing until it is answered, and then only window_s later)
+                wait = (
+                    self._answered[0] + self.window_s - now
+                    if self._answered
+                    else self.window_s / self.max_calls
+                )
+            wait = max(wait, 1e-4)
+            self._sleep(wait)
+            waited += wait
+
+    def release(self) -> None:
+        """The call taken by :meth:`acquire` was answered (or failed) now."""
+        with self._lock:
+            self._in_flight -= 1
+            self._answered.append(self._clock())
 
 
 class ChangeFilter:
@@ -464,6 +537,11 @@ class RekognitionDetector:
             if max_calls_per_second is None
             else TokenBucket(max_calls_per_second, burst, clock=clock, sleep=sleep)
         )
+        self._window = (
+            None
+            if max_calls_per_second is None
+            else CallWindow.for_rate(max_calls_per_second, clock=clock, sleep=sleep)
+        )
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -502,6 +580,15 @@ class RekognitionDetector:
         self._last_detections = detections
         return list(detections)
 
+    def _call_within_window(self, params: Params) -> Response:
+        if self._window is None:
+            return self._call(**params)
+        self.stats.rate_wait_seconds += self._window.acquire()
+        try:
+            return self._call(**params)
+        finally:
+            self._window.release()
+
     def _send(self, params: Params) -> Response:
         from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
@@ -510,7 +597,7 @@ class RekognitionDetector:
             if self._bucket is not None:
                 self.stats.rate_wait_seconds += self._bucket.acquire()
             try:
-                return self._call(**params)
+                return self._call_within_window(params)
             except ClientError as exc:
                 code = str(exc.response.get("Error", {}).get("Code", ""))
                 if code in ("ThrottlingException", "ProvisionedThroughputExceededException"):

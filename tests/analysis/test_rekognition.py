@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,6 +15,7 @@ from moto import mock_aws
 
 from kvs_toolkit.analysis import (
     AnalysisError,
+    CallWindow,
     ChangeFilter,
     RekognitionDetector,
     RekognitionError,
@@ -265,6 +267,60 @@ def test_token_bucket_spaces_calls() -> None:
     assert waits[2:] == pytest.approx([0.25, 0.25, 0.25, 0.25])
     clock.now += 10  # idle: the bucket refills, but only to the burst size
     assert [bucket.acquire() for _ in range(3)] == pytest.approx([0.0, 0.0, 0.25])
+
+
+def _max_in_any_window(times: list[float], window_s: float) -> int:
+    return max(sum(t <= u < t + window_s for u in times) for t in times)
+
+
+def test_call_window_bounds_arrivals_whatever_the_latency() -> None:
+    clock = FakeClock()
+    window = CallWindow.for_rate(5.0, clock=clock, sleep=clock.sleep)
+    rng = random.Random(7)
+    arrivals: list[float] = []
+    for _ in range(60):
+        window.acquire()
+        # a request spends 0-150 ms on the way out and as long again coming back
+        clock.now += rng.uniform(0.0, 0.15)
+        arrivals.append(clock.now)
+        clock.now += rng.uniform(0.0, 0.15)
+        window.release()
+    assert _max_in_any_window(arrivals, 1.0) <= 5
+    # and it does not idle: the 60 calls fit in well under 60 / 5 + 2 s
+    assert arrivals[-1] - arrivals[0] < 14.0
+
+
+def test_call_window_counts_calls_in_flight_across_threads() -> None:
+    window = CallWindow(3, 0.2)
+    lock = threading.Lock()
+    arrivals: list[float] = []
+
+    def call() -> None:
+        window.acquire()
+        try:
+            time.sleep(0.01)
+            with lock:
+                arrivals.append(time.monotonic())
+            time.sleep(0.01)
+        finally:
+            window.release()
+
+    threads = [threading.Thread(target=call) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(arrivals) == 12
+    assert _max_in_any_window(sorted(arrivals), 0.2) <= 3
+
+
+def test_call_window_for_fractional_rates() -> None:
+    assert (CallWindow.for_rate(2.5).max_calls, CallWindow.for_rate(2.5).window_s) == (2, 1.0)
+    assert (CallWindow.for_rate(0.5).max_calls, CallWindow.for_rate(0.5).window_s) == (1, 2.0)
+    with pytest.raises(ValueError, match="positive"):
+        CallWindow.for_rate(0)
+    with pytest.raises(ValueError, match="at least 1"):
+        CallWindow(0)
 
 
 def test_rate_cap_in_real_time(moto_client: Any) -> None:
