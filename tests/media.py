@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
+
+from kvs_toolkit.getmedia import iter_fragments
+from kvs_toolkit.mkv import Fragment
 
 
 def moving_square_frames(count: int, width: int = 320, height: int = 240) -> list[np.ndarray]:
@@ -56,3 +60,22 @@ def decode_frame_count(data: bytes, container_format: str | None = None) -> int:
     """How many video frames PyAV decodes from ``data``."""
     with av.open(io.BytesIO(data), format=container_format) as container:
         return sum(1 for _ in container.decode(video=0))
+
+
+def read_fragments(
+    media: Any, stream: str, count: int, selector: dict[str, Any] | None = None
+) -> list[Fragment]:
+    """The first ``count`` fragments GetMedia gives for ``selector`` (default EARLIEST),
+    through a ``kinesis-video-media`` client; the connection is closed after them."""
+    response = media.get_media(
+        StreamName=stream, StartSelector=selector or {"StartSelectorType": "EARLIEST"}
+    )
+    out: list[Fragment] = []
+    try:
+        for fragment in iter_fragments(response["Payload"]):
+            out.append(fragment)
+            if len(out) == count:
+                break
+    finally:
+        response["Payload"].close()
+    return out

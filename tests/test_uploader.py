@@ -13,9 +13,9 @@ import pytest
 from kvs_toolkit.consumer import DuplicateFilter
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import PutMediaError
-from kvs_toolkit.getmedia import iter_fragments
 from kvs_toolkit.mkv import Fragment, TrackInfo
 from kvs_toolkit.producer import EncodedFrame, Uploader
+from tests.media import read_fragments
 
 VIDEO = TrackInfo(
     1, "V_MPEG4/ISO/AVC", b"\x01\x42\x00\x1e\xff\xe1\x00\x00\x01\x00\x00", width=64, height=48
@@ -72,9 +72,9 @@ async def proxy_to(emulator: Emulator) -> AsyncIterator[CuttableProxy]:
         await proxy.stop()
 
 
-def kv(emulator: Emulator) -> Any:
+def kv(emulator: Emulator, service: str = "kinesisvideo") -> Any:
     return boto3.client(
-        "kinesisvideo",
+        service,
         endpoint_url=emulator.endpoint_url,
         region_name="us-east-1",
         aws_access_key_id="x",
@@ -83,23 +83,7 @@ def kv(emulator: Emulator) -> Any:
 
 
 def read_all(emulator: Emulator, stream: str, count: int) -> list[Fragment]:
-    media = boto3.client(
-        "kinesis-video-media",
-        endpoint_url=emulator.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-    )
-    response = media.get_media(StreamName=stream, StartSelector={"StartSelectorType": "EARLIEST"})
-    out: list[Fragment] = []
-    try:
-        for fragment in iter_fragments(response["Payload"]):
-            out.append(fragment)
-            if len(out) == count:
-                break
-    finally:
-        response["Payload"].close()
-    return out
+    return read_fragments(kv(emulator, "kinesis-video-media"), stream, count)
 
 
 def frame(i: int, fps: int = 10) -> EncodedFrame:

@@ -21,7 +21,7 @@ from kvs_toolkit.mkv import Fragment, FragmentReader, Tag, TrackInfo
 from kvs_toolkit.mkv.model import TAG_END_OF_FRAGMENT
 from kvs_toolkit.mkv.writer import FrameData, MkvWriter, tags_element
 from kvs_toolkit.putmedia import PutMediaSession
-from tests.media import encode_matroska
+from tests.media import encode_matroska, read_fragments
 
 from .conftest import ACCESS_KEY, SECRET, ClientFactory
 
@@ -66,19 +66,6 @@ async def upload(
             return [ack async for ack in session.acks()]
 
 
-def get_media(media: Any, stream: str, selector: dict[str, Any], count: int) -> list[Fragment]:
-    response = media.get_media(StreamName=stream, StartSelector=selector)
-    out: list[Fragment] = []
-    try:
-        for fragment in iter_fragments(response["Payload"]):
-            out.append(fragment)
-            if len(out) == count:
-                break
-    finally:
-        response["Payload"].close()
-    return out
-
-
 @pytest.fixture
 def media(emulator: Emulator, make_client: ClientFactory) -> Any:
     return make_client("kinesis-video-media", emulator.endpoint_url)
@@ -109,7 +96,7 @@ def test_ffmpeg_matroska_upload_reads_back_frame_exact(
     )
     persisted = [a for a in acks if a.event_type == AckEventType.PERSISTED]
     assert len(persisted) == len(source) == 3
-    back = get_media(media, "ffmpeg", {"StartSelectorType": "EARLIEST"}, 3)
+    back = read_fragments(media, "ffmpeg", 3)
     assert [bytes(f.data) for s in source for f in s.frames] == [
         bytes(f.data) for b in back for f in b.frames
     ]
@@ -175,7 +162,7 @@ def test_captures_round_trip_through_putmedia_and_getmedia(  # noqa: PLR0917
     errors = [a for a in acks if a.event_type == AckEventType.ERROR]
     assert [a.error_id for a in errors] == [4004] * len(rejected)
     kept = [i for i in range(len(sent_frames)) if i not in rejected]
-    back = get_media(media, stream, {"StartSelectorType": "EARLIEST"}, len(kept))
+    back = read_fragments(media, stream, len(kept))
     assert len(back) == len(kept)
     for index, fragment in zip(kept, back, strict=True):
         assert [bytes(f.data) for f in fragment.frames] == [
@@ -363,7 +350,7 @@ def test_killed_connection_keeps_everything_persisted(
 
     assert asyncio.run(run()) == 3
     time.sleep(0.2)
-    back = get_media(media, "flaky", {"StartSelectorType": "EARLIEST"}, 3)
+    back = read_fragments(media, "flaky", 3)
     assert [f.producer_timestamp.timestamp() for f in back if f.producer_timestamp] == [
         (BASE_MS + n * 1000) / 1000 for n in range(3)
     ]
@@ -386,19 +373,9 @@ def test_restart_serves_the_same_fragments(tmp_path: Path, make_client: ClientFa
             StreamName="kept", DataRetentionInHours=2
         )
         asyncio.run(upload(emu.endpoint_url, "kept", body, credentials=None))
-        first = get_media(
-            make_client("kinesis-video-media", emu.endpoint_url),
-            "kept",
-            {"StartSelectorType": "EARLIEST"},
-            3,
-        )
+        first = read_fragments(make_client("kinesis-video-media", emu.endpoint_url), "kept", 3)
     with Emulator(data_dir=tmp_path) as emu:
-        again = get_media(
-            make_client("kinesis-video-media", emu.endpoint_url),
-            "kept",
-            {"StartSelectorType": "EARLIEST"},
-            3,
-        )
+        again = read_fragments(make_client("kinesis-video-media", emu.endpoint_url), "kept", 3)
     assert [f.fragment_number for f in again] == [f.fragment_number for f in first]
     assert [[bytes(x.data) for x in f.frames] for f in again] == [
         [bytes(x.data) for x in f.frames] for f in first
@@ -419,7 +396,7 @@ def test_start_selectors(emulator: Emulator, kv: Any, media: Any) -> None:
     assert len(numbers) == 5
 
     def starts(selector: dict[str, Any], count: int) -> list[str | None]:
-        return [f.fragment_number for f in get_media(media, "selectors", selector, count)]
+        return [f.fragment_number for f in read_fragments(media, "selectors", count, selector)]
 
     assert starts({"StartSelectorType": "EARLIEST"}, 5) == numbers
     assert (

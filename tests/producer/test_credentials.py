@@ -38,7 +38,6 @@ from kvs_toolkit.cli import main as cli_main
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import CredentialsError, PutMediaError
-from kvs_toolkit.getmedia import iter_fragments
 from kvs_toolkit.mkv import Fragment
 from kvs_toolkit.producer.credentials import (
     IotCredentialsProvider,
@@ -48,6 +47,7 @@ from kvs_toolkit.producer.credentials import (
 )
 from kvs_toolkit.producer.run import add_produce_arguments, produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
+from tests.media import read_fragments
 from tests.producer.conftest import ClipFactory
 from tests.producer.media import Clip
 
@@ -482,17 +482,7 @@ def _client(emulator: Emulator, service: Any) -> Any:
 
 def _get_media(emulator: Emulator, count: int) -> list[Fragment]:
     """The stream's first ``count`` fragments, through GetMedia from EARLIEST."""
-    media = _client(emulator, "kinesis-video-media")
-    response = media.get_media(StreamName="cam", StartSelector={"StartSelectorType": "EARLIEST"})
-    out: list[Fragment] = []
-    try:
-        for fragment in iter_fragments(response["Payload"]):
-            out.append(fragment)
-            if len(out) == count:
-                break
-    finally:
-        response["Payload"].close()
-    return out
+    return read_fragments(_client(emulator, "kinesis-video-media"), "cam", count)
 
 
 def _decoded_frames(fragments: list[Fragment]) -> int:

@@ -19,10 +19,10 @@ import pytest
 
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
-from kvs_toolkit.getmedia import iter_fragments
 from kvs_toolkit.mkv import Fragment, TrackInfo
 from kvs_toolkit.producer import EncodedFrame, Uploader
 from kvs_toolkit.producer.sources import SourceOptions, open_source
+from tests.media import read_fragments
 from tests.producer.conftest import ClipFactory
 from tests.producer.media import Clip
 from tests.test_uploader import proxy_to
@@ -60,18 +60,7 @@ def read_back(endpoint_url: str, stream: str) -> list[Fragment]:
     """Every stored fragment, oldest first, through GetMedia."""
     listed = client(endpoint_url, "kinesis-video-archived-media").list_fragments(StreamName=stream)
     count = len(listed["Fragments"])
-    response = client(endpoint_url, "kinesis-video-media").get_media(
-        StreamName=stream, StartSelector={"StartSelectorType": "EARLIEST"}
-    )
-    out: list[Fragment] = []
-    try:
-        for fragment in iter_fragments(response["Payload"]):
-            out.append(fragment)
-            if len(out) == count:
-                break
-    finally:
-        response["Payload"].close()
-    return out
+    return read_fragments(client(endpoint_url, "kinesis-video-media"), stream, count)
 
 
 def decoded_once(fragments: list[Fragment]) -> tuple[list[int], int]:
