@@ -8,18 +8,28 @@ encoder when there is one) with a key frame every fragment.
     python producers/numpy_frames.py --stream synthetic --seconds 20
     python producers/numpy_frames.py --stream synthetic \\
         --endpoint-url http://127.0.0.1:4567 --create-stream      # the local emulator
+
+Ctrl-C (or SIGTERM) stops making frames, flushes the last fragment and waits for its
+acknowledgement. Exit status: 0 when everything sent was acknowledged, 1 when
+something was not, 2 on an error (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 import time
-
-import boto3
+from types import FrameType
 
 from kvs_toolkit.errors import KvsError
+from kvs_toolkit.producer.credentials import (
+    add_credential_arguments,
+    credentials_from_args,
+    session_from_args,
+)
 from kvs_toolkit.producer.run import ProducerThread
 from kvs_toolkit.producer.sources import NumpySource, SourceOptions
 from kvs_toolkit.samples import SampleSpec, render_frame
@@ -33,17 +43,34 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=int, default=25)
     parser.add_argument("--create-stream", action="store_true")
+    add_credential_arguments(parser)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
 
-    session = boto3.session.Session()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # The first Ctrl-C / SIGTERM ends the frames (then flush); a second one kills.
+        print(f"numpy_frames: {signal.Signals(signum).name}: flushing", file=sys.stderr)
+        stopping.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    try:
+        session = session_from_args(args)
+        credentials = credentials_from_args(args, session)
+    except KvsError as exc:
+        print(f"numpy_frames: {exc}", file=sys.stderr)
+        return 2
     spec = SampleSpec(width=640, height=360, fps=args.fps)
     source = NumpySource(fps=args.fps, options=SourceOptions(fragment_duration_ms=2000))
     producer = ProducerThread(
         source,
         args.endpoint_url,
         args.stream,
-        credentials=session.get_credentials(),
+        credentials=credentials,
         region=args.region or session.region_name or "us-east-1",
         create_stream=args.create_stream,
         tags={"generator": "numpy_frames.py"},
@@ -56,8 +83,8 @@ def main() -> int:
             source.put_frame(image)  # timestamp: now (or pass timestamp_ms=...)
             # keep to the frame rate, as a camera would
             time.sleep(max(0.0, started + (index + 1) / args.fps - time.monotonic()))
-            if not producer.is_alive():
-                break  # the upload failed: result() below says why
+            if stopping.is_set() or not producer.is_alive():
+                break  # stopped, or the upload failed (result() below says why)
     finally:
         source.finish()
     try:
@@ -65,7 +92,18 @@ def main() -> int:
     except KvsError as exc:
         print(f"numpy_frames: {exc}", file=sys.stderr)
         return 2
-    print(f"{stats.frames} frames in {stats.fragments} fragments, {stats.acked} acknowledged")
+    print(
+        f"numpy_frames: {stats.frames} frames in {stats.fragments} fragments, "
+        f"{stats.acked} acknowledged",
+        file=sys.stderr,
+    )
+    if not stats.all_acknowledged:
+        print(
+            f"numpy_frames: not everything was acknowledged ({stats.dropped_fragments} "
+            f"dropped, {stats.unacknowledged} unacknowledged, errors {stats.errors})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

@@ -10,64 +10,129 @@ H.264. An AAC track goes along as audio.
 
 The same as ``kvs produce sample.mp4 --stream my-stream --loop``, written out as a
 program to copy from. Credentials come from the usual AWS chain (environment, profile,
-instance role). Ctrl-C stops after the last fragment is acknowledged.
+instance role), or ``--iot-*`` for the AWS IoT credentials provider. Ctrl-C (or
+SIGTERM) stops after the last fragment is acknowledged. Exit status: 0 when everything
+sent was acknowledged, 1 when something was not, 2 on an error (one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-
-import boto3
+import time
 
 from kvs_toolkit.errors import KvsError
-from kvs_toolkit.producer.run import Progress, produce
+from kvs_toolkit.producer.credentials import (
+    add_credential_arguments,
+    credentials_from_args,
+    session_from_args,
+)
+from kvs_toolkit.producer.run import Progress, parse_tags, produce
 from kvs_toolkit.producer.sources import FileSource, SourceOptions
+from kvs_toolkit.producer.uploader import UploadStats
+
+log = logging.getLogger("replay_file")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("file")
-    parser.add_argument("--stream", required=True)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("file", help="any video file FFmpeg opens (mp4, mkv, ts, ...)")
+    parser.add_argument("--stream", required=True, help="stream name")
     parser.add_argument("--endpoint-url", help="control plane, e.g. the local emulator")
-    parser.add_argument("--region", default=None)
+    parser.add_argument("--region", default=None, help="default: the profile's, or us-east-1")
     parser.add_argument("--loop", action="store_true", help="replay forever")
+    parser.add_argument(
+        "--fast", action="store_true", help="send as fast as possible, not at the file's rate"
+    )
+    parser.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="persistent fragment metadata (repeatable; default source=FILE)",
+    )
+    parser.add_argument(
+        "--fragment-duration", type=float, default=2.0, metavar="SECONDS", help="default 2"
+    )
     parser.add_argument("--create-stream", action="store_true")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    add_credential_arguments(parser)
+    return parser.parse_args(argv)
 
-    session = boto3.session.Session()
+
+class StatusLine:
+    """Progress on stderr, one line every ``every_s`` seconds and one at the end."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.done or now - self.last >= self.every_s:
+            self.last = now
+            print(progress.line(), file=sys.stderr, flush=True)
+
+
+async def replay(args: argparse.Namespace) -> UploadStats:
+    options = SourceOptions(
+        loop=args.loop,
+        realtime=not args.fast,
+        fragment_duration_ms=round(args.fragment_duration * 1000),
+    )
+    source = FileSource(args.file, options)  # a missing file fails before any AWS call
+    session = session_from_args(args)
+    credentials = credentials_from_args(args, session)
     region = args.region or session.region_name or "us-east-1"
-    source = FileSource(args.file, SourceOptions(loop=args.loop))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
 
-    def show(progress: Progress) -> None:
-        print(progress.line(), file=sys.stderr)
+    def on_signal(signum: signal.Signals) -> None:
+        # The first Ctrl-C / SIGTERM (systemd's stop) flushes; a second one kills.
+        log.warning("%s: flushing the last fragment", signum.name)
+        stop.set()
+        loop.remove_signal_handler(signum)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
-        stats = await produce(
-            source,
-            args.endpoint_url,
-            args.stream,
-            tags={"source": args.file[-256:]},
-            credentials=session.get_credentials(),
-            region=region,
-            create_stream=args.create_stream,
-            progress=show,
-            progress_interval_s=5,
-            stop=stop,
-        )
-        print(f"{stats.fragments} fragments sent, {stats.acked} acknowledged")
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+    return await produce(
+        source,
+        args.endpoint_url,
+        args.stream,
+        tags=parse_tags(args.tag) if args.tag else {"source": args.file[-256:]},
+        credentials=credentials,
+        region=region,
+        fragment_duration_ms=options.fragment_duration_ms,
+        create_stream=args.create_stream,
+        progress=StatusLine(),
+        stop=stop,
+    )
 
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
     try:
-        asyncio.run(run())
-    except KvsError as exc:
+        stats = asyncio.run(replay(args))
+    except (KvsError, argparse.ArgumentTypeError) as exc:
         print(f"replay_file: {exc}", file=sys.stderr)
         return 2
+    print(
+        f"replay_file: {stats.frames} frames in {stats.fragments} fragments, "
+        f"{stats.acked} acknowledged",
+        file=sys.stderr,
+    )
+    if not stats.all_acknowledged:
+        print(
+            f"replay_file: not everything was acknowledged ({stats.dropped_fragments} "
+            f"dropped, {stats.unacknowledged} unacknowledged, errors {stats.errors})",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

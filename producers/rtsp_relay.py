@@ -1,0 +1,308 @@
+#!/usr/bin/env python3
+"""Relay an IP camera (RTSP, RTMP or HTTP URL) into a Kinesis Video Streams stream.
+
+H.264 and H.265 are relayed without re-encoding (the camera already did the work; the
+relay costs little CPU); other video (MJPEG) is encoded to H.264. AAC or G.711 audio
+goes along unless ``--no-audio``. RTSP is read over TCP.
+
+    python producers/rtsp_relay.py rtsp://user:pass@192.168.1.20:554/stream1 \\
+        --stream porch-cam --tag site=porch
+    python producers/rtsp_relay.py http://127.0.0.1:8000/live.ts --stream test \\
+        --endpoint-url http://127.0.0.1:4567 --create-stream      # the local emulator
+
+The camera's feed drops (a reboot, Wi-Fi, a power cut): the relay opens it again, after
+a back-off that doubles from ``--retry-delay`` up to ``--max-retry-delay`` while the
+camera stays away, and never more than ``--max-attempts-per-minute`` times a minute.
+Each feed is one upload session; every session ends with its last fragment flushed and
+acknowledged. ``--give-up-after N`` exits (status 2) after N failed attempts in a row;
+by default the relay keeps trying, as a systemd service should. Ctrl-C (or SIGTERM)
+flushes and exits: status 0 when everything sent was acknowledged, 1 when something
+was not, 2 on an error (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+import urllib.parse
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+
+from kvs_toolkit.errors import KvsError, SourceError
+from kvs_toolkit.producer.credentials import (
+    add_credential_arguments,
+    credentials_from_args,
+    session_from_args,
+)
+from kvs_toolkit.producer.fragmenter import EncodedFrame
+from kvs_toolkit.producer.run import Progress, parse_tags, produce
+from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource
+
+log = logging.getLogger("rtsp_relay")
+
+_WINDOW_S = 60.0  # --max-attempts-per-minute counts attempts in this window
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password (camera URLs carry one; logs must not)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host += f":{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+class AttemptLimiter:
+    """At most ``per_minute`` connection attempts in any 60 s: how long to wait first.
+
+    The back-off alone does not bound a camera that accepts the connection and drops
+    it a second later (each short session resets the back-off); this does.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute < 1:
+            raise ValueError(f"per_minute must be at least 1, not {per_minute}")
+        self.per_minute = per_minute
+        self.clock = clock
+        self.attempts: deque[float] = deque(maxlen=per_minute)
+
+    def wait_s(self) -> float:
+        """Seconds until another attempt is allowed (0: now)."""
+        if len(self.attempts) < self.per_minute:
+            return 0.0
+        return max(0.0, self.attempts[0] + _WINDOW_S - self.clock())
+
+    def record(self) -> None:
+        self.attempts.append(self.clock())
+
+
+def backoff_s(failures: int, first_s: float, max_s: float) -> float:
+    """Delay before the next attempt: ``first_s`` after a feed that delivered frames and
+    ended (``failures`` 0), doubling with each failed attempt in a row, up to ``max_s``."""
+    return min(first_s * 2.0**failures, max_s)
+
+
+class FeedSession(FrameSource):
+    """One connection to the camera, whose loss ends the session instead of failing it.
+
+    A read error after the tracks are known (the feed dropped) ends the iteration and
+    is kept in :attr:`dropped`: ``produce()`` then flushes, waits for the last acks and
+    returns the session's stats. Failing to open (no camera, 404, no video) still raises.
+    """
+
+    def __init__(self, feed: FrameSource) -> None:
+        super().__init__(feed.description)
+        self.feed = feed
+        self.dropped: SourceError | None = None
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        try:
+            self._tracks = self.feed.tracks  # (the feed logs them)
+            try:
+                yield from self.feed
+            except SourceError as exc:
+                self.dropped = exc
+        finally:
+            self.feed.close()
+
+
+@dataclass
+class Totals:
+    sessions: int = 0
+    attempts: int = 0
+    frames: int = 0
+    fragments: int = 0
+    acked: int = 0
+    gave_up: str | None = None  # why the relay gave up on the camera
+    not_acknowledged: list[str] = field(default_factory=list)
+
+
+class StatusLine:
+    """Progress on stderr, one line every ``every_s`` seconds and one per session end."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self.every_s = every_s
+        self.last = 0.0
+
+    def __call__(self, progress: Progress) -> None:
+        now = time.monotonic()
+        if progress.done or now - self.last >= self.every_s:
+            self.last = now
+            print(progress.line(), file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("url", help="rtsp://, rtsps://, rtmp://, http(s):// or srt:// URL")
+    parser.add_argument("--stream", required=True, help="stream name")
+    parser.add_argument("--endpoint-url", help="control plane, e.g. the local emulator")
+    parser.add_argument("--region", default=None, help="default: the profile's, or us-east-1")
+    parser.add_argument(
+        "--tag",
+        action="append",
+        metavar="KEY=VALUE",
+        help="persistent fragment metadata on every fragment (repeatable)",
+    )
+    parser.add_argument("--no-audio", action="store_true", help="relay the video only")
+    parser.add_argument(
+        "--fragment-duration",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="target fragment length (fragments start at the camera's key frames)",
+    )
+    parser.add_argument(
+        "--retry-delay", type=float, default=1.0, metavar="SECONDS", help="first back-off"
+    )
+    parser.add_argument(
+        "--max-retry-delay", type=float, default=30.0, metavar="SECONDS", help="back-off bound"
+    )
+    parser.add_argument("--max-attempts-per-minute", type=int, default=6, metavar="N")
+    parser.add_argument(
+        "--give-up-after",
+        type=int,
+        default=0,
+        metavar="N",
+        help="exit after N failed attempts in a row (default 0: never)",
+    )
+    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    parser.add_argument("--create-stream", action="store_true")
+    add_credential_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.max_attempts_per_minute < 1:
+        parser.error("--max-attempts-per-minute must be at least 1")
+    if args.retry_delay < 0 or args.max_retry_delay < args.retry_delay:
+        parser.error("need 0 <= --retry-delay <= --max-retry-delay")
+    return args
+
+
+async def relay(args: argparse.Namespace) -> Totals:
+    """Sessions until stopped (signal, ``--duration``) or ``--give-up-after``."""
+    session = session_from_args(args)
+    credentials = credentials_from_args(args, session)
+    region = args.region or session.region_name or "us-east-1"
+    tags = parse_tags(args.tag)
+    options = SourceOptions(
+        audio=not args.no_audio, fragment_duration_ms=round(args.fragment_duration * 1000)
+    )
+    camera = redacted(args.url)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        # The first Ctrl-C / SIGTERM (systemd's stop) flushes; a second one kills.
+        log.warning("%s: flushing the last fragment", signum.name)
+        stop.set()
+        loop.remove_signal_handler(signum)
+
+    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+    if args.duration is not None:
+        loop.call_later(args.duration, stop.set)
+
+    async def pause(seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    limiter = AttemptLimiter(args.max_attempts_per_minute)
+    totals = Totals()
+    failures = 0  # failed attempts in a row
+    while not stop.is_set():
+        wait = limiter.wait_s()
+        if wait > 0:
+            log.warning(
+                "%s: %d attempts in the last minute: waiting %.1f s before the next",
+                camera,
+                limiter.per_minute,
+                wait,
+            )
+            await pause(wait)
+            continue
+        limiter.record()
+        totals.attempts += 1
+        log.info("%s: connecting (attempt %d)", camera, totals.attempts)
+        feed = FeedSession(UrlSource(args.url, options))
+        try:
+            stats = await produce(
+                feed,
+                args.endpoint_url,
+                args.stream,
+                tags=tags,
+                credentials=credentials,
+                region=region,
+                fragment_duration_ms=options.fragment_duration_ms,
+                create_stream=args.create_stream,
+                progress=StatusLine(),
+                stop=stop,
+            )
+        except SourceError as exc:
+            if stop.is_set():
+                break  # stopped while connecting
+            failures += 1
+            reason = str(exc).replace(args.url, camera)
+        else:
+            totals.sessions += 1
+            totals.frames += stats.frames
+            totals.fragments += stats.fragments
+            totals.acked += stats.acked
+            if not stats.all_acknowledged:
+                totals.not_acknowledged.append(
+                    f"session {totals.sessions}: {stats.dropped_fragments} dropped, "
+                    f"{stats.unacknowledged} unacknowledged, errors {stats.errors}"
+                )
+            if stop.is_set():
+                break
+            # a feed that delivered frames resets the back-off
+            failures = 0 if stats.frames else failures + 1
+            reason = (
+                f"feed lost: {str(feed.dropped).replace(args.url, camera)}"
+                if feed.dropped
+                else "the feed ended"
+            )
+        if args.give_up_after and failures >= args.give_up_after:
+            attempts = "attempt" if failures == 1 else "attempts in a row"
+            totals.gave_up = f"{camera}: gave up after {failures} failed {attempts} ({reason})"
+            break
+        delay = backoff_s(failures, args.retry_delay, args.max_retry_delay)
+        log.warning("%s: %s; reconnecting in %g s", camera, reason, delay)
+        await pause(delay)
+    return totals
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
+    try:
+        totals = asyncio.run(relay(args))
+    except (KvsError, argparse.ArgumentTypeError) as exc:
+        print(f"rtsp_relay: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"rtsp_relay: {totals.sessions} sessions ({totals.attempts} attempts), "
+        f"{totals.frames} frames in {totals.fragments} fragments, {totals.acked} acknowledged",
+        file=sys.stderr,
+    )
+    if totals.gave_up:
+        print(f"rtsp_relay: {totals.gave_up}", file=sys.stderr)
+        return 2
+    if totals.not_acknowledged:
+        print(
+            "rtsp_relay: not everything was acknowledged: " + "; ".join(totals.not_acknowledged),
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
