@@ -3,6 +3,7 @@
     python -m benchmarks            # full run (``make bench``)
     python -m benchmarks --quick    # short run
     python -m benchmarks --only parse_getmedia
+    python -m benchmarks --long     # memory-over-time rows at full length (10 min, 1 h)
 
 A benchmark is any module here (other than ``common`` and private ones) with a
 ``run(options: Options) -> list[Result]`` function.
@@ -82,10 +83,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short run (well under 20 s)")
     parser.add_argument(
+        "--long",
+        action="store_true",
+        help="run the memory-over-time rows for as long as their goals say (10 min producer, "
+        "1 h consumer; KVS_BENCH_LONG_S=SECONDS sets any length)",
+    )
+    parser.add_argument(
         "--only", action="append", default=[], metavar="NAME", help="run only this module"
     )
     args = parser.parse_args(argv)
-    options = Options(quick=args.quick)
+    options = Options(quick=args.quick, long=args.long)
     command = "python -m benchmarks" + "".join(
         f" {a}" for a in (sys.argv[1:] if argv is None else argv)
     )

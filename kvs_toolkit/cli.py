@@ -77,7 +77,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kvs", description="Amazon Kinesis Video Streams from Python."
     )
@@ -111,22 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     add_produce_arguments(produce)
     produce.set_defaults(handler=_cmd_produce)
 
-    from kvs_toolkit.consumer.run import add_consume_arguments
-
     consume = sub.add_parser(
         "consume", help="read a stream (live, archive or file) and decode frames to JSON lines"
     )
-    add_consume_arguments(consume)
-    consume.set_defaults(handler=_cmd_consume)
+    # The consumer's arguments import the consumer (PyAV, OpenCV, boto3: ~40 MB of RSS);
+    # another command, e.g. `kvs produce -` on a Raspberry Pi, must not pay for them.
+    if command in (None, "consume"):
+        from kvs_toolkit.consumer.run import add_consume_arguments
 
-    from kvs_toolkit.analysis.processors import add_processor_arguments
+        add_consume_arguments(consume)
+    consume.set_defaults(handler=_cmd_consume)
 
     processor = sub.add_parser(
         "rekognition-processor",
         help="create/start/stop/describe/list/delete Rekognition Video stream processors, "
         "or read their results",
     )
-    add_processor_arguments(processor)
+    if command in (None, "rekognition-processor"):  # imports the analysis package
+        from kvs_toolkit.analysis.processors import add_processor_arguments
+
+        add_processor_arguments(processor)
     processor.set_defaults(handler=_cmd_rekognition_processor)
 
     demo = sub.add_parser("demo", help="run the end-to-end demo on the embedded emulator")
@@ -140,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(arguments)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

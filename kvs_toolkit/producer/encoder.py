@@ -27,12 +27,14 @@ import functools
 import logging
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any, ClassVar, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Literal, TypeAlias
 
-import av
 import numpy as np
-import numpy.typing as npt
-from av.video.codeccontext import VideoCodecContext
+
+if TYPE_CHECKING:
+    import av
+    import numpy.typing as npt
+    from av.video.codeccontext import VideoCodecContext
 
 from kvs_toolkit import bitstream
 from kvs_toolkit.bitstream import Codec
@@ -110,6 +112,9 @@ ENCODERS: Final[dict[str, tuple[Codec, Callable[[VideoCodecContext, int, int | N
 @functools.cache
 def _can_open(name: str) -> bool:
     """Whether encoder ``name`` opens here (a V4L2 encoder needs its /dev/video device)."""
+    import av
+    from av.video.codeccontext import VideoCodecContext
+
     try:
         ctx = av.CodecContext.create(name, "w")
         assert isinstance(ctx, VideoCodecContext)
@@ -209,6 +214,9 @@ class Encoder:
         # A key frame every fragment: the Fragmenter cuts on the first key frame at or
         # after the fragment duration, so fragments come out that long.
         self.gop = max(1, round(fps * fragment_duration_ms / 1000))
+        import av
+        from av.video.codeccontext import VideoCodecContext
+
         ctx = av.CodecContext.create(self.name, "w")
         assert isinstance(ctx, VideoCodecContext)
         ctx.width = width
@@ -254,6 +262,8 @@ class Encoder:
         pixel_format: Literal["bgr24", "rgb24"] = "bgr24",
     ) -> list[EncodedFrame]:
         """Encode one numpy image taken at ``timestamp_ms`` (absolute ms)."""
+        import av
+
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise EncodeError(
                 f"expected a (height, width, 3) uint8 image, got {image.dtype} {image.shape}"
@@ -263,6 +273,8 @@ class Encoder:
 
     def encode_frame(self, frame: av.VideoFrame, timestamp_ms: int) -> list[EncodedFrame]:
         """Encode one decoded ``av.VideoFrame`` (any size and pixel format)."""
+        import av
+
         if frame.format.name != _PIXEL_FORMAT or (frame.width, frame.height) != (
             self.width,
             self.height,
@@ -289,6 +301,8 @@ class Encoder:
 
     def flush(self) -> list[EncodedFrame]:
         """Drain the frames still inside the encoder (at the end of the source)."""
+        import av
+
         if not self._ctx.is_open:
             return []
         try:

@@ -40,22 +40,28 @@ from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
-from typing import Any, BinaryIO, Final, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeAlias
 
-import av
-import cv2
 import numpy as np
-import numpy.typing as npt
-from av.audio.stream import AudioStream
-from av.container import InputContainer
-from av.video.stream import VideoStream
 
 from kvs_toolkit import bitstream
 from kvs_toolkit.bitstream import AccessUnit, AccessUnitSplitter, BytesLike, Codec
 from kvs_toolkit.errors import BitstreamError, SourceError
 from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, TrackInfo
-from kvs_toolkit.producer.encoder import Encoder, video_track
 from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
+
+if TYPE_CHECKING:
+    import av
+    import numpy.typing as npt
+    from av.audio.stream import AudioStream
+    from av.container import InputContainer
+    from av.video.stream import VideoStream
+
+    from kvs_toolkit.producer.encoder import Encoder
+
+# PyAV, OpenCV and the encoder module (which loads PyAV) are imported by the sources
+# that use them, not here: ``kvs produce -`` passes a pipe through with neither, and
+# each costs tens of MB of resident memory on a Raspberry Pi (issue 5's memory goal).
 
 __all__ = [
     "SOURCES",
@@ -121,6 +127,8 @@ class SourceOptions:
 
     def encoder_for(self, width: int, height: int, fps: float) -> Encoder:
         """An :class:`Encoder` with these options for frames of this size and rate."""
+        from kvs_toolkit.producer.encoder import Encoder
+
         return Encoder(
             width - width % 2,
             height - height % 2,
@@ -351,6 +359,8 @@ class AnnexBSource(FrameSource):
                 self.dropped += 1
                 log.debug("%s: dropped an access unit before the first key frame", self.description)
                 return None
+            from kvs_toolkit.producer.encoder import video_track
+
             self._set_tracks([video_track(self.codec, codec_private, VIDEO_TRACK)])
         return EncodedFrame(unit.to_avcc(), self._clock(), unit.keyframe, VIDEO_TRACK)
 
@@ -596,6 +606,8 @@ class ContainerSource(FrameSource):
 
     # --- opening ----------------------------------------------------------------------
     def _open(self) -> InputContainer:
+        import av
+
         try:
             return av.open(
                 self.target, "r", options=self._av_options or None, timeout=self._timeout
@@ -659,6 +671,8 @@ class ContainerSource(FrameSource):
         self._set_tracks(tracks)
 
     def _video_track(self) -> TrackInfo | None:
+        from kvs_toolkit.producer.encoder import video_track
+
         if self._video is not None and self._video.codec_private is not None:
             return video_track(self._video.codec, self._video.codec_private, VIDEO_TRACK)
         if self.encoder is not None and self.encoder.codec_private is not None:
@@ -741,6 +755,8 @@ class _Pass:
         return self.end_s * 1000
 
     def items(self) -> Iterator[_Timed]:
+        import av
+
         streams = (self.video, self.audio) if self.audio is not None else (self.video,)
         try:
             for packet in self.container.demux(streams):
@@ -805,6 +821,8 @@ class _Pass:
         return self.origin
 
     def _decoded(self, packet: av.Packet[Any] | None) -> list[_Timed]:
+        import av
+
         try:
             frames = self.video.decode(packet)
         except av.InvalidDataError as exc:
@@ -896,6 +914,8 @@ class _Capture(Protocol):
 
 
 def _open_capture(device: int | str) -> _Capture:
+    import cv2
+
     if isinstance(device, int):
         capture: _Capture = cv2.VideoCapture(device, cv2.CAP_V4L2)  # type: ignore[assignment]
     else:
@@ -927,6 +947,8 @@ class CameraSource(FrameSource):
         self.captured = 0
 
     def _frames(self) -> Generator[EncodedFrame, None, None]:
+        import cv2
+
         capture = self._capture_factory(self.device)
         try:
             if not capture.isOpened():
