@@ -70,6 +70,7 @@ from kvs_toolkit.consumer.frames import (
     DecodedFrame,
     PixelFormat,
     Samples,
+    fit_size,
     frame_to_ndarray,
 )
 from kvs_toolkit.errors import BitstreamError, DecodeError
@@ -505,8 +506,13 @@ class FragmentDecoder:
     ``format``: ``bgr24`` (OpenCV order, the default), ``rgb24`` or ``gray`` (a zero-copy
     view of the luma plane when no resize is asked; see :class:`DecodedFrame`).
     ``width``/``height``: resize in swscale while converting (either alone keeps the
-    other at the frame's size). ``track``: the track number to decode (default: the
-    first video track of each fragment).
+    other at the frame's size). ``fit=(W, H)`` (or an int for a square) instead: scale
+    each frame, keeping its aspect ratio, to the largest size inside W x H
+    (:func:`~kvs_toolkit.consumer.frames.fit_size`: the inner picture of a letterbox;
+    it follows resolution changes), so ``FrameBatcher(size=(W, H))`` only pads:
+    ``FragmentDecoder(fit=batcher.size)``. Either way each frame's
+    :attr:`DecodedFrame.source_size` is the decoded picture's size. ``track``: the
+    track number to decode (default: the first video track of each fragment).
 
     Sampling (see the module docstring): ``keyframes_only``, ``fps`` or ``every``
     (seconds), and ``skip_nonref`` (allow leaving out non-reference pictures that the
@@ -535,6 +541,7 @@ class FragmentDecoder:
         format: PixelFormat = "bgr24",
         width: int | None = None,
         height: int | None = None,
+        fit: int | tuple[int, int] | None = None,
         interpolation: str | None = None,
         keyframes_only: bool = False,
         fps: float | None = None,
@@ -553,6 +560,13 @@ class FragmentDecoder:
         for name, value in (("width", width), ("height", height)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")
+        if fit is not None:
+            if width is not None or height is not None:
+                raise ValueError("give fit or width/height, not both")
+            fit_box = (fit, fit) if isinstance(fit, int) else tuple(fit)
+            if len(fit_box) != 2 or min(fit_box) <= 0:
+                raise ValueError(f"fit must be a positive (width, height), not {fit}")
+        self.fit: tuple[int, int] | None = None if fit is None else (fit_box[0], fit_box[1])
         self.format: PixelFormat = format
         self.width = width
         self.height = height
@@ -765,12 +779,15 @@ class FragmentDecoder:
             if not pending.keep:
                 self.stats.frames_not_sampled += 1
                 continue
+            width, height = self.width, self.height
+            if self.fit is not None:
+                width, height = fit_size(picture.width, picture.height, self.fit)
             image, shared = frame_to_ndarray(
                 picture,
                 self.format,
                 self._reformatter,
-                width=self.width,
-                height=self.height,
+                width=width,
+                height=height,
                 interpolation=self.interpolation,
                 threads=self.convert_threads,
             )
@@ -789,6 +806,11 @@ class FragmentDecoder:
                     keyframe=pending.keyframe,
                     index=pending.index,
                     shares_decoder_memory=shared,
+                    decoded_size=(
+                        None
+                        if image.shape[:2] == (picture.height, picture.width)
+                        else (picture.width, picture.height)
+                    ),
                 )
             )
 

@@ -33,6 +33,7 @@ __all__ = [
     "Image",
     "PixelFormat",
     "Samples",
+    "fit_size",
     "frame_to_ndarray",
     "luma_view",
     "write_wav",
@@ -103,6 +104,7 @@ class DecodedFrame:
     keyframe: bool
     index: int
     shares_decoder_memory: bool = False
+    decoded_size: tuple[int, int] | None = None
 
     @property
     def width(self) -> int:
@@ -113,6 +115,15 @@ class DecodedFrame:
         return int(self.image.shape[0])
 
     @property
+    def source_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the picture as decoded, before any resize the decoder
+        did while converting (``decoded_size``; the image's own size when None). Boxes
+        found in ``image`` map back to these pixels."""
+        if self.decoded_size is not None:
+            return self.decoded_size
+        return self.width, self.height
+
+    @property
     def timestamp(self) -> float:
         """Absolute timestamp in epoch seconds."""
         return self.timestamp_ns / 1e9
@@ -121,6 +132,18 @@ class DecodedFrame:
     def datetime(self) -> dt.datetime:
         """Absolute timestamp as an aware UTC datetime (microsecond resolution)."""
         return _EPOCH + dt.timedelta(microseconds=self.timestamp_ns // 1000)
+
+
+def fit_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:
+    """The largest ``(width, height)`` with the same aspect ratio that fits in ``target``
+    (W, H), rounded to whole pixels: the inner picture of a letterbox. One rounding
+    rule for both the decoder's ``fit`` and :class:`~kvs_toolkit.consumer.LetterboxParams`,
+    so a frame the decoder scaled is exactly the size the letterbox expects."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"cannot place an empty {width}x{height} image")
+    target_w, target_h = target
+    scale = min(target_w / width, target_h / height)
+    return min(target_w, max(1, round(width * scale))), min(target_h, max(1, round(height * scale)))
 
 
 def luma_view(frame: VideoFrame) -> Image | None:

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
-from kvs_toolkit.consumer.frames import DecodedFrame, Image
+from kvs_toolkit.consumer.frames import DecodedFrame, Image, fit_size
 
 __all__ = [
     "Batch",
@@ -92,8 +92,7 @@ class LetterboxParams:
             return cls(min(target_w / width, target_h / height), 0, 0, width, height,
                        target_w, target_h)  # fmt: skip
         scale = min(target_w / width, target_h / height)
-        resized_w = min(target_w, max(1, round(width * scale)))
-        resized_h = min(target_h, max(1, round(height * scale)))
+        resized_w, resized_h = fit_size(width, height, target)
         return cls(
             scale,
             (target_w - resized_w) // 2,
@@ -218,6 +217,14 @@ class FrameBatcher:
     output; the input's is taken from each :class:`DecodedFrame`'s format, or
     ``input_order`` for bare arrays (2-D arrays are gray).
 
+    Decoder-side scaling: ``FragmentDecoder(fit=batcher.size)`` has swscale scale each
+    frame to the letterbox's inner size (e.g. 640x360 for 1920x1080 into 640x640) in the
+    colour conversion it does anyway; the batcher then only copies it in, pads and
+    normalises (no ``cv2.resize``). The reported :class:`LetterboxParams` are the same
+    as for the full-size frame (taken from :attr:`DecodedFrame.source_size`), so boxes
+    map back to the decoded picture's pixels. Pixels differ slightly from the OpenCV
+    path (swscale's bilinear filter from YUV, not ``INTER_LINEAR`` from BGR).
+
     Buffers for ``batch_size`` frames are allocated once and reused by every call; a
     call with more frames grows them (once). With exactly ``batch_size`` frames the
     returned tensor is the same ndarray object every time; with fewer it is a view of
@@ -335,13 +342,17 @@ class FrameBatcher:
         if isinstance(frame, DecodedFrame):
             image = frame.image
             order: ChannelOrder = "RGB" if frame.format == "rgb24" else "BGR"
+            # Geometry is from the decoded picture, so boxes map back to its pixels even
+            # when the decoder already scaled it (then _place only copies it in).
+            source_width, source_height = frame.source_size
         else:
             image = np.asarray(frame)
             order = self.input_order
+            source_width, source_height = image.shape[1], image.shape[0]
         if image.dtype != np.uint8:
             raise ValueError(f"frame {index}: expected uint8 pixels, got {image.dtype}")
         image = _to_three_channels(image)  # gray becomes B=G=R, so its order is moot
-        params = LetterboxParams.fit(image.shape[1], image.shape[0], self.size, self.mode)
+        params = LetterboxParams.fit(source_width, source_height, self.size, self.mode)
         slot = self._canvas[index]
         # Padding only needs writing when this slot's layout changed since its last use.
         fill = None if self._slot_params[index] == params else self.pad_value

@@ -104,6 +104,32 @@ def test_rgb_and_resize_are_done_by_swscale(
     assert np.abs(small[5].image.astype(float) - pooled).mean() < 8
 
 
+def test_fit_scales_to_the_letterbox_inner_size_and_follows_resolution_changes(
+    captures: Path, capture: list[Fragment]
+) -> None:
+    other = read_fragments((captures / "output-get-media-equal-timecode.mkv").read_bytes())
+    decoder = FragmentDecoder(fit=320)
+    small = decoder.decode(capture[0])
+    assert small[0].image.shape == (180, 320, 3)  # 640x360 into 320x320
+    assert small[0].source_size == (640, 360) and small[0].decoded_size == (640, 360)
+    changed = decoder.decode(other[0])  # 1280x674: 320 x round(168.5) = 168 rows
+    assert changed[0].image.shape == (168, 320, 3) and changed[0].source_size == (1280, 674)
+    same = FragmentDecoder(fit=(640, 640)).decode(capture[0])  # already fits: no resize
+    assert same[0].image.shape == (360, 640, 3) and same[0].decoded_size is None
+    full = FragmentDecoder().decode(capture[0])
+    assert full[0].decoded_size is None and full[0].source_size == (640, 360)
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(same, full, strict=True))
+
+
+def test_fit_with_width_or_a_bad_box_is_refused() -> None:
+    with pytest.raises(ValueError, match="give fit or width/height, not both"):
+        FragmentDecoder(fit=640, width=320)
+    with pytest.raises(ValueError, match=r"fit must be a positive \(width, height\), not"):
+        FragmentDecoder(fit=(640, 0))
+    with pytest.raises(ValueError, match=r"fit must be a positive \(width, height\), not"):
+        FragmentDecoder(fit=(640, 640, 3))  # type: ignore[arg-type]
+
+
 def test_gray_is_a_zero_copy_view_of_the_luma_plane(capture: list[Fragment]) -> None:
     luma = reference_decode_h264(capture[0].tracks[0].codec_private, payloads(capture[:1]),
                                  format="yuv420p")  # fmt: skip
