@@ -23,7 +23,6 @@ import contextlib
 import logging
 import signal
 import sys
-import time
 
 from kvs_toolkit.errors import KvsError
 from kvs_toolkit.producer.credentials import (
@@ -31,7 +30,7 @@ from kvs_toolkit.producer.credentials import (
     credentials_from_args,
     session_from_args,
 )
-from kvs_toolkit.producer.run import Progress, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
 from kvs_toolkit.producer.sources import FileSource, SourceOptions
 from kvs_toolkit.producer.uploader import UploadStats
 
@@ -60,20 +59,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--create-stream", action="store_true")
     add_credential_arguments(parser)
     return parser.parse_args(argv)
-
-
-class StatusLine:
-    """Progress on stderr, one line every ``every_s`` seconds and one at the end."""
-
-    def __init__(self, every_s: float = 5.0) -> None:
-        self.every_s = every_s
-        self.last = 0.0
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.done or now - self.last >= self.every_s:
-            self.last = now
-            print(progress.line(), file=sys.stderr, flush=True)
 
 
 async def replay(args: argparse.Namespace) -> UploadStats:
@@ -107,7 +92,7 @@ async def replay(args: argparse.Namespace) -> UploadStats:
         region=region,
         fragment_duration_ms=options.fragment_duration_ms,
         create_stream=args.create_stream,
-        progress=StatusLine(),
+        progress=StatusLine(every_s=5.0),
         stop=stop,
     )
 

@@ -41,7 +41,7 @@ from kvs_toolkit.producer.credentials import (
     session_from_args,
 )
 from kvs_toolkit.producer.fragmenter import EncodedFrame
-from kvs_toolkit.producer.run import Progress, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
 from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource
 
 log = logging.getLogger("rtsp_relay")
@@ -123,20 +123,6 @@ class Totals:
     acked: int = 0
     gave_up: str | None = None  # why the relay gave up on the camera
     not_acknowledged: list[str] = field(default_factory=list)
-
-
-class StatusLine:
-    """Progress on stderr, one line every ``every_s`` seconds and one per session end."""
-
-    def __init__(self, every_s: float = 5.0) -> None:
-        self.every_s = every_s
-        self.last = 0.0
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.done or now - self.last >= self.every_s:
-            self.last = now
-            print(progress.line(), file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -241,7 +227,7 @@ async def relay(args: argparse.Namespace) -> Totals:
                 region=region,
                 fragment_duration_ms=options.fragment_duration_ms,
                 create_stream=args.create_stream,
-                progress=StatusLine(),
+                progress=StatusLine(every_s=5.0),
                 stop=stop,
             )
         except SourceError as exc:

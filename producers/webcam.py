@@ -27,7 +27,6 @@ import os
 import re
 import signal
 import sys
-import time
 
 # OpenCV's own warnings ("can't open camera by index") would repeat our one-line error
 # in its words; set before cv2 is first imported (the camera source imports it lazily).
@@ -40,7 +39,7 @@ from kvs_toolkit.producer.credentials import (
     session_from_args,
 )
 from kvs_toolkit.producer.encoder import ENCODERS
-from kvs_toolkit.producer.run import Progress, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
 from kvs_toolkit.producer.sources import CameraSource, SourceOptions
 from kvs_toolkit.producer.uploader import UploadStats
 
@@ -109,20 +108,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class StatusLine:
-    """Progress on stderr, one line every ``every_s`` seconds and one at the end."""
-
-    def __init__(self, every_s: float = 5.0) -> None:
-        self.every_s = every_s
-        self.last = 0.0
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if progress.done or now - self.last >= self.every_s:
-            self.last = now
-            print(progress.line(), file=sys.stderr, flush=True)
-
-
 async def stream_webcam(args: argparse.Namespace) -> UploadStats:
     options = SourceOptions(
         fps=args.fps,
@@ -160,7 +145,7 @@ async def stream_webcam(args: argparse.Namespace) -> UploadStats:
         region=args.region or session.region_name or "us-east-1",
         fragment_duration_ms=options.fragment_duration_ms,
         create_stream=args.create_stream,
-        progress=StatusLine(),
+        progress=StatusLine(every_s=5.0),
         stop=stop,
         duration_s=args.duration,
     )

@@ -685,7 +685,7 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
     add_credential_arguments(parser)
 
 
-class _StatusLine:
+class StatusLine:
     """Progress on stderr: one line, at most once per second (rewritten on a terminal)."""
 
     def __init__(self, out: TextIO | None = None, every_s: float = 1.0) -> None:
@@ -765,7 +765,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
             create_stream=args.create_stream,
             retention_hours=args.retention_hours,
             kms_key_id=args.kms_key_id,
-            progress=_StatusLine(),
+            progress=StatusLine(),
             stop=stop,
             close_timeout_s=args.close_timeout,
             duration_s=args.duration,
