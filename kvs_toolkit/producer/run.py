@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -23,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -70,8 +70,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REGION: Final = "us-east-1"
 DEFAULT_RETENTION_HOURS: Final = 24
-# Frames waiting between the source thread and the uploader: a few seconds of video.
+# Frames waiting between the source thread and the uploader: a few seconds of video
+# (and as many again in the batch the event loop is handing to the uploader).
 _QUEUE_FRAMES: Final = 128
+# A recorded source (FrameSource.live False) is read only while fewer bytes than this
+# wait for acks in memory: a file or a piped recording sent at 200x real time would
+# otherwise fill the buffer (and RSS) faster than the service persists it. Four 2 s
+# fragments of 1080p at 4 Mbit/s: enough to keep the connection busy while acks come.
+_READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MIB: Final = 1024 * 1024
 _STREAM_ACTIVE_TIMEOUT_S: Final = 60.0
 _MEDIA_TYPES: Final = {"V_MPEG4/ISO/AVC": "video/h264", "V_MPEGH/ISO/HEVC": "video/h265"}
@@ -197,45 +203,105 @@ def _wait_active(client: KinesisVideoClient, stream_name: str) -> Any:
 # The source thread
 
 
+class _FrameHandoff:
+    """A bounded queue from the source thread to the event loop, taken in batches.
+
+    Handing over one frame at a time through ``run_coroutine_threadsafe`` made the
+    source thread wait for the loop on every frame (~70x real time for 1080p30
+    pass-through); here the thread only appends under a lock, and wakes the loop (one
+    ``call_soon_threadsafe``) only when the loop is waiting for items, which then takes
+    everything waiting at once.
+
+    When full (``max_items``) :meth:`put` blocks the source thread: a source is never
+    dropped from, it is read more slowly. After :meth:`stop` or :meth:`close` no more
+    items are taken in; :meth:`close` also forgets what waits (the upload is over).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_items: int) -> None:
+        self._loop = loop
+        self._max_items = max_items
+        self._items: deque[object] = deque()
+        self._changed = threading.Condition()
+        self._stopped = False
+        self._loop_waiting = False
+        self._ready = asyncio.Event()  # set (on the loop) when items or a wake-up came
+
+    def put(self, item: object) -> bool:
+        """Add ``item`` (source thread), waiting for room; False if no longer taken."""
+        with self._changed:
+            while len(self._items) >= self._max_items and not self._stopped:
+                self._changed.wait()
+            if self._stopped:
+                return False
+            self._items.append(item)
+            if not self._loop_waiting:
+                return True  # the loop is busy: it takes this with the rest of its batch
+            self._loop_waiting = False
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    def take_nowait(self) -> list[object]:
+        """Everything waiting, oldest first (event loop); may be empty."""
+        with self._changed:
+            items = list(self._items)
+            self._items.clear()
+            self._loop_waiting = False
+            self._changed.notify_all()  # room for a source thread waiting in put()
+        return items
+
+    async def take(self) -> list[object]:
+        """Everything waiting, after waiting for at least one item or :meth:`wake`."""
+        with self._changed:
+            if not self._items:
+                self._ready.clear()
+                self._loop_waiting = True
+                waiting = True
+            else:
+                waiting = False
+        if waiting:
+            await self._ready.wait()
+        return self.take_nowait()
+
+    def wake(self) -> None:
+        """End a :meth:`take` waiting on the loop (it returns what waits, maybe nothing)."""
+        self._ready.set()
+
+    def stop(self) -> None:
+        """Take no more items (any thread); what already waits can still be taken."""
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+
+    def close(self) -> None:
+        """Take no more items and forget what waits, releasing a blocked source thread."""
+        with self._changed:
+            self._stopped = True
+            self._items.clear()
+            self._changed.notify_all()
+
+
 class _SourceThread(threading.Thread):
     """Iterates a source and hands its tracks, frames and end (or error) to the loop."""
 
-    def __init__(
-        self,
-        source: FrameSource,
-        loop: asyncio.AbstractEventLoop,
-        items: asyncio.Queue[object],
-    ) -> None:
+    def __init__(self, source: FrameSource, handoff: _FrameHandoff) -> None:
         super().__init__(name=f"source {source.description}", daemon=True)
         self.source = source
-        self.loop = loop
-        self.items = items
-        self.stop = threading.Event()
-
-    def _put(self, item: object) -> bool:
-        try:
-            future = asyncio.run_coroutine_threadsafe(self.items.put(item), self.loop)
-        except RuntimeError:  # the loop is closed
-            return False
-        while True:
-            try:
-                future.result(timeout=0.2)
-                return True
-            except concurrent.futures.TimeoutError:
-                if self.stop.is_set():
-                    future.cancel()
-                    return False
+        self.handoff = handoff
 
     def run(self) -> None:
+        put = self.handoff.put
         try:
-            if not self._put(self.source.tracks):
+            if not put(self.source.tracks):
                 return
             for frame in self.source:
-                if self.stop.is_set() or not self._put(frame):
-                    return
-            self._put(_SourceEnd())
+                if not put(frame):
+                    return  # stopped: the loop takes no more
+            put(_SourceEnd())
         except BaseException as exc:  # handed to the loop, raised there
-            self._put(_SourceEnd(exc))
+            put(_SourceEnd(exc))
         finally:
             self.source.close()
 
@@ -329,13 +395,13 @@ async def produce(
     :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` (or pass ``metrics``).
     """
     loop = asyncio.get_running_loop()
-    items: asyncio.Queue[object] = asyncio.Queue(_QUEUE_FRAMES)
-    thread = _SourceThread(source, loop, items)
+    handoff = _FrameHandoff(loop, _QUEUE_FRAMES)
+    thread = _SourceThread(source, handoff)
     thread.start()
     uploader: Uploader | None = None
-    watcher: asyncio.Task[None] | None = None
     ticker: asyncio.Task[None] | None = None
     stop = stop or asyncio.Event()
+    watcher = asyncio.create_task(_wake_on_stop(handoff, stop))
     deadline = None if duration_s is None else loop.call_later(duration_s, stop.set)
     if metrics is None and cloudwatch_namespace is not None:
         metrics = CloudWatchMetrics(
@@ -346,11 +412,15 @@ async def produce(
             credentials=credentials,
         )
     try:
-        first = await _next_item(items, stop)
+        batch = await handoff.take()
+        while not batch and not stop.is_set():
+            batch = await handoff.take()
+        first = batch[0] if batch else None
         if not isinstance(first, list):
             _raise_if_error(first)
             raise SourceError(f"{source.description}: stopped before the tracks were known")
         tracks: list[TrackInfo] = first
+        del batch[0]  # the rest are frames, sent below
         retention = retention_hours
         if data_endpoint is None:
             resolved, retention = await asyncio.to_thread(
@@ -385,26 +455,36 @@ async def produce(
             uploader.put_fragment_metadata(name, value, persistent=True)
         meter = _ProgressMeter(uploader)
         await uploader.start()
-        watcher = asyncio.create_task(_wake_on_stop(items, stop))
         ticker = asyncio.create_task(_tick(meter, progress, progress_interval_s))
+        video_track = tracks[0].number
+        # A live source is never waited for (a full buffer drops its oldest fragment);
+        # a recorded one waits for acks instead, so nothing is dropped, even in an outage.
+        read_ahead = None if source.live else min(buffer_bytes // 2, _READ_AHEAD_BYTES)
+        ended = False
         while True:
+            for item in batch:
+                if isinstance(item, EncodedFrame):
+                    if read_ahead is not None and uploader.buffer.bytes > read_ahead:
+                        await _room_or_stop(uploader, read_ahead, stop)
+                    uploader.put_frame(item)
+                    meter.payload_bytes += len(item.data)
+                    if item.track_number == video_track:
+                        meter.video_frames += 1
+                elif isinstance(item, _SourceEnd):
+                    _raise_if_error(item)
+                    ended = True
+                    break
+            if ended:
+                break
             if stop.is_set():
                 # frames the source already handed over are sent, not thrown away (at
-                # most the queue's bound: the source thread stops adding)
-                thread.stop.set()
-                if items.empty():
+                # most the hand-off's bound: the source thread stops adding)
+                handoff.stop()
+                batch = handoff.take_nowait()
+                if not batch:
                     break
-                item = items.get_nowait()
             else:
-                item = await items.get()
-            if isinstance(item, EncodedFrame):
-                uploader.put_frame(item)
-                meter.payload_bytes += len(item.data)
-                if item.track_number == tracks[0].number:
-                    meter.video_frames += 1
-            elif isinstance(item, _SourceEnd):
-                _raise_if_error(item)
-                break
+                batch = await handoff.take()
         stats = await uploader.close(close_timeout_s)
         uploader = None
         final = meter.snapshot(done=True)
@@ -415,12 +495,10 @@ async def produce(
     finally:
         if deadline is not None:
             deadline.cancel()
-        thread.stop.set()
+        handoff.close()  # unblocks a source thread waiting for room
         for task in (watcher, ticker):
             if task is not None:
                 task.cancel()
-        while not items.empty():  # unblock a source thread waiting on a full queue
-            items.get_nowait()
         if uploader is not None:
             # Leaving on an error: still send what was read (the error is raised anyway).
             with contextlib.suppress(KvsError):
@@ -433,21 +511,17 @@ def _raise_if_error(item: object) -> None:
         raise item.error
 
 
-async def _next_item(items: asyncio.Queue[object], stop: asyncio.Event) -> object:
-    getter = asyncio.ensure_future(items.get())
-    stopper = asyncio.ensure_future(stop.wait())
-    done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    stopper.cancel()
-    if getter in done:
-        return getter.result()
-    getter.cancel()
-    return None
+async def _room_or_stop(uploader: Uploader, max_bytes: int, stop: asyncio.Event) -> None:
+    room = asyncio.ensure_future(uploader.wait_for_room(max_bytes))
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({room, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (room, stopped):
+        waiter.cancel()
 
 
-async def _wake_on_stop(items: asyncio.Queue[object], stop: asyncio.Event) -> None:
+async def _wake_on_stop(handoff: _FrameHandoff, stop: asyncio.Event) -> None:
     await stop.wait()
-    if items.empty():
-        items.put_nowait(_SourceEnd())  # the consumer is waiting on get(): wake it
+    handoff.wake()  # the consumer may be waiting in take(): it sees the stop
 
 
 async def _tick(meter: _ProgressMeter, progress: ProgressCallback | None, every: float) -> None:
@@ -596,7 +670,9 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-realtime",
         dest="realtime",
         action="store_false",
-        help="send a file as fast as possible instead of at its frame rate",
+        help="send a file as fast as the service acknowledges it, not at its frame rate "
+        "(for stdin: the pipe carries a recording, not a camera; automatic when stdin "
+        "is a file)",
     )
     parser.add_argument("--loop", action="store_true", help="replay the file forever")
     parser.add_argument(

@@ -31,6 +31,7 @@ import functools
 import logging
 import os
 import queue
+import stat
 import sys
 import threading
 import time
@@ -42,8 +43,6 @@ from fractions import Fraction
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeAlias
 
-import numpy as np
-
 from kvs_toolkit import bitstream
 from kvs_toolkit.bitstream import AccessUnit, AccessUnitSplitter, BytesLike, Codec
 from kvs_toolkit.errors import BitstreamError, SourceError
@@ -52,6 +51,7 @@ from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, Encode
 
 if TYPE_CHECKING:
     import av
+    import numpy as np
     import numpy.typing as npt
     from av.audio.stream import AudioStream
     from av.container import InputContainer
@@ -59,9 +59,10 @@ if TYPE_CHECKING:
 
     from kvs_toolkit.producer.encoder import Encoder
 
-# PyAV, OpenCV and the encoder module (which loads PyAV) are imported by the sources
-# that use them, not here: ``kvs produce -`` passes a pipe through with neither, and
-# each costs tens of MB of resident memory on a Raspberry Pi (issue 5's memory goal).
+# PyAV, OpenCV, numpy and the encoder module (which loads PyAV) are imported by the
+# sources that use them, not here: ``kvs produce -`` passes a pipe through with none of
+# them, and each costs 15 MB or more of resident memory on a Raspberry Pi (issue 5's
+# memory goal: under 80 MB).
 
 __all__ = [
     "SOURCES",
@@ -194,7 +195,16 @@ class FrameSource(ABC):
     Reading :attr:`tracks` runs the generator until then, keeping the frames it made for
     the iteration. A source is single-use; :meth:`close` (or ``with``) releases it and
     must be called from the thread that iterates.
+
+    :attr:`live` says how the producer treats a source that outruns the upload. A live
+    one (a camera, a network stream, a pipe from a camera's encoder, a file paced in
+    real time) cannot wait: its frames always go into the bounded buffer, which drops
+    its oldest fragment when full. A recorded one (a file read as fast as possible,
+    stdin redirected from a file) is read only as fast as the service acknowledges,
+    so memory stays small and nothing is dropped, even through an outage.
     """
+
+    live: bool = True
 
     def __init__(self, description: str) -> None:
         self.description = description
@@ -304,7 +314,8 @@ class AnnexBSource(FrameSource):
     CodecPrivate is built from the parameter sets of the first key frame that carries
     them (access units before it are dropped: nothing could decode them). Frames are
     passed through, converted to AVCC, never re-encoded. Timestamps come from ``clock``
-    (default: the wall clock as each access unit arrives).
+    (default: the wall clock as each access unit arrives). ``live=False`` marks a
+    recording (see :attr:`FrameSource.live`).
     """
 
     def __init__(
@@ -315,8 +326,10 @@ class AnnexBSource(FrameSource):
         clock: FrameClock | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         description: str = "stdin",
+        live: bool = True,
     ) -> None:
         super().__init__(description)
+        self.live = live
         self._stream = stream
         self.codec: Codec = codec
         self._clock: FrameClock = clock or ArrivalClock()
@@ -571,7 +584,14 @@ _AUDIO_CODECS: Final[dict[str, Callable[[AudioStream], _AudioPassThrough]]] = {
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     if value is None or time_base is None:
         return None
-    return float(value * time_base)
+    # int * int / int is one correctly rounded float; Fraction arithmetic per packet
+    # cost more than the rest of pass-through at 200x real time.
+    return value * time_base.numerator / time_base.denominator
+
+
+#: Containers whose header describes every stream (codec, size, configuration) and
+#: whose packets all carry timestamps: FFmpeg need not decode frames to probe them.
+_SELF_DESCRIBING_FORMATS: Final = frozenset({"matroska,webm", "mov,mp4,m4a,3gp,3g2,mj2"})
 
 
 class ContainerSource(FrameSource):
@@ -604,11 +624,29 @@ class ContainerSource(FrameSource):
         self._interleaver: _Interleaver | None = None
         self._waiting_for_audio = 0
 
+    #: Whether :meth:`_open` may first try probing without decoding (local files: a
+    #: second open costs milliseconds, not a network round trip).
+    _probe_without_decoding = False
+
     # --- opening ----------------------------------------------------------------------
     def _open(self) -> InputContainer:
         import av
 
         try:
+            if self._probe_without_decoding:
+                # avformat_find_stream_info decodes frames to describe the streams: 60 ms
+                # of a 1080p file's 150 ms pass-through at 200x real time. A MKV/MP4
+                # header says all we need, so probe with the decoders skipping every
+                # frame (skip_frame only reaches the probe's decoders, not ours).
+                container = av.open(
+                    self.target,
+                    "r",
+                    options={**self._av_options, "skip_frame": "all"},
+                    timeout=self._timeout,
+                )
+                if container.format.name in _SELF_DESCRIBING_FORMATS:
+                    return container
+                container.close()  # e.g. a raw .h264 or MPEG-TS: timing needs the decoder
             return av.open(
                 self.target, "r", options=self._av_options or None, timeout=self._timeout
             )
@@ -875,6 +913,8 @@ class _Pass:
 class FileSource(ContainerSource):
     """A local video file (any container FFmpeg opens)."""
 
+    _probe_without_decoding = True
+
     def __init__(self, path: str | os.PathLike[str], options: SourceOptions | None = None) -> None:
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -882,6 +922,7 @@ class FileSource(ContainerSource):
         if os.path.isdir(path):
             raise SourceError(f"{path}: is a directory, not a video file")
         super().__init__(path, options)
+        self.live = self.options.realtime  # read as fast as possible: a recording
 
 
 #: FFmpeg protocol options per URL scheme: RTSP over TCP (UDP loses packets on the
@@ -911,6 +952,12 @@ class _Capture(Protocol):
     def set(self, prop: int, value: float) -> bool: ...
     def get(self, prop: int) -> float: ...
     def release(self) -> None: ...
+
+
+def _contiguous(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    import numpy as np  # only the numpy and camera sources need it (see the stdin RSS goal)
+
+    return np.ascontiguousarray(image)
 
 
 def _open_capture(device: int | str) -> _Capture:
@@ -985,7 +1032,7 @@ class CameraSource(FrameSource):
             self.encoder = self.options.encoder_for(width, height, fps)
         if (width, height) != (self.encoder.width, self.encoder.height):
             # odd sizes: yuv420p needs even sides, drop the last row/column
-            image = np.ascontiguousarray(image[: self.encoder.height, : self.encoder.width])
+            image = _contiguous(image[: self.encoder.height, : self.encoder.width])
         frames = self.encoder.encode(image, timestamp)
         if frames and self._tracks is None:
             self._set_tracks([self.encoder.track()])
@@ -1034,7 +1081,7 @@ class NumpySource(FrameSource):
                 height, width = image.shape[:2]
                 self.encoder = self.options.encoder_for(width, height, self.fps)
             if image.shape[:2] != (self.encoder.height, self.encoder.width):
-                image = np.ascontiguousarray(image[: self.encoder.height, : self.encoder.width])
+                image = _contiguous(image[: self.encoder.height, : self.encoder.width])
             timestamp = self._clock() if timestamp_ms is None else timestamp_ms
             frames = self.encoder.encode(image, timestamp, pixel_format=self.pixel_format)
             if frames and self._tracks is None:
@@ -1071,8 +1118,18 @@ def _stdin_source(spec: str, options: SourceOptions) -> FrameSource:
     if use_fps and options.fps is None:
         raise SourceError("clock 'fps' needs --fps")
     clock: FrameClock = FixedRateClock(options.fps) if use_fps and options.fps else ArrivalClock()
+    # stdin redirected from a file (`kvs produce - < clip.h264`), or --fast, is a
+    # recording: read at the upload's pace. A pipe is a camera unless --fast says not.
+    try:
+        from_file = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
+    except (OSError, ValueError):  # no real descriptor (tests replacing sys.stdin)
+        from_file = False
     return AnnexBSource(
-        sys.stdin.buffer, codec=options.codec, clock=clock, chunk_size=options.chunk_size
+        sys.stdin.buffer,
+        codec=options.codec,
+        clock=clock,
+        chunk_size=options.chunk_size,
+        live=options.realtime and not from_file,
     )
 
 

@@ -70,6 +70,9 @@ _ROTATION_GRACE_S: Final = 10.0
 # Spool writes queued for the disk: a disk slower than the camera must not hold an
 # ever-growing queue of fragments in memory; past this a fragment stays in memory only.
 _MAX_PENDING_SPOOL_WRITES: Final = 16
+# The most bytes of frames joined into one PutMediaSession.write: few writes, and no
+# second copy of a large backlog (after a reconnection) in memory at once.
+_COALESCE_BYTES: Final = 1024 * 1024
 
 
 @dataclass
@@ -130,6 +133,27 @@ class _SpoolEntry:
 AckLevel = Literal["PERSISTED", "RECEIVED"]
 
 
+class _CoalescedWrite:
+    """Bytes for a PutMedia body, gathered to be sent in one ``write``."""
+
+    def __init__(self, session: PutMediaSession) -> None:
+        self.session = session
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, data: bytes) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+
+    async def write(self) -> None:
+        """Send what was gathered (nothing if nothing was)."""
+        if self.parts:
+            data = b"".join(self.parts)
+            self.parts.clear()
+            self.size = 0
+            await self.session.write(data)
+
+
 class Uploader:
     """Upload encoded frames to one stream, surviving connection loss.
 
@@ -180,6 +204,7 @@ class Uploader:
         self._endpoint_provider = endpoint_provider
         self._new_data = asyncio.Event()
         self._all_acked = asyncio.Event()
+        self._room = asyncio.Event()  # set when acks (or a fatal error) free the buffer
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._metrics_task: asyncio.Task[None] | None = None
@@ -273,6 +298,17 @@ class Uploader:
         self.stats.dropped_fragments += 1
         self._sent_at.pop(timecode, None)
         log.warning("%s: dropped unacknowledged fragment %d", why, timecode)
+
+    async def wait_for_room(self, max_bytes: int) -> None:
+        """Wait until at most ``max_bytes`` of fragments wait for acks in memory.
+
+        For a producer that may read its source more slowly (a recording): it then
+        never outruns the service. Returns at once after a fatal error, which
+        :meth:`put_frame` raises.
+        """
+        while self.buffer.bytes > max_bytes and self._fatal is None:
+            self._room.clear()
+            await self._room.wait()
 
     async def close(self, timeout: float = 30.0) -> UploadStats:
         """End the upload: flush the last fragment, wait for its ack, close.
@@ -486,6 +522,7 @@ class Uploader:
                         # A wrong stream or credential will not fix itself: stop and say so.
                         self._fatal = exc
                         self._all_acked.set()
+                        self._room.set()
                         log.error("PutMedia failed for good: %s", exc)
                         return
                     log.warning("PutMedia connection failed: %s", exc)
@@ -537,6 +574,7 @@ class Uploader:
         header: bytes | None = None
         whole: set[int] = set()  # timecodes of fragments written whole on this connection
         partial: dict[int, int] = {}  # bytes written of a fragment still being built
+        unsent = _CoalescedWrite(session)
         if not self._on_disk_only():
             header = self.fragmenter.header
             await session.write(header)
@@ -580,22 +618,27 @@ class Uploader:
                 await session.write(data[partial.pop(entry.timecode, 0) :])
                 whole.add(entry.timecode)
                 self.stats.fragments_sent += 1
-            # 2. fragments in memory, oldest first
+            # 2. fragments in memory, oldest first: everything new goes out in one write
+            # (a write per chunk cost more than making the chunks, at 200x real time),
+            # cut at _COALESCE_BYTES so a long backlog is not copied into one block
             for fragment in self.buffer.pending():
                 if fragment.timecode in whole:
                     continue
                 if header is None:
                     header = self.fragmenter.header
-                    await session.write(header)
+                    unsent.add(header)
                 elif header != self.fragmenter.header:
+                    await unsent.write()  # before the body ends
                     await end_connection("to send this run's fragments")
                 if fragment.timecode not in partial:
+                    await unsent.write()  # before a rotation ends the body
                     await rotate_if_due()  # before this fragment's first byte
                 done = partial.get(fragment.timecode, 0)
                 offset = 0
-                for chunk in list(fragment.chunks):
+                # no await until the next fragment: the chunks cannot change meanwhile
+                for chunk in fragment.chunks:
                     if offset >= done:
-                        await session.write(chunk)
+                        unsent.add(chunk)
                     offset += len(chunk)
                 if fragment.complete:
                     partial.pop(fragment.timecode, None)
@@ -603,6 +646,9 @@ class Uploader:
                     self.stats.fragments_sent += 1
                 else:
                     partial[fragment.timecode] = offset
+                if unsent.size >= _COALESCE_BYTES:
+                    await unsent.write()
+            await unsent.write()
             if (
                 self._closing
                 and all(f.timecode in whole for f in self.buffer.pending())
@@ -648,6 +694,8 @@ class Uploader:
     def _release(self, timecode: int) -> bool:
         """Forget an acknowledged (or refused) fragment, in memory and on disk."""
         released = self.buffer.acknowledge(timecode) is not None
+        if released:
+            self._room.set()
         entry = self._spool_by_timecode.get(timecode)
         if entry is not None and self._remove_entry(entry):
             released = True
