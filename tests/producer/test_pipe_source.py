@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import BinaryIO
 
 import pytest
@@ -168,3 +169,26 @@ def test_dash_opens_stdin_with_the_fps_clock(monkeypatch: pytest.MonkeyPatch) ->
     frames = list(source)
     assert len(frames) == 10
     assert {b.timestamp_ms - a.timestamp_ms for a, b in itertools.pairwise(frames)} == {100}
+
+
+@pytest.mark.parametrize(
+    ("stdin_is", "realtime", "live"),
+    [("pipe", True, True), ("pipe", False, False), ("file", True, False)],
+)
+def test_stdin_from_a_file_or_with_fast_is_a_recording(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, stdin_is: str, realtime: bool, live: bool
+) -> None:
+    """A pipe is taken for a camera (never waited for) unless --fast says it carries a
+    recording; stdin redirected from a file is a recording (read at the upload's pace)."""
+    with contextlib.ExitStack() as stack:
+        if stdin_is == "file":
+            path = tmp_path / "clip.h264"
+            path.write_bytes(annexb_stream(Clip(frames=5)))
+            stdin = stack.enter_context(path.open("r"))
+        else:
+            read_fd, write_fd = os.pipe()
+            stack.callback(os.close, write_fd)
+            stdin = stack.enter_context(os.fdopen(read_fd, "r"))
+        monkeypatch.setattr("sys.stdin", stdin)
+        source = open_source("-", SourceOptions(fps=10, realtime=realtime))
+        assert source.live is live

@@ -10,18 +10,21 @@ import random
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import boto3
 import pytest
+from botocore.credentials import Credentials
 
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.mkv import Fragment, TrackInfo
 from kvs_toolkit.producer import EncodedFrame, Uploader
-from kvs_toolkit.producer.sources import SourceOptions, open_source
+from kvs_toolkit.producer.run import produce
+from kvs_toolkit.producer.sources import FrameSource, SourceOptions, open_source
+from kvs_toolkit.producer.uploader import UploadStats
 from tests.media import read_fragments
 from tests.producer.conftest import ClipFactory
 from tests.producer.media import Clip
@@ -189,3 +192,66 @@ def test_connection_cut_at_random_points_every_frame_once(
     timestamps, repeats = decoded_once(fragments)
     assert timestamps == EXPECTED_MS
     assert len(fragments) == 5 + repeats
+
+
+# --- a recording waits for the service; a live source cannot ----------------------------
+
+
+class _Frames(FrameSource):
+    """Frames already in memory, handed over as fast as produce() takes them."""
+
+    def __init__(
+        self, tracks: list[TrackInfo], frames: list[EncodedFrame], *, live: bool
+    ) -> None:
+        super().__init__("frames in memory")
+        self.live = live
+        self._track_list = tracks
+        self._frame_list = frames
+
+    def _frames(self) -> Generator[EncodedFrame, None, None]:
+        self._set_tracks(self._track_list)
+        yield from self._frame_list
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_outage_with_a_small_buffer_drops_only_from_a_live_source(
+    make_clip: ClipFactory, tmp_path: Path, processes: list[EmulatorProcess], live: bool
+) -> None:
+    tracks, frames = h264_frames(make_clip)
+    fragment_sizes = [
+        sum(len(f.data) for f in frames[start : start + 25]) for start in range(0, FRAMES, 25)
+    ]
+    processes.append(EmulatorProcess(tmp_path))
+    first = processes[0]
+    client(first.url, "kinesisvideo").create_stream(StreamName="outage", DataRetentionInHours=1)
+    first.kill()  # the network is down when the upload starts
+
+    async def run() -> UploadStats:
+        async def restart() -> None:
+            await asyncio.sleep(1.5)
+            processes.append(await asyncio.to_thread(EmulatorProcess, tmp_path, first.port))
+
+        restarting = asyncio.create_task(restart())
+        stats = await produce(
+            _Frames(tracks, frames, live=live),
+            first.url,
+            "outage",
+            credentials=Credentials("x", "y"),
+            data_endpoint=first.url,
+            fragment_duration_ms=1000,
+            # room for two of the five fragments: a source read ahead must lose three
+            buffer_bytes=int(2.5 * max(fragment_sizes)),
+        )
+        await restarting
+        return stats
+
+    stats = asyncio.run(run())
+    timestamps, _ = decoded_once(read_back(processes[-1].url, "outage"))
+    if live:
+        # a camera cannot wait: the oldest fragments went to make room, counted
+        assert stats.dropped_fragments == 3 and not stats.all_acknowledged
+        assert timestamps == EXPECTED_MS[75:]
+    else:
+        # a recording is read only as fast as the service acknowledges: nothing lost
+        assert stats.dropped_fragments == 0 and stats.all_acknowledged
+        assert timestamps == EXPECTED_MS
