@@ -200,9 +200,7 @@ def test_connection_cut_at_random_points_every_frame_once(
 class _Frames(FrameSource):
     """Frames already in memory, handed over as fast as produce() takes them."""
 
-    def __init__(
-        self, tracks: list[TrackInfo], frames: list[EncodedFrame], *, live: bool
-    ) -> None:
+    def __init__(self, tracks: list[TrackInfo], frames: list[EncodedFrame], *, live: bool) -> None:
         super().__init__("frames in memory")
         self.live = live
         self._track_list = tracks
