@@ -29,7 +29,6 @@ import logging
 import signal
 import sys
 import time
-import urllib.parse
 from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -42,22 +41,11 @@ from kvs_toolkit.producer.credentials import (
 )
 from kvs_toolkit.producer.fragmenter import EncodedFrame
 from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
-from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource
+from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource, redact_url
 
 log = logging.getLogger("rtsp_relay")
 
 _WINDOW_S = 60.0  # --max-attempts-per-minute counts attempts in this window
-
-
-def redacted(url: str) -> str:
-    """``url`` without its password (camera URLs carry one; logs must not)."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host += f":{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 class AttemptLimiter:
@@ -179,7 +167,7 @@ async def relay(args: argparse.Namespace) -> Totals:
     options = SourceOptions(
         audio=not args.no_audio, fragment_duration_ms=round(args.fragment_duration * 1000)
     )
-    camera = redacted(args.url)
+    camera = redact_url(args.url)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -234,7 +222,7 @@ async def relay(args: argparse.Namespace) -> Totals:
             if stop.is_set():
                 break  # stopped while connecting
             failures += 1
-            reason = str(exc).replace(args.url, camera)
+            reason = str(exc)  # the source's errors never show the URL's password
         else:
             totals.sessions += 1
             totals.frames += stats.frames
@@ -249,11 +237,7 @@ async def relay(args: argparse.Namespace) -> Totals:
                 break
             # a feed that delivered frames resets the back-off
             failures = 0 if stats.frames else failures + 1
-            reason = (
-                f"feed lost: {str(feed.dropped).replace(args.url, camera)}"
-                if feed.dropped
-                else "the feed ended"
-            )
+            reason = f"feed lost: {feed.dropped}" if feed.dropped else "the feed ended"
         if args.give_up_after and failures >= args.give_up_after:
             attempts = "attempt" if failures == 1 else "attempts in a row"
             totals.gave_up = f"{camera}: gave up after {failures} failed {attempts} ({reason})"

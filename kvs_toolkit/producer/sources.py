@@ -35,6 +35,7 @@ import stat
 import sys
 import threading
 import time
+import urllib.parse
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
@@ -581,6 +582,15 @@ _AUDIO_CODECS: Final[dict[str, Callable[[AudioStream], _AudioPassThrough]]] = {
 }
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (``rtsp://user:secret@host``) replaced by ``***``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
     if value is None or time_base is None:
         return None
@@ -611,7 +621,7 @@ class ContainerSource(FrameSource):
         av_options: Mapping[str, str] | None = None,
         timeout: float | None = None,
     ) -> None:
-        super().__init__(target)
+        super().__init__(redact_url(target))  # logs and errors never show a password
         self.target = target
         self.options = options or SourceOptions()
         self._av_options = dict(av_options or {})
@@ -651,11 +661,16 @@ class ContainerSource(FrameSource):
                 self.target, "r", options=self._av_options or None, timeout=self._timeout
             )
         except (av.FFmpegError, OSError) as exc:
-            raise SourceError(f"cannot open {self.target}: {exc}") from exc
+            raise SourceError(f"cannot open {self.description}: {self._reason(exc)}") from exc
+
+    def _reason(self, exc: Exception) -> str:
+        """What went wrong, without the URL FFmpeg repeats (it would show the password)."""
+        reason = getattr(exc, "strerror", None)
+        return str(reason) if reason else str(exc).replace(self.target, self.description)
 
     def _streams(self, container: InputContainer) -> tuple[VideoStream, AudioStream | None]:
         if not container.streams.video:
-            raise SourceError(f"{self.target}: no video stream")
+            raise SourceError(f"{self.description}: no video stream")
         video = container.streams.video[0]
         audio = None
         if self.options.audio:
@@ -665,7 +680,9 @@ class ContainerSource(FrameSource):
             )
             if audio is None and container.streams.audio:
                 names = [s.codec_context.name for s in container.streams.audio]
-                log.warning("%s: audio %s cannot be passed through: dropped", self.target, names)
+                log.warning(
+                    "%s: audio %s cannot be passed through: dropped", self.description, names
+                )
         return video, audio
 
     def _setup(self, video: VideoStream, audio: AudioStream | None) -> None:
@@ -674,9 +691,9 @@ class ContainerSource(FrameSource):
         codec = _PASS_THROUGH.get(name)
         if codec is not None:
             self._video = _VideoPassThrough(codec, video.codec_context.extradata)
-            log.info("%s: passing %s through without re-encoding", self.target, codec)
+            log.info("%s: passing %s through without re-encoding", self.description, codec)
         else:
-            log.info("%s: re-encoding %s video as %s", self.target, name, self.options.codec)
+            log.info("%s: re-encoding %s video as %s", self.description, name, self.options.codec)
         if audio is not None:
             self._audio = _AUDIO_CODECS[audio.codec_context.name](audio)
         self._interleaver = _Interleaver(has_audio=self._audio is not None)
@@ -700,7 +717,7 @@ class ContainerSource(FrameSource):
                 self._waiting_for_audio += 1
                 if not final and self._waiting_for_audio < _AUDIO_CONFIG_WAIT_FRAMES:
                     return
-                log.warning("%s: no audio configuration arrived: audio dropped", self.target)
+                log.warning("%s: no audio configuration arrived: audio dropped", self.description)
                 self._audio = None
                 assert self._interleaver is not None
                 self._interleaver.has_audio = False
@@ -750,13 +767,13 @@ class ContainerSource(FrameSource):
             if not self.options.loop:
                 break
             if span_ms <= 0:
-                raise SourceError(f"{self.target}: nothing to replay (no video frames)")
+                raise SourceError(f"{self.description}: nothing to replay (no video frames)")
             offset_ms += span_ms
-            log.debug("%s: pass %d done, replaying", self.target, self.passes)
+            log.debug("%s: pass %d done, replaying", self.description, self.passes)
         if self.encoder is not None:
             yield from self.encoder.flush()
         if self._tracks is None:
-            raise SourceError(f"{self.target}: no decodable video frame")
+            raise SourceError(f"{self.description}: no decodable video frame")
 
 
 class _Pass:
@@ -810,7 +827,8 @@ class _Pass:
                 for item in self._decoded(None):
                     yield from self.interleaver.push(item)
         except av.FFmpegError as exc:
-            raise SourceError(f"{self.source.target}: read failed: {exc}") from exc
+            reason = self.source._reason(exc)
+            raise SourceError(f"{self.source.description}: read failed: {reason}") from exc
         yield from self.interleaver.flush()
 
     def _relative_ms(self, seconds: float) -> float:
@@ -838,7 +856,7 @@ class _Pass:
         self.end_s = max(self.end_s, pts - self._origin + duration)
         payload = self.source._video.payload(bytes(packet), packet.is_keyframe)
         if payload is None:
-            log.debug("%s: dropped a frame before the first key frame", self.source.target)
+            log.debug("%s: dropped a frame before the first key frame", self.source.description)
             return out
         self.source._maybe_set_tracks()
         frame = EncodedFrame(
@@ -865,7 +883,7 @@ class _Pass:
             frames = self.video.decode(packet)
         except av.InvalidDataError as exc:
             # A corrupt packet costs its frame, not the stream (the decoder resyncs).
-            log.warning("%s: undecodable video packet skipped: %s", self.source.target, exc)
+            log.warning("%s: undecodable video packet skipped: %s", self.source.description, exc)
             return []
         out: list[_Timed] = []
         for decoded in frames:

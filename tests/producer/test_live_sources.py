@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import itertools
+import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from kvs_toolkit.producer.sources import (
     SourceOptions,
     UrlSource,
     open_source,
+    redact_url,
 )
 from kvs_toolkit.samples import SampleSpec, render_frame
 from tests.producer.conftest import ClipFactory
@@ -139,6 +141,33 @@ def test_url_that_does_not_answer_is_a_source_error(http_server: str) -> None:
     source = open_source(f"{http_server}/missing.ts", SourceOptions(realtime=False))
     with pytest.raises(SourceError, match="cannot open http://"):
         _ = source.tracks
+
+
+def test_a_camera_password_never_reaches_errors_or_logs(
+    http_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = http_server.replace("http://", "http://admin:hunter2@") + "/missing.ts"
+    source = open_source(url, SourceOptions(realtime=False))
+    assert source.description == url.replace("hunter2", "***")
+    with caplog.at_level(logging.DEBUG), pytest.raises(SourceError) as raised:
+        _ = source.tracks
+    message = str(raised.value)
+    assert message.startswith(f"cannot open {source.description}: ")
+    assert "404" in message  # FFmpeg's reason is kept, only the URL is not repeated
+    assert "hunter2" not in message and "hunter2" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtsp://admin:hunter2@10.0.0.5:554/s1", "rtsp://admin:***@10.0.0.5:554/s1"),
+        ("rtsp://admin:p%40ss@[fe80::1]:554/s", "rtsp://admin:***@[fe80::1]:554/s"),
+        ("rtsp://admin@cam/s1?channel=1", "rtsp://admin@cam/s1?channel=1"),
+        ("http://cam/live.ts", "http://cam/live.ts"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 # --- numpy frames -----------------------------------------------------------------------
