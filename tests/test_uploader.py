@@ -278,3 +278,46 @@ def test_rotated_connections_lose_no_frame(emulator: Emulator) -> None:
     assert [bytes(f.data) for fr in back for f in fr.frames] == [
         b"payload-%d" % i for i in range(60)
     ]
+
+
+def test_wait_for_room_returns_when_acks_free_the_buffer(emulator: Emulator) -> None:
+    kv(emulator).create_stream(StreamName="room", DataRetentionInHours=1)
+
+    async def run() -> tuple[int, int, int]:
+        uploader = Uploader(emulator.endpoint_url, "room", [VIDEO], fragment_duration_ms=1000)
+        await uploader.start()
+        for i in range(31):  # three whole fragments and the first frame of a fourth
+            uploader.put_frame(frame(i))
+        before = uploader.buffer.bytes
+        await asyncio.wait_for(uploader.wait_for_room(before // 2), 10)
+        left, acked = uploader.buffer.bytes, uploader.stats.acked
+        await uploader.close()
+        return before, left, acked
+
+    before, left, acked = asyncio.run(run())
+    assert left <= before // 2 and acked >= 2  # it returned once acks freed the room
+
+
+def test_an_upload_task_that_fails_unexpectedly_releases_waiters(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in the connection task (not a network error: those are retried) ends the
+    upload with an error instead of leaving a recording's producer waiting forever."""
+
+    async def broken(self: Uploader, http: object) -> None:
+        raise RuntimeError("bug in the connection task")
+
+    monkeypatch.setattr(Uploader, "_connection", broken)
+
+    async def run() -> None:
+        uploader = Uploader(emulator.endpoint_url, "any", [VIDEO], fragment_duration_ms=1000)
+        await uploader.start()
+        for i in range(25):
+            uploader.put_frame(frame(i))
+        await asyncio.wait_for(uploader.wait_for_room(0), 5)
+        with pytest.raises(PutMediaError, match=r"^the upload stopped: RuntimeError\('bug in"):
+            uploader.put_frame(frame(25))
+        with pytest.raises(PutMediaError, match="the upload stopped"):
+            await asyncio.wait_for(uploader.close(), 5)
+
+    asyncio.run(run())

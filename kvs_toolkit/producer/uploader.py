@@ -249,11 +249,23 @@ class Uploader:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._task = asyncio.create_task(self._run(), name=f"putmedia-{self.stream_name}")
+        self._task.add_done_callback(self._connection_task_ended)
         if self.metrics is not None:
             self.metrics.start()
             self._metrics_task = asyncio.create_task(
                 self._sample_metrics(self.metrics), name=f"metrics-{self.stream_name}"
             )
+
+    def _connection_task_ended(self, task: asyncio.Task[None]) -> None:
+        # An unexpected failure (a bug, not a network error: those are retried) must not
+        # leave a producer waiting for acks that will never come.
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            if self._fatal is None:
+                self._fatal = PutMediaError(f"the upload stopped: {exc!r}")
+                self._fatal.__cause__ = exc
+                log.error("the PutMedia task failed", exc_info=exc)
+            self._all_acked.set()
+        self._room.set()
 
     def put_fragment_metadata(self, name: str, value: str, *, persistent: bool = True) -> None:
         """Attach metadata to the next fragment (and every later one if persistent)."""
