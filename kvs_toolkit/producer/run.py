@@ -80,6 +80,8 @@ _QUEUE_FRAMES: Final = 128
 _READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MIB: Final = 1024 * 1024
 _STREAM_ACTIVE_TIMEOUT_S: Final = 60.0
+# GetDataEndpoint at most this often while reconnecting (its limit is a few TPS).
+_DATA_ENDPOINT_MIN_INTERVAL_S: Final = 60.0
 _MEDIA_TYPES: Final = {"V_MPEG4/ISO/AVC": "video/h264", "V_MPEGH/ISO/HEVC": "video/h265"}
 
 
@@ -186,6 +188,61 @@ def resolve_data_endpoint(
     except botocore.exceptions.BotoCoreError as exc:
         raise PutMediaError(f"control plane call for {stream_name!r} failed: {exc}") from exc
     return endpoint["DataEndpoint"], int(info.get("DataRetentionInHours", 0))
+
+
+class DataEndpointCache:
+    """The stream's PUT_MEDIA endpoint, looked up again for a new connection.
+
+    The uploader calls it (from a worker thread: boto3 blocks) before every connection:
+    at start, at each rotation before the service's 45-minute limit (KVS-WIRE.md asks
+    consumers to refresh the endpoint about that often, and the same holds for a
+    producer), and on each reconnection after a failure, when the endpoint may have
+    moved. GetDataEndpoint is called at most once per ``min_interval_s`` (a reconnection
+    storm must not become a control-plane storm); a failed lookup keeps the last
+    endpoint, since in an outage the control plane is as unreachable as the data plane.
+    """
+
+    def __init__(
+        self,
+        stream_name: str,
+        endpoint: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = DEFAULT_REGION,
+        credentials: Credentials | None = None,
+        min_interval_s: float = _DATA_ENDPOINT_MIN_INTERVAL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream_name = stream_name
+        self.endpoint = endpoint
+        self.lookups = 0
+        self._endpoint_url = endpoint_url
+        self._region = region
+        self._credentials = credentials
+        self._min_interval_s = min_interval_s
+        self._clock = clock
+        self._looked_up_at = clock()  # ``endpoint`` was just looked up
+        self._client: KinesisVideoClient | None = None
+
+    def __call__(self) -> str:
+        now = self._clock()
+        if now - self._looked_up_at < self._min_interval_s:
+            return self.endpoint
+        self._looked_up_at = now
+        self.lookups += 1
+        try:
+            if self._client is None:
+                self._client = _client(self._endpoint_url, self._region, self._credentials)
+            found = self._client.get_data_endpoint(
+                StreamName=self.stream_name, APIName="PUT_MEDIA"
+            )["DataEndpoint"]
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            log.warning("GetDataEndpoint failed, keeping %s: %s", self.endpoint, exc)
+            return self.endpoint
+        if found != self.endpoint:
+            log.info("data endpoint of %s is now %s", self.stream_name, found)
+            self.endpoint = found
+        return self.endpoint
 
 
 def _wait_active(client: KinesisVideoClient, stream_name: str) -> Any:
@@ -422,6 +479,7 @@ async def produce(
         tracks: list[TrackInfo] = first
         del batch[0]  # the rest are frames, sent below
         retention = retention_hours
+        endpoint_provider: DataEndpointCache | None = None
         if data_endpoint is None:
             resolved, retention = await asyncio.to_thread(
                 resolve_data_endpoint,
@@ -435,6 +493,13 @@ async def produce(
                 kms_key_id=kms_key_id,
             )
             data_endpoint = resolved
+            endpoint_provider = DataEndpointCache(
+                stream_name,
+                resolved,
+                endpoint_url=endpoint,
+                region=region,
+                credentials=credentials,
+            )
         level: AckLevel = ack_level or ("PERSISTED" if retention > 0 else "RECEIVED")
         log.info("PutMedia to %s (stream %s, acks %s)", data_endpoint, stream_name, level)
         uploader = Uploader(
@@ -450,6 +515,7 @@ async def produce(
             spool_dir=spool_dir,
             spool_max_bytes=spool_max_bytes,
             metrics=metrics,
+            endpoint_provider=endpoint_provider,
         )
         for name, value in (tags or {}).items():
             uploader.put_fragment_metadata(name, value, persistent=True)

@@ -546,7 +546,8 @@ class Uploader:
 
     async def _connection(self, http: aiohttp.ClientSession) -> None:
         if self._endpoint_provider is not None:
-            self.endpoint = self._endpoint_provider()
+            # a control-plane lookup (boto3, blocking): not on the event loop
+            self.endpoint = await asyncio.to_thread(self._endpoint_provider)
         # A refresh may call a credentials endpoint (blocking HTTPS): not on the loop.
         frozen = (
             None

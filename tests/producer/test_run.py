@@ -26,6 +26,7 @@ from kvs_toolkit.errors import PutMediaError
 from kvs_toolkit.mkv import Tag
 from kvs_toolkit.producer.fragmenter import EncodedFrame
 from kvs_toolkit.producer.run import (
+    DataEndpointCache,
     ProducerThread,
     Progress,
     add_produce_arguments,
@@ -41,10 +42,12 @@ from kvs_toolkit.producer.sources import (
     SourceOptions,
     open_source,
 )
+from kvs_toolkit.producer.uploader import Uploader, UploadStats
 from kvs_toolkit.samples import SampleSpec, render_frame
 from tests.producer.conftest import ClipFactory
 from tests.producer.emulated_kvs import emulated_kvs
 from tests.producer.media import Clip
+from tests.test_uploader import VIDEO, frame
 
 CREDENTIALS = Credentials("AKIDTEST", "secret")
 
@@ -427,3 +430,58 @@ def test_sigterm_ends_kvs_produce_gracefully(make_clip: ClipFactory) -> None:
         acked = int(err.strip().splitlines()[-1].split("fragments ")[1].split("/")[0])
     assert "SIGTERM: flushing the last fragment" in err
     assert len(kvs.fragments) == acked >= 2
+
+
+# --- the data endpoint, looked up again ---------------------------------------------------
+
+DEAD_ENDPOINT = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
+
+
+def test_data_endpoint_is_looked_up_again_at_most_once_per_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    now = [0.0]
+    with emulated_kvs(cam=24) as kvs:
+        cache = DataEndpointCache(
+            "cam",
+            DEAD_ENDPOINT,  # where the stream was; it has moved since
+            endpoint_url=kvs.url,
+            credentials=CREDENTIALS,
+            min_interval_s=60,
+            clock=lambda: now[0],
+        )
+        assert cache() == DEAD_ENDPOINT and cache.lookups == 0  # just looked up
+        now[0] = 61
+        moved = cache()
+        assert moved == kvs.url and cache.lookups == 1
+        now[0] = 90
+        assert cache() == moved and cache.lookups == 1  # not again within the minute
+    now[0] = 200  # the control plane is gone too (an outage): keep the last endpoint
+    with caplog.at_level(logging.WARNING):
+        assert cache() == moved and cache.lookups == 2
+    assert f"GetDataEndpoint failed, keeping {moved}" in caplog.text
+
+
+def test_uploader_connects_to_the_endpoint_the_cache_finds() -> None:
+    with emulated_kvs(cam=24) as kvs:
+        cache = DataEndpointCache(
+            "cam", DEAD_ENDPOINT, endpoint_url=kvs.url, credentials=CREDENTIALS, min_interval_s=0
+        )
+
+        async def run() -> UploadStats:
+            uploader = Uploader(
+                DEAD_ENDPOINT,
+                "cam",
+                [VIDEO],
+                credentials=CREDENTIALS,
+                fragment_duration_ms=1000,
+                endpoint_provider=cache,
+            )
+            await uploader.start()
+            for i in range(20):
+                uploader.put_frame(frame(i))
+            return await uploader.close(timeout=10)
+
+        stats = asyncio.run(run())
+        assert stats.acked == 2 and stats.connection_failures == 0
+        assert cache.lookups == 1 and len(kvs.fragments) == 2
