@@ -73,10 +73,13 @@ DEFAULT_RETENTION_HOURS: Final = 24
 # Frames waiting between the source thread and the uploader: a few seconds of video
 # (and as many again in the batch the event loop is handing to the uploader).
 _QUEUE_FRAMES: Final = 128
-# A recorded source (FrameSource.live False) is read only while fewer bytes than this
-# wait for acks in memory: a file or a piped recording sent at 200x real time would
-# otherwise fill the buffer (and RSS) faster than the service persists it. Four 2 s
-# fragments of 1080p at 4 Mbit/s: enough to keep the connection busy while acks come.
+# A recording (FrameSource.live False) can wait, so it needs no seconds of slack: a
+# short queue keeps ~4 MB of 1080p frames out of memory (the stdin RSS goal).
+_RECORDING_QUEUE_FRAMES: Final = 16
+# A recording is read only while fewer bytes than this (of complete fragments) wait for
+# acks in memory: a file or a piped recording sent at 200x real time would otherwise
+# fill the buffer (and RSS) faster than the service persists it. Four 2 s fragments of
+# 1080p at 4 Mbit/s: enough to keep the connection busy while acks come.
 _READ_AHEAD_BYTES: Final = 4 * 1024 * 1024
 _MIB: Final = 1024 * 1024
 _STREAM_ACTIVE_TIMEOUT_S: Final = 60.0
@@ -452,7 +455,7 @@ async def produce(
     :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` (or pass ``metrics``).
     """
     loop = asyncio.get_running_loop()
-    handoff = _FrameHandoff(loop, _QUEUE_FRAMES)
+    handoff = _FrameHandoff(loop, _QUEUE_FRAMES if source.live else _RECORDING_QUEUE_FRAMES)
     thread = _SourceThread(source, handoff)
     thread.start()
     uploader: Uploader | None = None
@@ -530,7 +533,7 @@ async def produce(
         while True:
             for item in batch:
                 if isinstance(item, EncodedFrame):
-                    if read_ahead is not None and uploader.buffer.bytes > read_ahead:
+                    if read_ahead is not None and uploader.waiting_bytes > read_ahead:
                         await _room_or_stop(uploader, read_ahead, stop)
                     uploader.put_frame(item)
                     meter.payload_bytes += len(item.data)

@@ -311,14 +311,26 @@ class Uploader:
         self._sent_at.pop(timecode, None)
         log.warning("%s: dropped unacknowledged fragment %d", why, timecode)
 
+    @property
+    def waiting_bytes(self) -> int:
+        """Bytes of complete fragments in memory waiting for their acks.
+
+        The fragment still being built is not counted: it cannot be acknowledged before
+        it is complete, so waiting on it would wait forever.
+        """
+        building = self.fragmenter.current
+        if building is not None and building in self.buffer:
+            return self.buffer.bytes - building.size
+        return self.buffer.bytes
+
     async def wait_for_room(self, max_bytes: int) -> None:
-        """Wait until at most ``max_bytes`` of fragments wait for acks in memory.
+        """Wait until at most ``max_bytes`` of complete fragments wait for acks.
 
         For a producer that may read its source more slowly (a recording): it then
         never outruns the service. Returns at once after a fatal error, which
         :meth:`put_frame` raises.
         """
-        while self.buffer.bytes > max_bytes and self._fatal is None:
+        while self.waiting_bytes > max_bytes and self._fatal is None:
             self._room.clear()
             await self._room.wait()
 

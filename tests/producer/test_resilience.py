@@ -253,3 +253,35 @@ def test_outage_with_a_small_buffer_drops_only_from_a_live_source(
         # a recording is read only as fast as the service acknowledges: nothing lost
         assert stats.dropped_fragments == 0 and stats.all_acknowledged
         assert timestamps == EXPECTED_MS
+
+
+def test_a_recording_with_fragments_larger_than_the_read_ahead_still_flows(
+    make_clip: ClipFactory,
+) -> None:
+    """The fragment being built is never waited on (it cannot be acknowledged before it
+    is complete): a read-ahead window smaller than one fragment must not stall."""
+    tracks, frames = h264_frames(make_clip)
+    largest = max(sum(len(f.data) for f in frames[i : i + 25]) for i in range(0, FRAMES, 25))
+    with Emulator() as emulator:
+        client(emulator.endpoint_url, "kinesisvideo").create_stream(
+            StreamName="big", DataRetentionInHours=1
+        )
+
+        async def run() -> UploadStats:
+            return await asyncio.wait_for(
+                produce(
+                    _Frames(tracks, frames, live=False),
+                    emulator.endpoint_url,
+                    "big",
+                    credentials=Credentials("x", "y"),
+                    data_endpoint=emulator.endpoint_url,
+                    fragment_duration_ms=1000,
+                    buffer_bytes=int(1.5 * largest),  # read-ahead: 0.75 of a fragment
+                ),
+                timeout=30,
+            )
+
+        stats = asyncio.run(run())
+        timestamps, _ = decoded_once(read_back(emulator.endpoint_url, "big"))
+    assert stats.dropped_fragments == 0 and stats.all_acknowledged
+    assert timestamps == EXPECTED_MS
