@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, TextIO
+from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
 import boto3
 import botocore.exceptions
@@ -48,7 +48,13 @@ from kvs_toolkit.producer.fragmenter import (
 )
 from kvs_toolkit.producer.metrics import DEFAULT_INTERVAL_S as DEFAULT_METRICS_INTERVAL_S
 from kvs_toolkit.producer.metrics import CloudWatchMetrics, MetricsPublisher
-from kvs_toolkit.producer.sources import FrameSource, SourceError, SourceOptions, open_source
+from kvs_toolkit.producer.sources import (
+    FrameSource,
+    SourceError,
+    SourceOptions,
+    iso_time_ms,
+    open_source,
+)
 from kvs_toolkit.producer.spool import DEFAULT_SPOOL_MAX_BYTES
 from kvs_toolkit.producer.uploader import AckLevel, Uploader, UploadStats
 
@@ -661,6 +667,18 @@ class ProducerThread(threading.Thread):
 # kvs produce
 
 
+def parse_start_time(text: str) -> int | Literal["source"]:
+    """``--start-time``: "source", or an ISO 8601 time (UTC unless it says) as epoch ms."""
+    if text == "source":
+        return "source"
+    try:
+        return iso_time_ms(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not an ISO 8601 time (2026-11-26T08:00:00Z) or 'source': {text!r}"
+        ) from None
+
+
 def parse_tags(pairs: list[str] | None) -> dict[str, str]:
     """``["site=porch", "cam=1"]`` -> ``{"site": "porch", "cam": "1"}``."""
     tags: dict[str, str] = {}
@@ -744,6 +762,14 @@ def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
         "is a file)",
     )
     parser.add_argument("--loop", action="store_true", help="replay the file forever")
+    parser.add_argument(
+        "--start-time",
+        type=parse_start_time,
+        metavar="TIME",
+        help="stamp a file's first frame with this time instead of now: ISO 8601 "
+        "(2026-11-26T08:00:00Z) or 'source' for the file's creation_time (upload a "
+        "recording with the time it was made)",
+    )
     parser.add_argument(
         "--fps",
         type=float,
@@ -878,6 +904,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         width=args.width,
         height=args.height,
         fragment_duration_ms=fragment_ms,
+        start_time_ms=args.start_time,
     )
     session = session_from_args(args)
     credentials = credentials_from_args(args, session)

@@ -27,6 +27,7 @@ video. An AAC (or G.711) audio track is passed through as track 2.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import os
@@ -112,6 +113,10 @@ class SourceOptions:
     ``"fps"`` (first frame's arrival + n / fps) or ``"auto"`` (fps when ``fps`` is given
     for stdin, else arrival). ``codec``/``encoder``/``bitrate`` apply when encoding
     (``codec`` is also the stdin stream's codec).
+
+    ``start_time_ms`` stamps a file's first frame with that absolute time (epoch ms)
+    instead of the wall clock: a recording uploaded later keeps the time it was made.
+    ``"source"`` takes it from the file's ``creation_time`` metadata.
     """
 
     realtime: bool = True
@@ -126,6 +131,7 @@ class SourceOptions:
     fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS
     clock: Literal["auto", "arrival", "fps"] = "auto"
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    start_time_ms: int | Literal["source"] | None = None
 
     def encoder_for(self, width: int, height: int, fps: float) -> Encoder:
         """An :class:`Encoder` with these options for frames of this size and rate."""
@@ -582,6 +588,15 @@ _AUDIO_CODECS: Final[dict[str, Callable[[AudioStream], _AudioPassThrough]]] = {
 }
 
 
+def iso_time_ms(text: str) -> int:
+    """An ISO 8601 time as epoch milliseconds (UTC when it names no zone, as FFmpeg's
+    creation_time does); ValueError if it is not one."""
+    when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return round(when.timestamp() * 1000)
+
+
 def redact_url(url: str) -> str:
     """``url`` with its password (``rtsp://user:secret@host``) replaced by ``***``."""
     parts = urllib.parse.urlsplit(url)
@@ -698,6 +713,25 @@ class ContainerSource(FrameSource):
             self._audio = _AUDIO_CODECS[audio.codec_context.name](audio)
         self._interleaver = _Interleaver(has_audio=self._audio is not None)
 
+    def _start_ms(self, container: InputContainer) -> int:
+        """The first frame's producer timestamp (epoch ms)."""
+        start = self.options.start_time_ms
+        if start is None:
+            return int(time.time() * 1000)
+        if start != "source":
+            return start
+        created = container.metadata.get("creation_time")
+        if not created:
+            raise SourceError(f"{self.description}: no creation_time in the file's metadata")
+        try:
+            start_ms = iso_time_ms(created)
+        except ValueError:
+            raise SourceError(
+                f"{self.description}: creation_time {created!r} is not an ISO 8601 time"
+            ) from None
+        log.info("%s: first frame stamped %s (the file's creation_time)", self.description, created)
+        return start_ms
+
     def _video_rate(self, video: VideoStream) -> float:
         rate = video.average_rate or video.guessed_rate or video.base_rate
         if rate and 0 < rate <= 1000:
@@ -745,7 +779,7 @@ class ContainerSource(FrameSource):
                 video, audio = self._streams(container)
                 if self.passes == 0:
                     self._setup(video, audio)
-                    start_ms = int(time.time() * 1000)
+                    start_ms = self._start_ms(container)
                     pacer = _Pacer(self.options.realtime)
                 assert start_ms is not None
                 reader = _Pass(

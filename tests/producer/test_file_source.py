@@ -283,3 +283,58 @@ def test_file_without_video_is_a_source_error(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no video stream"), source:
         _ = source.tracks
     assert issubclass(SourceError, KvsError)
+
+
+# --- a recording keeps the time it was made ------------------------------------------------
+
+RECORDED_AT = "2026-11-20T06:30:00.000000Z"
+RECORDED_AT_MS = 1_795_156_200_000
+
+
+def with_creation_time(path: Path, target: Path, creation_time: str) -> Path:
+    """``path`` remuxed (packets copied) into ``target`` with a creation_time tag."""
+    with av.open(str(path)) as source, av.open(str(target), "w") as out:
+        out.metadata["creation_time"] = creation_time
+        video = source.streams.video[0]
+        copy = out.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is not None:
+                packet.stream = copy
+                out.mux(packet)
+    return target
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv"])
+def test_start_time_source_stamps_frames_with_the_files_creation_time(
+    make_clip: ClipFactory, tmp_path: Path, suffix: str
+) -> None:
+    recorded = with_creation_time(
+        make_clip(f"clip.{suffix}", Clip()), tmp_path / f"recorded.{suffix}", RECORDED_AT
+    )
+    _, _, frames = read_all(recorded, SourceOptions(realtime=False, start_time_ms="source"))
+    assert [f.timestamp_ms for f in frames] == [RECORDED_AT_MS + i * 40 for i in range(50)]
+
+
+def test_explicit_start_time_stamps_the_first_frame(make_clip: ClipFactory) -> None:
+    path = make_clip("clip.mp4", Clip())
+    _, _, frames = read_all(path, SourceOptions(realtime=False, start_time_ms=1_000_000))
+    assert [f.timestamp_ms for f in frames[:3]] == [1_000_000, 1_000_040, 1_000_080]
+
+
+def test_start_time_source_without_creation_time_is_a_source_error(
+    make_clip: ClipFactory,
+) -> None:
+    path = make_clip("plain.mkv", Clip())
+    with pytest.raises(SourceError, match=r"plain\.mkv: no creation_time in the file's metadata"):
+        read_all(path, SourceOptions(realtime=False, start_time_ms="source"))
+
+
+def test_start_time_that_is_not_a_time_is_a_source_error(
+    make_clip: ClipFactory, tmp_path: Path
+) -> None:
+    # MKV and MP4 muxers drop a creation_time they cannot parse; NUT keeps any text
+    recorded = with_creation_time(
+        make_clip("clip.mkv", Clip()), tmp_path / "odd.nut", "last tuesday"
+    )
+    with pytest.raises(SourceError, match=r"creation_time 'last tuesday' is not an ISO 8601"):
+        read_all(recorded, SourceOptions(realtime=False, start_time_ms="source"))

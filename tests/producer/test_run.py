@@ -32,6 +32,7 @@ from kvs_toolkit.producer.run import (
     add_produce_arguments,
     cmd_produce,
     parse_size,
+    parse_start_time,
     parse_tags,
     produce,
 )
@@ -320,6 +321,17 @@ def test_progress_line_shows_buffer_use_reconnects_and_spool() -> None:
         "  12.0 s  300 frames (25.0/s)  0.17 MB/s  fragments 4/6 acked  2 pending  "
         "ack latency 850 ms  buffer 1.5/64 MiB  reconnects 3  spool 3.2 MiB  dropped 1  errors 0"
     )
+
+
+def test_parse_start_time() -> None:
+    assert parse_start_time("2026-11-20T06:30:00Z") == 1_795_156_200_000
+    assert parse_start_time("2026-11-20T07:30:00+01:00") == 1_795_156_200_000
+    assert parse_start_time("2026-11-20T06:30:00") == 1_795_156_200_000  # UTC if no zone
+    assert parse_start_time("source") == "source"
+    with pytest.raises(argparse.ArgumentTypeError, match="not an ISO 8601 time"):
+        parse_start_time("yesterday")
+    args = produce_args("clip.mp4", "--stream", "s", "--start-time", "2026-11-20T06:30:00Z")
+    assert args.start_time == 1_795_156_200_000
 
 
 def test_parse_size() -> None:
