@@ -9,8 +9,9 @@ the few facts a producer needs from the parameter sets. It does no I/O: bytes in
 out.
 
 * :func:`split_annexb`, :func:`annexb_to_avcc`, :func:`avcc_to_annexb`,
-  :func:`split_length_prefixed` - framing conversions. The start-code search runs in
-  numpy, never byte by byte in Python.
+  :func:`split_length_prefixed` - framing conversions. The start-code search and the
+  zero-byte checks run in C (a compiled ``re`` literal search and ``bytes`` methods on
+  the input's buffer, no numpy); Python only steps once per NAL unit, never per byte.
 * :class:`AccessUnitSplitter` - incremental Annex-B -> access units for a pipe such as
   stdin, with a bounded buffer.
 * :func:`parse_h264_sps`, :func:`parse_h265_sps` - picture size, profile, level.
@@ -25,12 +26,10 @@ checking it against the bytes actually present.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, TypeAlias
-
-import numpy as np
-import numpy.typing as npt
 
 from kvs_toolkit.errors import BitstreamError
 
@@ -79,11 +78,14 @@ BytesLike: TypeAlias = bytes | bytearray | memoryview
 DEFAULT_MAX_ACCESS_UNIT_SIZE = 8 * 1024 * 1024
 
 _START_CODE = b"\x00\x00\x00\x01"
+# H.264 B.1 / H.265 B.2 start_code_prefix_one_3bytes. ``re`` searches any buffer (bytes,
+# bytearray, memoryview) in place, without the copy ``bytes.find`` would need for a view.
+_START_CODE_PREFIX = re.compile(b"\x00\x00\x01")
 # ISO/IEC 14496-15: lengthSizeMinusOne may be 0, 1 or 3 (3-byte lengths are not allowed).
 _LENGTH_SIZES = (1, 2, 4)
-# How many trailing zero bytes the vectorised stripper removes before it falls back to a
-# per-NAL numpy search (only long zero runs, which real streams do not have, get there).
-_ZERO_STRIP_PASSES = 4
+# Trailing zeros are stripped in windows that start at this size and double, so a run of
+# n zero bytes costs O(n) C work and O(log n) Python steps, however long the NAL unit.
+_ZERO_STRIP_WINDOW = 8
 
 
 class H264NalType:
@@ -231,47 +233,33 @@ def _byte_view(data: BytesLike) -> memoryview:
     return view
 
 
-def _find_start_codes(arr: npt.NDArray[np.uint8]) -> npt.NDArray[np.intp]:
-    """Offsets of every ``00 00 01`` in ``arr`` (start codes cannot overlap)."""
-    if arr.size < 3:
-        return np.empty(0, dtype=np.intp)
-    # 0x01 is rare in compressed data: find it first, then check the two bytes before,
-    # so the big temporaries are one boolean array and a short index array.
-    ones = np.flatnonzero(arr[2:] == 1)
-    hits: npt.NDArray[np.intp] = ones[(arr[ones] == 0) & (arr[ones + 1] == 0)]
-    return hits
+def _find_start_codes(data: BytesLike, start: int = 0) -> list[int]:
+    """Offsets of every ``00 00 01`` in ``data`` from ``start`` on (they cannot overlap)."""
+    # finditer holds the buffer while it runs; the comprehension exhausts and drops it,
+    # so a bytearray searched here can be resized right after.
+    return [match.start() for match in _START_CODE_PREFIX.finditer(data, start)]
 
 
-def _strip_trailing_zeros(
-    arr: npt.NDArray[np.uint8], starts: npt.NDArray[np.intp], ends: npt.NDArray[np.intp]
-) -> npt.NDArray[np.intp]:
-    """Move each end left past zero bytes, never below its start.
+def _first_nonzero(data: memoryview, start: int, end: int) -> int | None:
+    """Offset of the first non-zero byte of ``data[start:end]``, or None if all are zero."""
+    rest = data[start:end].tobytes().lstrip(b"\x00")
+    return end - len(rest) if rest else None
+
+
+def _strip_end(data: memoryview, start: int, end: int) -> int:
+    """Move ``end`` left past zero bytes, never below ``start``.
 
     H.264 B.1.2 / H.265 B.2.2: a NAL unit's last byte is never 0x00; the zeros before a
     start code are trailing_zero_8bits (or the 4-byte start code's leading zero_byte).
     """
-    ends = ends.copy()
-    pending = np.ones(ends.shape, dtype=bool)
-    for _ in range(_ZERO_STRIP_PASSES):
-        pending = (ends > starts) & (arr[np.maximum(ends - 1, 0)] == 0)
-        if not pending.any():
-            return ends
-        ends[pending] -= 1
-    for i in np.flatnonzero(pending).tolist():
-        nonzero_reversed = arr[starts[i] : ends[i]][::-1] != 0
-        last = int(nonzero_reversed.argmax())
-        ends[i] = ends[i] - last if nonzero_reversed[last] else starts[i]
-    return ends
-
-
-def _strip_end(arr: npt.NDArray[np.uint8], start: int, end: int) -> int:
-    """Scalar form of :func:`_strip_trailing_zeros` for one NAL unit."""
-    for _ in range(_ZERO_STRIP_PASSES):
-        if end <= start or arr[end - 1] != 0:
-            return end
-        end -= 1
-    starts = np.array([start], dtype=np.intp)
-    return int(_strip_trailing_zeros(arr, starts, np.array([end], dtype=np.intp))[0])
+    if end - start > 1 and data[end - 1] == 0 and data[end - 2] != 0:
+        return end - 1  # the usual case: one zero_byte of a 4-byte start code
+    window = _ZERO_STRIP_WINDOW
+    while end > start and data[end - 1] == 0:
+        low = max(start, end - window)
+        end = low + len(data[low:end].tobytes().rstrip(b"\x00"))
+        window *= 2
+    return end
 
 
 def split_annexb(data: BytesLike) -> list[memoryview]:
@@ -284,22 +272,28 @@ def split_annexb(data: BytesLike) -> list[memoryview]:
     first start code or there is no start code at all.
     """
     view = _byte_view(data)
-    arr = np.frombuffer(view, dtype=np.uint8)
-    codes = _find_start_codes(arr)
-    if codes.size == 0:
-        if arr.any():
-            raise BitstreamError(f"no Annex-B start code in {arr.size} bytes of non-zero data")
+    size = len(view)
+    codes = _find_start_codes(view)
+    if not codes:
+        if _first_nonzero(view, 0, size) is not None:
+            raise BitstreamError(f"no Annex-B start code in {size} bytes of non-zero data")
         return []
-    first = int(codes[0])
-    if first and arr[:first].any():
-        offset = int(np.flatnonzero(arr[:first])[0])
+    first = codes[0]
+    offset = _first_nonzero(view, 0, first) if first else None
+    if offset is not None:
         raise BitstreamError(
             f"non-zero byte at offset {offset} before the first start code (offset {first})"
         )
-    starts = codes + 3
-    ends = np.append(codes[1:], np.intp(arr.size)).astype(np.intp, copy=False)
-    ends = _strip_trailing_zeros(arr, starts, ends)
-    return [view[s:e] for s, e in zip(starts.tolist(), ends.tolist(), strict=True) if e > s]
+    nal_units: list[memoryview] = []
+    codes.append(size)
+    for index in range(len(codes) - 1):
+        start = codes[index] + 3
+        end = codes[index + 1]
+        if end > start and view[end - 1] == 0:
+            end = _strip_end(view, start, end)
+        if end > start:
+            nal_units.append(view[start:end])
+    return nal_units
 
 
 def join_annexb(nal_units: Iterable[BytesLike]) -> bytes:
@@ -479,17 +473,15 @@ class AccessUnitSplitter:
                 f"max_access_unit_size ({size} > {self._max} bytes)"
             )
 
-    def _decide(
-        self, arr: npt.NDArray[np.uint8], start: int, end: int, out: list[AccessUnit]
-    ) -> None:
+    def _decide(self, view: memoryview, start: int, end: int, out: list[AccessUnit]) -> None:
         """Place the NAL unit starting at ``start`` in the current or a new access unit."""
         rules = self._rules
         if end <= start:
             return  # empty NAL unit: nothing to classify
-        kind = rules.type_of(int(arr[start]))
+        kind = rules.type_of(view[start])
         first_slice = False
         if kind in rules.first_slice_types and end - start > rules.first_slice_byte:
-            first_slice = bool(arr[start + rules.first_slice_byte] & 0x80)
+            first_slice = bool(view[start + rules.first_slice_byte] & 0x80)
         new_au = (kind == rules.aud_type and bool(self._au_nals)) or (
             self._au_has_vcl and (first_slice or kind in rules.au_start_types)
         )
@@ -503,66 +495,72 @@ class AccessUnitSplitter:
             self._au_keyframe = True
         self._decided = True
 
-    def _complete(self, arr: npt.NDArray[np.uint8], start: int, end: int) -> None:
+    def _complete(self, view: memoryview, start: int, end: int) -> None:
         if end > start:
-            self._au_nals.append(arr[start:end].tobytes())
+            self._au_nals.append(view[start:end].tobytes())
             self._au_bytes += end - start
             self._check_size(self._au_bytes)
 
     def _process(self, *, final: bool) -> list[AccessUnit]:
         out: list[AccessUnit] = []
-        rules = self._rules
-        arr = np.frombuffer(self._buf, dtype=np.uint8)
-        size = int(arr.size)
-        codes = (_find_start_codes(arr[self._scan :]) + self._scan).tolist()
-        for code in codes:
+        # One view for the whole pass, released before the buffer is resized (a bytearray
+        # cannot shrink while exported). Slices of it are only ever temporaries.
+        view = memoryview(self._buf)
+        try:
+            cut = self._consume(view, final, out)
+        finally:
+            view.release()
+        del self._buf[:cut]
+        self._base += cut
+        return out
+
+    def _consume(self, view: memoryview, final: bool, out: list[AccessUnit]) -> int:
+        """Turn the buffered bytes into NAL units; return how many leading bytes are done."""
+        size = len(view)
+        for code in _find_start_codes(view, self._scan):
             if self._nal_start is None:
-                if arr[:code].any():
-                    offset = self._base + int(np.flatnonzero(arr[:code])[0])
+                offset = _first_nonzero(view, 0, code)
+                if offset is not None:
                     raise BitstreamError(
-                        f"non-zero byte at stream offset {offset} before the first start code"
+                        f"non-zero byte at stream offset {self._base + offset} "
+                        "before the first start code"
                     )
             else:
                 start = self._nal_start
-                end = _strip_end(arr, start, code)
+                end = _strip_end(view, start, code)
                 if not self._decided:
-                    self._decide(arr, start, end, out)
-                self._complete(arr, start, end)
+                    self._decide(view, start, end, out)
+                self._complete(view, start, end)
             self._nal_start = code + 3
             self._decided = False
         if self._nal_start is None:
             # Only leading zeros so far; keep the last two bytes, which may begin a start code.
             keep_from = size if final else max(size - 2, 0)
-            if arr[:keep_from].any():
-                offset = self._base + int(np.flatnonzero(arr[:keep_from])[0])
+            offset = _first_nonzero(view, 0, keep_from)
+            if offset is not None:
                 raise BitstreamError(
-                    f"non-zero byte at stream offset {offset} before the first start code"
+                    f"non-zero byte at stream offset {self._base + offset} "
+                    "before the first start code"
                 )
-            cut = keep_from
             self._scan = 0  # the kept bytes have not been tried as a start code yet
-        else:
-            start = self._nal_start
-            if final:
-                end = _strip_end(arr, start, size)
-                if not self._decided:
-                    self._decide(arr, start, end, out)
-                self._complete(arr, start, end)
-                self._nal_start = None
-                cut = size
-                self._scan = 0
-            else:
-                if not self._decided and size - start > rules.first_slice_byte:
-                    self._decide(arr, start, size, out)
-                self._check_size(self._au_bytes + size - start)
-                # Keep the open NAL unit; the next search resumes two bytes before the end
-                # (a start code may straddle two chunks) but never inside the last code.
-                cut = start
-                self._scan = max(size - 2, start) - cut
-                self._nal_start = 0
-        del arr  # release the buffer export before resizing
-        del self._buf[:cut]
-        self._base += cut
-        return out
+            return keep_from
+        start = self._nal_start
+        if final:
+            end = _strip_end(view, start, size)
+            if not self._decided:
+                self._decide(view, start, end, out)
+            self._complete(view, start, end)
+            self._nal_start = None
+            self._scan = 0
+            return size
+        if not self._decided and size - start > self._rules.first_slice_byte:
+            self._decide(view, start, size, out)
+        self._check_size(self._au_bytes + size - start)
+        # Keep the open NAL unit; the next search resumes two bytes before the end (a
+        # start code may straddle two chunks) but never inside the last code.
+        self._scan = max(size - 2, start) - start
+        self._nal_start = 0
+        return start
 
 
 # ---------------------------------------------------------------------------------------

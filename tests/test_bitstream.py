@@ -236,6 +236,44 @@ def test_split_annexb_errors() -> None:
     assert _nals(b"\x00\x00\x01\x00\x00\x01\x09\xf0") == [b"\x09\xf0"]
 
 
+def test_split_annexb_zero_only_nal_units_are_dropped() -> None:
+    # A "NAL unit" of only zeros between two start codes is all trailing_zero_8bits
+    # (H.264 B.1.2): every run length, including those the windowed strip doubles past.
+    for run in (1, 2, 3, 4, 5, 8, 9, 17, 1000, 70_000):
+        data = b"\x00\x00\x01" + bytes(run) + b"\x00\x00\x01\x09\xf0"
+        assert _nals(data) == [b"\x09\xf0"], run
+        units = _feed_in_pieces(bs.AccessUnitSplitter("h264"), data, [3, 4, 5 + run // 2])
+        assert [u.nal_units for u in units] == [(b"\x09\xf0",)], run
+
+
+def test_split_annexb_long_zero_runs_keep_the_last_non_zero_byte() -> None:
+    # The windowed strip must stop exactly at the last non-zero byte, wherever the window
+    # boundaries fall, and never strip into the NAL header.
+    for payload_size in (1, 2, 7, 8, 9, 100):
+        payload = bytes(range(1, payload_size + 1))
+        for run in (0, 1, 2, 7, 8, 9, 15, 16, 17, 4095, 300_000):
+            data = b"\x00\x00\x01\x65" + payload + bytes(run) + b"\x00\x00\x00\x01\x41\x9a"
+            assert _nals(data) == [b"\x65" + payload, b"\x41\x9a"], (payload_size, run)
+
+
+def test_split_annexb_dense_start_codes() -> None:
+    # Pathological input: a NAL unit every 5 bytes, with empty ones mixed in.
+    rng = random.Random(3)
+    nals = [
+        bytes((rng.choice([0x06, 0x09, 0x41, 0x65]), rng.randrange(1, 256))) for _ in range(20_000)
+    ]
+    parts = []
+    for nal in nals:
+        parts.append(
+            rng.choice([b"\x00\x00\x01", b"\x00\x00\x00\x01", b"\x00\x00\x01\x00\x00\x01"])
+        )
+        parts.append(nal)
+    data = b"".join(parts)
+    assert _nals(data) == nals
+    units = _feed_in_pieces(bs.AccessUnitSplitter("h264"), data, range(997, len(data), 997))
+    assert [nal for u in units for nal in u.nal_units] == nals
+
+
 def test_avcc_annexb_round_trip_is_byte_identical(encoded: Encoded) -> None:
     for packet in encoded.packets:
         avcc = bs.annexb_to_avcc(packet)
@@ -305,6 +343,25 @@ def test_splitter_one_byte_at_a_time(short_encoded: Encoded) -> None:
         units += splitter.feed(packet)
         assert len(units) == i  # packet i is out once packet i + 1 starts
     assert len(units + splitter.flush()) == len(expected)
+
+
+def test_splitter_start_code_straddling_every_split_offset() -> None:
+    # Two chunks, cut at every offset: start codes (3- and 4-byte), leading zeros,
+    # trailing zeros and NAL headers all get split across the chunk boundary.
+    data = (
+        b"\x00\x00\x00\x00\x01\x09\xf0\x00\x00\x00\x01\x67\x42\x00\x1e\x00\x00\x01\x68\xce"
+        b"\x00\x00\x01\x65\x88\x84\x00\x00\x00\x00\x00\x00\x01\x09\xf0\x00\x00\x01\x41\x9a\x00"
+    )
+    expected = [
+        (b"\x09\xf0", b"\x67\x42\x00\x1e", b"\x68\xce", b"\x65\x88\x84"),
+        (b"\x09\xf0", b"\x41\x9a"),
+    ]
+    for first in range(len(data) + 1):
+        for second in range(first, len(data) + 1, 5):
+            splitter = bs.AccessUnitSplitter("h264")
+            units = _feed_in_pieces(splitter, data, [first, second])
+            assert [u.nal_units for u in units] == expected, (first, second)
+            assert [u.keyframe for u in units] == [True, False]
 
 
 def test_splitter_is_bounded(encoded: Encoded) -> None:
