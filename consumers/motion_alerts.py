@@ -46,7 +46,7 @@ def main() -> int:
     try:
         with reader, decoder:
             for fragment in reader:
-                for frame in decoder.decode(fragment):
+                for frame in decoder.iter_decode(fragment):
                     found = detector.detect_image(frame.image, frame.format)
                     now = frame.timestamp
                     if found:

@@ -56,7 +56,7 @@ def main() -> int:
     try:
         with reader, decoder, analyzer:
             for fragment in reader:
-                analyzer.run(decoder.decode(fragment))
+                analyzer.run(decoder.iter_decode(fragment))
     except KeyboardInterrupt:
         pass
     except KvsError as exc:

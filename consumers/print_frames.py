@@ -40,7 +40,7 @@ def main() -> int:
     try:
         with reader, decoder:
             for fragment in reader:
-                for frame in decoder.decode(fragment):
+                for frame in decoder.iter_decode(fragment):
                     lag = reader.stats.wall_lag_ms
                     print(
                         f"{frame.datetime.isoformat()}  {frame.width}x{frame.height}"

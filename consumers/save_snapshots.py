@@ -52,7 +52,7 @@ def main() -> int:
     try:
         with reader, FragmentDecoder(every=args.every) as decoder:
             for fragment in reader:
-                for frame in decoder.decode(fragment):
+                for frame in decoder.iter_decode(fragment):
                     path = out / f"{args.stream}-{frame.datetime:%Y%m%dT%H%M%S.%f}.jpg"
                     cv2.imwrite(str(path), frame.image)
                     print(path, flush=True)

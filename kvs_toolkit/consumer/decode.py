@@ -7,8 +7,13 @@ objects with numpy images::
     reader, decoder = FragmentReader(), FragmentDecoder(format="bgr24", fps=2)
     for chunk in payload:
         for fragment in reader.feed(chunk):
-            for frame in decoder.decode(fragment):
+            for frame in decoder.iter_decode(fragment):
                 detect(frame.image, frame.timestamp)
+
+Frames stream out: :meth:`FragmentDecoder.iter_decode` yields each frame as soon as
+FFmpeg returns it, so a consumer holds a few frames at a time instead of a fragment's
+worth (a 2 s 1080p30 fragment is 60 x 6.2 MB in BGR). :meth:`FragmentDecoder.decode`
+returns the same frames as a list.
 
 Codecs (a registry keyed by Matroska CodecID, see :func:`register_codec`):
 
@@ -40,6 +45,12 @@ Sampling that saves work:
 Threading: FFmpeg's own (``thread_type="AUTO"``: frame and slice threads), so decoding
 of the next frames overlaps with the conversion of the current one. A decoder object is
 not thread-safe; give each thread its own.
+
+One iteration at a time: an iteration that ends early (the caller breaks out, an
+exception is raised by the decoder or by the code handling a frame, or another call on
+the decoder starts) skips the rest of its fragment and discards the frames the decoder
+still holds; the next fragment, which starts on a key frame, decodes normally. See
+:meth:`FragmentDecoder.iter_decode`.
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import logging
 import math
 import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -462,6 +473,7 @@ class DecodeStats:
     frames_unmatched: int = 0  # pictures whose pts matches no packet sent (never expected)
     decoder_opens: int = 0
     codec_changes: int = 0
+    iterations_abandoned: int = 0  # ended early: the rest of that fragment skipped
     audio_samples: int = 0
     by_codec: dict[str, int] = field(default_factory=dict)
 
@@ -519,11 +531,11 @@ class FragmentDecoder:
     sampler does not want; on by default).
 
     ``flush_each_fragment`` (default True) drains the decoder at the end of every
-    fragment, so :meth:`decode` returns all of a fragment's frames at once, which is
-    what a live consumer wants (the next fragment can be seconds away). KVS fragments
-    start on a key frame, so nothing is lost. With False, frames still inside a
-    threaded decoder come out with the next fragment, and :meth:`flush` returns the
-    rest at the end.
+    fragment, so all of a fragment's frames come out before :meth:`iter_decode` ends
+    (and in the list :meth:`decode` returns), which is what a live consumer wants (the
+    next fragment can be seconds away). KVS fragments start on a key frame, so nothing
+    is lost. With False, frames still inside a threaded decoder come out with the next
+    fragment, and :meth:`flush` returns the rest at the end.
 
     ``drop_duplicates`` (default True): a fragment that repeats one of the last
     fragments is dropped and counted in ``stats.duplicate_fragments``.
@@ -591,6 +603,8 @@ class FragmentDecoder:
         self._next_pts = 0
         self._need_keyframe = True
         self._problems = 0
+        # The iteration (a generator of _guarded) allowed to use the decoder; None: none.
+        self._active: object | None = None
         self.stats = DecodeStats()
 
     # --- public -------------------------------------------------------------------------
@@ -600,50 +614,47 @@ class FragmentDecoder:
         return self._setup
 
     def decode(self, fragment: Fragment) -> list[DecodedFrame]:
-        """Decode one fragment; return its frames (plus any a previous call left inside)."""
-        out: list[DecodedFrame] = []
-        self.stats.fragments += 1
-        if self._duplicates is not None and self._duplicates.seen(fragment):
-            self.stats.duplicate_fragments += 1
-            log.info(
-                "dropped duplicate fragment %s (producer timestamp %s, %d frames)",
-                fragment.fragment_number,
-                fragment.producer_timestamp,
-                len(fragment.frames),
-            )
-            return out
-        track = _select_track(fragment, self.track, TRACK_TYPE_VIDEO)
-        if track is None or not fragment.frames:
-            return out
-        ctx, setup = self._decoder_for(track, out)
-        context = _FragmentContext.of(fragment)
-        index = 0
-        for frame in fragment.frames:
-            if frame.track_number != track.number:
-                continue
-            keep = self._admit(frame, setup, context)
-            if keep is not None:
-                self._send(ctx, frame, _Pending(context, track.number, frame.timestamp_ns,
-                                                frame.keyframe, index, keep), out)  # fmt: skip
-            index += 1
-        if self.flush_each_fragment:
-            self._drain(out)
-        return out
+        """Decode one fragment; return its frames (plus any a previous call left inside).
+
+        The frames of :meth:`iter_decode`, all at once: prefer iterating that when the
+        frames are handled one by one (a 2 s 1080p30 fragment in BGR is 373 MB).
+        """
+        return list(self.iter_decode(fragment))
+
+    def iter_decode(self, fragment: Fragment) -> Iterator[DecodedFrame]:
+        """Decode one fragment, yielding each frame as soon as FFmpeg returns it (plus any
+        a previous call left inside): the same frames, in the same order, with the same
+        stats and warnings as :meth:`decode`, but only a few held at a time.
+
+        Lazy: nothing happens (not even the duplicate check or ``stats.fragments``)
+        until the first frame is asked for, so a :class:`DecodeError` for an
+        unsupported codec is raised by that first ``next()``.
+
+        One iteration at a time. If it ends early - the caller breaks out or drops the
+        iterator, an exception is raised inside it or by the caller's code while it is
+        suspended, or another :meth:`iter_decode`, :meth:`decode`, :meth:`flush` or
+        :meth:`close` on this decoder starts - the rest of the fragment is skipped (its
+        packets are never sent), the frames the decoder still holds are discarded
+        (counted in ``stats.packets_without_frame``) and ``stats.iterations_abandoned``
+        counts it. The decoder then waits for a key frame, which the next KVS fragment
+        starts with, so it decodes normally. A superseded iterator yields nothing more.
+        The skipped fragment still counts as seen for duplicate dropping.
+        """
+        return self._guarded(self._fragment_frames(fragment))
 
     def decode_all(self, fragments: Iterable[Fragment]) -> Iterator[DecodedFrame]:
-        """Decode a stream of fragments, then flush: every frame, in order."""
-        for fragment in fragments:
-            yield from self.decode(fragment)
-        yield from self.flush()
+        """Decode a stream of fragments, then flush: every frame, in order, each as soon
+        as it is decoded. One iteration, ending early as :meth:`iter_decode` does."""
+        return self._guarded(self._stream_frames(fragments))
 
     def flush(self) -> list[DecodedFrame]:
         """Drain the decoder: the frames it still holds (end of stream)."""
-        out: list[DecodedFrame] = []
-        self._drain(out)
-        return out
+        return list(self._guarded(self._drain()))
 
     def close(self) -> None:
-        """Release the decoder (frames still inside are discarded)."""
+        """Release the decoder (frames still inside are discarded; an unfinished
+        :meth:`iter_decode` yields nothing more)."""
+        self._active = None
         self._ctx = None
         self._setup = None
         self._codec_key = None
@@ -656,9 +667,80 @@ class FragmentDecoder:
         self.close()
 
     # --- internals ----------------------------------------------------------------------
+    def _guarded(self, frames: Generator[DecodedFrame, None, None]) -> Iterator[DecodedFrame]:
+        """Run ``frames`` as the decoder's one active iteration (see :meth:`iter_decode`)."""
+        self._abandon_active()
+        token = object()
+        self._active = token
+        finished = False
+        try:
+            for frame in frames:
+                yield frame
+                if self._active is not token:
+                    return  # superseded while suspended: the state is another's now
+            finished = True
+        finally:
+            frames.close()
+            if self._active is token:
+                self._active = None
+                if not finished:
+                    self._discard_held()
+
+    def _abandon_active(self) -> None:
+        if self._active is not None:
+            self._active = None
+            self._discard_held()
+
+    def _discard_held(self) -> None:
+        # An iteration ended mid-fragment: the packets after it are never sent, so what
+        # the decoder holds would come out with the next fragment's frames, and a frame
+        # it needs as a reference may be missing. Start clean from the next key frame.
+        self.stats.iterations_abandoned += 1
+        self.stats.packets_without_frame += len(self._pending)
+        self._pending.clear()
+        self._need_keyframe = True
+        if self._ctx is not None:
+            self._ctx.flush_buffers()
+        log.debug("iteration ended early: the rest of the fragment and held frames dropped")
+
+    def _fragment_frames(self, fragment: Fragment) -> Generator[DecodedFrame, None, None]:
+        self.stats.fragments += 1
+        if self._duplicates is not None and self._duplicates.seen(fragment):
+            self.stats.duplicate_fragments += 1
+            log.info(
+                "dropped duplicate fragment %s (producer timestamp %s, %d frames)",
+                fragment.fragment_number,
+                fragment.producer_timestamp,
+                len(fragment.frames),
+            )
+            return
+        track = _select_track(fragment, self.track, TRACK_TYPE_VIDEO)
+        if track is None or not fragment.frames:
+            return
+        ctx, setup = yield from self._decoder_for(track)
+        context = _FragmentContext.of(fragment)
+        index = 0
+        for frame in fragment.frames:
+            if frame.track_number != track.number:
+                continue
+            keep = self._admit(frame, setup, context)
+            if keep is not None:
+                pending = _Pending(
+                    context, track.number, frame.timestamp_ns, frame.keyframe, index, keep
+                )
+                yield from self._send(ctx, frame, pending)
+            index += 1
+        if self.flush_each_fragment:
+            yield from self._drain()
+
+    def _stream_frames(self, fragments: Iterable[Fragment]) -> Generator[DecodedFrame, None, None]:
+        for fragment in fragments:
+            yield from self._fragment_frames(fragment)
+        yield from self._drain()
+
     def _decoder_for(
-        self, track: TrackInfo, out: list[DecodedFrame]
-    ) -> tuple[VideoCodecContext, CodecSetup]:
+        self, track: TrackInfo
+    ) -> Generator[DecodedFrame, None, tuple[VideoCodecContext, CodecSetup]]:
         key = (track.codec_id, track.codec_private)
         if self._ctx is not None and self._setup is not None and key == self._codec_key:
             return self._ctx, self._setup
@@ -668,7 +750,7 @@ class FragmentDecoder:
         if self._ctx is not None:
             # CodecPrivate changed mid-stream (new resolution, new encoder settings): the
             # frames still inside the old decoder belong to the old configuration.
-            self._drain(out)
+            yield from self._drain()
             self.stats.codec_changes += 1
             log.info("track %d: CodecPrivate changed, re-opening the decoder", track.number)
         ctx = _open_context(setup, track, self.threads)
@@ -711,8 +793,8 @@ class FragmentDecoder:
             return False  # let the decoder judge a damaged packet
 
     def _send(
-        self, ctx: VideoCodecContext, frame: Frame, pending: _Pending, out: list[DecodedFrame]
-    ) -> None:
+        self, ctx: VideoCodecContext, frame: Frame, pending: _Pending
+    ) -> Iterator[DecodedFrame]:
         pts = self._next_pts
         self._next_pts += 1
         packet = _packet(frame.data, pts)
@@ -734,7 +816,7 @@ class FragmentDecoder:
                 exc,
             )
             return
-        self._emit(decoded, out)
+        yield from self._emit(decoded)
 
     def _warn(self, message: str, *args: object) -> None:
         self._problems += 1
@@ -744,7 +826,7 @@ class FragmentDecoder:
         else:
             log.debug(message, *args)
 
-    def _drain(self, out: list[DecodedFrame]) -> None:
+    def _drain(self) -> Generator[DecodedFrame, None, None]:
         ctx = self._ctx
         if ctx is None:
             return
@@ -754,13 +836,13 @@ class FragmentDecoder:
             self.stats.decode_errors += 1
             log.warning("decoder failed while draining: %s", exc)
             decoded = []
-        self._emit(decoded, out)
+        yield from self._emit(decoded)
         ctx.flush_buffers()
         self.stats.packets_without_frame += len(self._pending)
         self._pending.clear()
         self._need_keyframe = True
 
-    def _emit(self, decoded: list[VideoFrame], out: list[DecodedFrame]) -> None:
+    def _emit(self, decoded: list[VideoFrame]) -> Iterator[DecodedFrame]:
         for picture in decoded:
             self.stats.frames_decoded += 1
             pending = self._pending.pop(picture.pts, None) if picture.pts is not None else None
@@ -793,25 +875,23 @@ class FragmentDecoder:
             )
             context = pending.context
             self.stats.frames_converted += 1
-            out.append(
-                DecodedFrame(
-                    image=image,
-                    format=self.format,
-                    track_number=pending.track_number,
-                    fragment_number=context.fragment_number,
-                    producer_timestamp=context.producer_timestamp,
-                    server_timestamp=context.server_timestamp,
-                    timestamp_ns=pending.mkv_timestamp_ns + context.offset_ns,
-                    mkv_timestamp_ns=pending.mkv_timestamp_ns,
-                    keyframe=pending.keyframe,
-                    index=pending.index,
-                    shares_decoder_memory=shared,
-                    decoded_size=(
-                        None
-                        if image.shape[:2] == (picture.height, picture.width)
-                        else (picture.width, picture.height)
-                    ),
-                )
+            yield DecodedFrame(
+                image=image,
+                format=self.format,
+                track_number=pending.track_number,
+                fragment_number=context.fragment_number,
+                producer_timestamp=context.producer_timestamp,
+                server_timestamp=context.server_timestamp,
+                timestamp_ns=pending.mkv_timestamp_ns + context.offset_ns,
+                mkv_timestamp_ns=pending.mkv_timestamp_ns,
+                keyframe=pending.keyframe,
+                index=pending.index,
+                shares_decoder_memory=shared,
+                decoded_size=(
+                    None
+                    if image.shape[:2] == (picture.height, picture.width)
+                    else (picture.width, picture.height)
+                ),
             )
 
 

@@ -10,7 +10,9 @@ happens when it is full:
 * ``drop-to-keyframe`` - the reader never waits. The queued frames older than the
   newest key frame (queued or arriving) are dropped, so the processor skips to the
   freshest group of pictures; when no newer key frame is queued, the arriving frame
-  is dropped. Every dropped frame is counted (:attr:`FrameQueue.dropped`).
+  is dropped, and so is every frame after it until the next key frame (they predict
+  from it), even when a slot frees meanwhile. Every dropped frame is counted
+  (:attr:`FrameQueue.dropped`).
 
 Between the frames go *fragment-done* markers: the processor reaches a fragment's
 marker only after every frame of it was processed (or dropped), which is when the
@@ -63,6 +65,9 @@ class FrameQueue:
         self._frames = 0
         self._closed = False
         self._ended = False
+        # drop-to-keyframe dropped an arriving frame: every frame after it depends on it
+        # (until the next key frame), so those go too, even once a slot is free again
+        self._skipping_to_keyframe = False
         self._cond = threading.Condition()
 
     @property
@@ -74,12 +79,18 @@ class FrameQueue:
         """Queue a frame; blocks (``block``) or drops (``drop-to-keyframe``) when full.
         Raises :class:`QueueClosed` once the consumer closed the queue."""
         with self._cond:
+            if self._skipping_to_keyframe:
+                if not frame.keyframe:
+                    self.dropped += 1
+                    return
+                self._skipping_to_keyframe = False
             while self._frames >= self.maxsize:
                 if self._closed:
                     raise QueueClosed
                 if self.policy == "drop-to-keyframe":
                     if not self._drop_to_keyframe(frame):
                         self.dropped += 1
+                        self._skipping_to_keyframe = True
                         return
                     break
                 self._cond.wait()

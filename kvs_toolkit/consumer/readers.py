@@ -6,7 +6,7 @@ it from any thread, ``close()`` it when done::
 
     with LiveReader("front-door", start=StartSelector.now()) as reader:
         for fragment in reader:
-            for frame in decoder.decode(fragment):
+            for frame in decoder.iter_decode(fragment):
                 ...
 
 * :class:`LiveReader` - GetMedia from any StartSelector, following the stream live.

@@ -39,12 +39,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import itertools
 import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO, TypeAlias
@@ -223,13 +224,20 @@ def consume(
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
 
-    def emit(decoded: list[DecodedFrame]) -> None:
+    def emit(decoded: Iterable[DecodedFrame]) -> None:
+        # ``decoded`` streams (FragmentDecoder.iter_decode): each frame is written and
+        # dropped before the next is decoded, so a fragment's frames are never all held.
         nonlocal frames, jpegs
-        records: Iterator[AnalysisRecord | None] = (
-            iter([None] * len(decoded)) if analyzer is None else analyzer.process(decoded)
-        )
-        # zip(strict) exhausts process() too, which flushes the sinks once per fragment.
-        for frame, record in zip(decoded, records, strict=True):
+        pairs: Iterator[tuple[DecodedFrame, AnalysisRecord | None]]
+        if analyzer is None:
+            pairs = ((frame, None) for frame in decoded)
+        else:
+            # process() reads ahead of the records it yields by at most one batch, which
+            # is all tee() keeps. zip(strict) exhausts process() too, which flushes the
+            # sinks once per fragment.
+            written, analysed = itertools.tee(decoded)
+            pairs = zip(written, analyzer.process(analysed), strict=True)
+        for frame, record in pairs:
             jpeg = None
             if frames_dir is not None:
                 jpeg = _write_jpeg(frame, frames_dir)
@@ -253,7 +261,7 @@ def consume(
         )  # fmt: skip
     if max_fragments is None or max_fragments > 0:
         for fragment in source:
-            emit(decoder.decode(fragment))
+            emit(decoder.iter_decode(fragment))
             fragments += 1
             if on_fragment_done is not None:
                 on_fragment_done(fragment)
@@ -268,7 +276,7 @@ def consume(
 def _consume_queued(
     source: FragmentSource,
     decoder: FragmentDecoder,
-    emit: Callable[[list[DecodedFrame]], None],
+    emit: Callable[[Iterable[DecodedFrame]], None],
     frame_queue: FrameQueue,
     *,
     max_fragments: int | None,
@@ -283,7 +291,7 @@ def _consume_queued(
         try:
             if max_fragments is None or max_fragments > 0:
                 for fragment in source:
-                    for frame in decoder.decode(fragment):
+                    for frame in decoder.iter_decode(fragment):
                         frame_queue.put_frame(frame)
                     frame_queue.put_done(fragment)
                     fragments += 1

@@ -67,6 +67,23 @@ def test_drop_to_keyframe_keeps_the_newest_group_of_pictures() -> None:
     assert drain(queue) == ["done 3", 8]
 
 
+def test_after_dropping_a_frame_the_frames_that_depend_on_it_go_until_a_key_frame() -> None:
+    """Frames arrive one by one (the decoder streams them): a slot freed mid-GOP must
+    not admit a P-frame whose reference was just dropped."""
+    queue = FrameQueue(2, "drop-to-keyframe")
+    queue.put_frame(frame(0, True))
+    queue.put_frame(frame(1, False))
+    queue.put_frame(frame(2, False))  # full, no newer key frame: 2 is dropped
+    assert queue.get() is not None  # the processor takes frame 0: a slot is free
+    queue.put_frame(frame(3, False))  # would decode from the dropped 2: dropped too
+    assert queue.dropped == 2 and queue.depth == 1
+    queue.put_frame(frame(4, True))  # a key frame starts over
+    assert queue.dropped == 2 and queue.depth == 2
+    queue.put_frame(frame(5, False))  # full: frame 1 is older than key frame 4
+    assert queue.dropped == 3
+    assert drain(queue) == [4, 5]
+
+
 def test_block_waits_for_the_processor_and_close_wakes_the_reader() -> None:
     queue = FrameQueue(2, "block")
     queue.put_frame(frame(0, True))
