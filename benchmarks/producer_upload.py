@@ -474,7 +474,10 @@ IMPORTS: Final = (
     ("av (PyAV)", "import av"),
     ("cv2 (OpenCV)", "import cv2"),
     ("boto3 + av + numpy", "import boto3, av, numpy"),
-    ("`kvs produce -` parser (kvs_toolkit.cli)", "import kvs_toolkit.cli as c; c.build_parser()"),
+    (
+        "`kvs produce -` parser (kvs_toolkit.cli)",
+        "import kvs_toolkit.cli as c; c.build_parser('produce')",
+    ),
 )
 _RSS_PROBE: Final = (
     "\nimport re, sys\n"
