@@ -49,6 +49,7 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         port=args.port,
         data_dir=Path(args.data_dir) if args.data_dir else None,
         credentials=credentials or None,
+        rate_limits=args.rate_limits,
     )
     return 0
 
@@ -100,6 +101,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         action="append",
         metavar="ACCESS_KEY:SECRET_KEY",
         help="check SigV4 signatures against these credentials (repeatable)",
+    )
+    emulator.add_argument(
+        "--rate-limits",
+        action="store_true",
+        help="refuse calls over the service's per-stream TPS limits (PutMedia and "
+        "GetMedia 5/s, GetClip 1/s) with ClientLimitExceededException",
     )
     emulator.set_defaults(handler=_cmd_emulator)
 

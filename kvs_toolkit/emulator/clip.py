@@ -130,6 +130,7 @@ async def get_clip(request: web.Request) -> web.Response:
     if end_ms - start_ms > MAX_RANGE_MS:
         raise InvalidArgumentError("EndTimestamp must be within 24 hours of StartTimestamp.")
     stream = await _archived_stream(ctx, body)
+    ctx.check_rate(stream, "GetClip")
     records = await list_all_fragments(
         ctx,
         stream.name,

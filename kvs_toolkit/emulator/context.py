@@ -11,13 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
-from kvs_toolkit.emulator.errors import InvalidArgumentError, SerializationError, ServiceError
+from kvs_toolkit.emulator.errors import (
+    ClientLimitExceededError,
+    InvalidArgumentError,
+    SerializationError,
+    ServiceError,
+)
 from kvs_toolkit.emulator.events import StreamEvents
 from kvs_toolkit.emulator.sigv4 import region_from_authorization
 from kvs_toolkit.emulator.store import AsyncStore, StreamRecord
@@ -29,6 +35,7 @@ from kvs_toolkit.emulator.validation import (
 
 __all__ = [
     "EMULATOR",
+    "TPS_LIMITS",
     "EmulatorConfig",
     "EmulatorContext",
     "error_response",
@@ -47,7 +54,9 @@ class EmulatorConfig:
     ``state_delay``: seconds a new stream stays CREATING and a deleted one DELETING
     (0: ACTIVE at once, removed at once). ``advertised_url``: what GetDataEndpoint
     answers (default: scheme and Host of the request, so clients reach the emulator by
-    the same name they used).
+    the same name they used). ``rate_limits``: refuse calls over the service's
+    per-stream TPS limits (:data:`TPS_LIMITS`) with ClientLimitExceededException, so a
+    client's back-off can be tried locally; off by default (tests would be throttled).
     """
 
     account_id: str = "123456789012"
@@ -55,6 +64,30 @@ class EmulatorConfig:
     credentials: Mapping[str, str] | None = None
     state_delay: float = 0.0
     advertised_url: str | None = None
+    rate_limits: bool = False
+
+
+#: Calls per second per stream (KVS-WIRE.md "Limits": PutMedia and GetMedia 5 TPS per
+#: stream, GetClip 1 TPS).
+TPS_LIMITS: Final[Mapping[str, float]] = {"PutMedia": 5.0, "GetMedia": 5.0, "GetClip": 1.0}
+
+
+@dataclass(slots=True)
+class _CallBucket:
+    """A token bucket of one second's calls: ``rate`` calls in any burst, refilled at
+    ``rate`` per second."""
+
+    rate: float
+    tokens: float
+    updated: float
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 @dataclass(eq=False, slots=True)
@@ -72,6 +105,7 @@ class EmulatorContext:
     endpoint_url: str = ""
     streaming_paths: set[str] = field(default_factory=lambda: {"/putMedia"})
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    _call_buckets: dict[tuple[int, str], _CallBucket] = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run a background task that the emulator cancels and awaits when it stops."""
@@ -90,6 +124,20 @@ class EmulatorContext:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    def check_rate(self, stream: StreamRecord, operation: str) -> None:
+        """Refuse ``operation`` on ``stream`` over its TPS limit (with ``rate_limits``)."""
+        rate = TPS_LIMITS.get(operation)
+        if not self.config.rate_limits or rate is None:
+            return
+        now = time.monotonic()
+        key = (stream.stream_id, operation)
+        bucket = self._call_buckets.setdefault(key, _CallBucket(rate, rate, now))
+        if not bucket.take(now):
+            raise ClientLimitExceededError(
+                f"{operation} on stream {stream.name} is over its limit of {rate:g} calls "
+                "per second."
+            )
 
     def request_region(self, request: web.Request) -> str:
         """The region of the request's SigV4 credential scope, else the default region."""

@@ -161,6 +161,7 @@ async def put_media(request: web.Request) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
     state = request.app[DATAPLANE]
     stream = await _stream_from_headers(ctx, request)
+    ctx.check_rate(stream, "PutMedia")
     timecode_type = request.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE")
     if timecode_type not in ("ABSOLUTE", "RELATIVE"):
         raise InvalidArgumentError(f"Invalid x-amzn-fragment-timecode-type {timecode_type!r}.")
@@ -356,6 +357,7 @@ async def get_media(request: web.Request) -> web.StreamResponse:
     state = request.app[DATAPLANE]
     body = await read_json(request)
     stream = await ctx.resolve_stream(body)
+    ctx.check_rate(stream, "GetMedia")
     selector = require_object(body.get("StartSelector"), "StartSelector")
     after = await _start_after(ctx, stream, selector)
     with state.connection(state.getmedia, stream, MAX_GETMEDIA_CONNECTIONS):

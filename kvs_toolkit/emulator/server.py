@@ -154,6 +154,8 @@ class Emulator:
     thread; ``async with Emulator() as emu`` (or ``await emu.start()`` /
     ``await emu.stop()``) runs it on the current loop. ``data_dir=None`` uses a
     temporary directory removed on stop; a path keeps everything across restarts.
+    ``rate_limits=True`` refuses calls over the service's per-stream TPS limits (see
+    :class:`EmulatorConfig`).
 
     ``emu.store`` is the :class:`AsyncStore` (on the emulator's loop; ``emu.store.sync``
     is the blocking, thread-safe store), ``emu.events`` the :class:`StreamEvents` that
@@ -171,6 +173,7 @@ class Emulator:
         default_region: str = "us-east-1",
         state_delay: float = 0.0,
         advertised_url: str | None = None,
+        rate_limits: bool = False,
         retention_sweep_interval: float = 60.0,
         max_streams: int | None = None,
         route_installers: Sequence[RouteInstaller] | None = None,
@@ -183,6 +186,7 @@ class Emulator:
             credentials=None if credentials is None else dict(credentials),
             state_delay=state_delay,
             advertised_url=advertised_url,
+            rate_limits=rate_limits,
         )
         self._data_dir_arg = None if data_dir is None else Path(data_dir)
         self._retention_sweep_interval = retention_sweep_interval
@@ -407,6 +411,8 @@ def run_forever(
     port: int = 0,
     data_dir: str | os.PathLike[str] | None = None,
     credentials: Mapping[str, str] | None = None,
+    *,
+    rate_limits: bool = False,
 ) -> None:
     """Serve until SIGINT or SIGTERM (for the CLI).
 
@@ -415,7 +421,13 @@ def run_forever(
     """
 
     async def serve() -> None:
-        emulator = Emulator(data_dir=data_dir, host=host, port=port, credentials=credentials)
+        emulator = Emulator(
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            credentials=credentials,
+            rate_limits=rate_limits,
+        )
         await emulator.start()
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
