@@ -62,11 +62,13 @@ if TYPE_CHECKING:
     from mypy_boto3_kinesisvideo import KinesisVideoClient
 
 __all__ = [
+    "DataEndpointCache",
     "ProducerThread",
     "Progress",
     "add_produce_arguments",
     "cmd_produce",
     "parse_size",
+    "parse_start_time",
     "parse_tags",
     "produce",
     "resolve_data_endpoint",

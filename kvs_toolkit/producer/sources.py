@@ -82,7 +82,9 @@ __all__ = [
     "SourceOptions",
     "UrlSource",
     "adts_to_asc",
+    "iso_time_ms",
     "open_source",
+    "redact_url",
     "register_source",
 ]
 
