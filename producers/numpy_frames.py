@@ -28,6 +28,7 @@ from kvs_toolkit.errors import KvsError
 from kvs_toolkit.producer.credentials import (
     add_credential_arguments,
     credentials_from_args,
+    region_from_args,
     session_from_args,
 )
 from kvs_toolkit.producer.run import ProducerThread
@@ -71,7 +72,7 @@ def main() -> int:
         args.endpoint_url,
         args.stream,
         credentials=credentials,
-        region=args.region or session.region_name or "us-east-1",
+        region=region_from_args(args, session),
         create_stream=args.create_stream,
         tags={"generator": "numpy_frames.py"},
     )

@@ -19,18 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 
 from kvs_toolkit.errors import KvsError
 from kvs_toolkit.producer.credentials import (
     add_credential_arguments,
     credentials_from_args,
+    region_from_args,
     session_from_args,
 )
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
 from kvs_toolkit.producer.sources import FileSource, SourceOptions
 from kvs_toolkit.producer.uploader import UploadStats
 
@@ -70,19 +69,8 @@ async def replay(args: argparse.Namespace) -> UploadStats:
     source = FileSource(args.file, options)  # a missing file fails before any AWS call
     session = session_from_args(args)
     credentials = credentials_from_args(args, session)
-    region = args.region or session.region_name or "us-east-1"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        # The first Ctrl-C / SIGTERM (systemd's stop) flushes; a second one kills.
-        log.warning("%s: flushing the last fragment", signum.name)
-        stop.set()
-        loop.remove_signal_handler(signum)
-
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+    region = region_from_args(args, session)
+    stop = stop_on_signals()
     return await produce(
         source,
         args.endpoint_url,

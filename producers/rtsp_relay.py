@@ -26,7 +26,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from collections import deque
@@ -37,10 +36,11 @@ from kvs_toolkit.errors import KvsError, SourceError
 from kvs_toolkit.producer.credentials import (
     add_credential_arguments,
     credentials_from_args,
+    region_from_args,
     session_from_args,
 )
 from kvs_toolkit.producer.fragmenter import EncodedFrame
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
 from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource, redact_url
 
 log = logging.getLogger("rtsp_relay")
@@ -162,26 +162,15 @@ async def relay(args: argparse.Namespace) -> Totals:
     """Sessions until stopped (signal, ``--duration``) or ``--give-up-after``."""
     session = session_from_args(args)
     credentials = credentials_from_args(args, session)
-    region = args.region or session.region_name or "us-east-1"
+    region = region_from_args(args, session)
     tags = parse_tags(args.tag)
     options = SourceOptions(
         audio=not args.no_audio, fragment_duration_ms=round(args.fragment_duration * 1000)
     )
     camera = redact_url(args.url)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        # The first Ctrl-C / SIGTERM (systemd's stop) flushes; a second one kills.
-        log.warning("%s: flushing the last fragment", signum.name)
-        stop.set()
-        loop.remove_signal_handler(signum)
-
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals()
     if args.duration is not None:
-        loop.call_later(args.duration, stop.set)
+        asyncio.get_running_loop().call_later(args.duration, stop.set)
 
     async def pause(seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

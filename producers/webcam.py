@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import re
-import signal
 import sys
 
 # OpenCV's own warnings ("can't open camera by index") would repeat our one-line error
@@ -36,10 +34,11 @@ from kvs_toolkit.errors import KvsError, SourceError
 from kvs_toolkit.producer.credentials import (
     add_credential_arguments,
     credentials_from_args,
+    region_from_args,
     session_from_args,
 )
 from kvs_toolkit.producer.encoder import ENCODERS
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce
+from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
 from kvs_toolkit.producer.sources import CameraSource, SourceOptions
 from kvs_toolkit.producer.uploader import UploadStats
 
@@ -124,25 +123,14 @@ async def stream_webcam(args: argparse.Namespace) -> UploadStats:
     source = CameraSource(camera_device(args.device), options)
     session = session_from_args(args)
     credentials = credentials_from_args(args, session)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        # The first Ctrl-C / SIGTERM (systemd's stop) flushes; a second one kills.
-        log.warning("%s: flushing the last fragment", signum.name)
-        stop.set()
-        loop.remove_signal_handler(signum)
-
-    with contextlib.suppress(NotImplementedError):  # no signal handlers on Windows
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
+    stop = stop_on_signals()
     return await produce(
         source,
         args.endpoint_url,
         args.stream,
         tags=parse_tags(args.tag) if args.tag else {"source": f"webcam {args.device}"},
         credentials=credentials,
-        region=args.region or session.region_name or "us-east-1",
+        region=region_from_args(args, session),
         fragment_duration_ms=options.fragment_duration_ms,
         create_stream=args.create_stream,
         progress=StatusLine(every_s=5.0),

@@ -36,6 +36,7 @@ import email.utils
 import http.client
 import json
 import logging
+import os
 import re
 import ssl
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "add_credential_arguments",
     "aws_session",
     "credentials_from_args",
+    "region_from_args",
     "session_from_args",
 ]
 
@@ -388,6 +390,20 @@ def session_from_args(args: argparse.Namespace) -> boto3.session.Session:
         return boto3.session.Session(profile_name=profile)
     except botocore.exceptions.ProfileNotFound as exc:
         raise CredentialsError(f"--profile: {exc}") from exc
+
+
+def region_from_args(
+    args: argparse.Namespace, session: boto3.session.Session, default: str = "us-east-1"
+) -> str:
+    """``--region``, else AWS_REGION / AWS_DEFAULT_REGION, else the profile's, else
+    ``default``."""
+    return (
+        getattr(args, "region", None)
+        or os.environ.get("AWS_REGION")
+        or os.environ.get("AWS_DEFAULT_REGION")
+        or session.region_name
+        or default
+    )
 
 
 def credentials_from_args(

@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
 
-import boto3
 import botocore.exceptions
 from botocore.credentials import Credentials
 
@@ -38,6 +37,7 @@ from kvs_toolkit.producer.credentials import (
     add_credential_arguments,
     aws_session,
     credentials_from_args,
+    region_from_args,
     session_from_args,
 )
 from kvs_toolkit.producer.encoder import ENCODERS
@@ -72,6 +72,7 @@ __all__ = [
     "parse_tags",
     "produce",
     "resolve_data_endpoint",
+    "stop_on_signals",
 ]
 
 log = logging.getLogger(__name__)
@@ -583,6 +584,26 @@ async def produce(
         await asyncio.to_thread(thread.join, 2.0)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event the first SIGINT (Ctrl-C) or SIGTERM (systemd's stop) sets, for
+    ``produce(stop=...)``: the producer flushes its last fragment and waits for acks.
+    Each handler goes after it fires, so a second signal kills. Call it on the running
+    loop; where signal handlers cannot be installed (Windows, a thread other than the
+    main one) the event is only set by whoever else holds it."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        log.warning("%s: flushing the last fragment", signum.name)
+        stop.set()
+        loop.remove_signal_handler(signum)
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, on_signal, signum)
+    return stop
+
+
 def _raise_if_error(item: object) -> None:
     if isinstance(item, _SourceEnd) and item.error is not None:
         raise item.error
@@ -879,16 +900,6 @@ class StatusLine:
         self.out.flush()
 
 
-def _region(args: argparse.Namespace, session: boto3.session.Session) -> str:
-    return (
-        args.region
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or session.region_name
-        or DEFAULT_REGION
-    )
-
-
 def cmd_produce(args: argparse.Namespace) -> int:
     """``kvs produce SOURCE --stream NAME ...``: upload until the source ends or Ctrl-C."""
     tags = parse_tags(args.tag)
@@ -912,22 +923,11 @@ def cmd_produce(args: argparse.Namespace) -> int:
     credentials = credentials_from_args(args, session)
     if credentials is None:
         log.warning("no AWS credentials found: PutMedia requests go unsigned")
-    region = _region(args, session)
+    region = region_from_args(args, session, DEFAULT_REGION)
     source = open_source(args.source, options)
 
     async def main() -> UploadStats:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            # First Ctrl-C (or SIGTERM, from systemd): finish gracefully; the handler
-            # goes, so a second one kills.
-            def on_signal(signum: signal.Signals) -> None:
-                log.warning("%s: flushing the last fragment", signum.name)
-                stop.set()
-                loop.remove_signal_handler(signum)
-
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, on_signal, signum)
+        stop = stop_on_signals()
         return await produce(
             source,
             args.endpoint_url,
