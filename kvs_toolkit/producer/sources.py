@@ -882,13 +882,14 @@ class _Pass:
             return self._decoded(packet)
         index = self.video_count
         self.video_count += 1
-        pts = _seconds(packet.pts, packet.time_base)
-        dts = _seconds(packet.dts, packet.time_base)
+        time_base = packet.time_base  # PyAV builds a new Fraction on every access
+        pts = _seconds(packet.pts, time_base)
+        dts = _seconds(packet.dts, time_base)
         # Raw elementary streams (.h264) have no timestamps: count frames at the rate.
         pts = pts if pts is not None else index / self.rate
         dts = dts if dts is not None else pts
         out = self._set_origin(pts) if self.origin is None else []
-        duration = _seconds(packet.duration, packet.time_base) or 1 / self.rate
+        duration = _seconds(packet.duration, time_base) or 1 / self.rate
         self.end_s = max(self.end_s, pts - self._origin + duration)
         payload = self.source._video.payload(bytes(packet), packet.is_keyframe)
         if payload is None:
@@ -942,10 +943,11 @@ class _Pass:
 
     # --- audio ------------------------------------------------------------------------
     def _audio_packet(self, packet: av.Packet[Any]) -> list[_Timed]:
-        t = _seconds(packet.pts, packet.time_base)
+        time_base = packet.time_base
+        t = _seconds(packet.pts, time_base)
         if t is None:
             return []
-        duration = _seconds(packet.duration, packet.time_base) or 0.0
+        duration = _seconds(packet.duration, time_base) or 0.0
         if self.origin is None:
             self._early_audio.append((t, duration, bytes(packet)))
             return []
