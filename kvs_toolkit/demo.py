@@ -13,7 +13,6 @@ web page, where the stream plays in a browser.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -226,11 +225,14 @@ def _fragment_band(
     return band
 
 
-def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_demo(
+    output: Path, *, seconds: float = 10.0, serve: bool = False, out: TextIO = sys.stdout
+) -> int:
+    """Run the demo, writing its results under ``output``; ``serve`` leaves the emulator
+    running at the end until Ctrl-C."""
     started = time.perf_counter()
-    output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    spec = SampleSpec(width=640, height=360, fps=25, seconds=args.seconds, gop_seconds=2.0)
+    spec = SampleSpec(width=640, height=360, fps=25, seconds=seconds, gop_seconds=2.0)
     video = write_sample(output / "sample.mkv", spec)
     write_ground_truth(output / "sample-truth.jsonl", spec)
     _say(out, f"1/5 sample: {video} ({spec.frame_count} frames, 640x360 H.264, 25 fps)")
@@ -270,7 +272,7 @@ def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
         thread.join(10)
         if consumer.error is not None:
             raise consumer.error
-        if args.serve:
+        if serve:
             _say(out, f"emulator left running at {endpoint}; stream {STREAM!r}")
             _say(out, f"  watch it in a browser: {page_url(endpoint)}")
             _say(out, "  e.g. kvs inspect, boto3 with endpoint_url, or GetHLSStreamingSessionURL")

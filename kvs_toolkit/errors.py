@@ -12,6 +12,8 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── BitstreamError            malformed H.264/H.265 elementary stream or parameter sets
     ├── PutMediaError             a PutMedia upload failed (HTTP status or ERROR ack)
     ├── CredentialsError          AWS credentials could not be obtained (IoT provider, profile)
+    ├── ConfigurationError        set up wrongly: no region against AWS, a bad endpoint URL
+    ├── EndpointUnreachableError  an endpoint did not answer within the retry policy
     ├── SpoolError                the producer's on-disk spool cannot be used
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
     ├── CheckpointError           a consumer checkpoint could not be read or written
@@ -29,10 +31,12 @@ __all__ = [
     "AnalysisError",
     "BitstreamError",
     "CheckpointError",
+    "ConfigurationError",
     "CredentialsError",
     "DecodeError",
     "EmulatorError",
     "EncodeError",
+    "EndpointUnreachableError",
     "FragmentMetadataError",
     "GetMediaError",
     "KvsError",
@@ -97,6 +101,15 @@ class CredentialsError(KvsError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         self.status = status
         super().__init__(message)
+
+
+class ConfigurationError(KvsError):
+    """The command or library was set up wrongly: no AWS region against AWS, an
+    endpoint URL that is not one, options that contradict each other."""
+
+
+class EndpointUnreachableError(KvsError):
+    """An endpoint could not be reached within the retry policy's attempts."""
 
 
 class SpoolError(KvsError):
