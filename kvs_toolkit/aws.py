@@ -33,10 +33,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from kvs_toolkit.errors import ConfigurationError, CredentialsError, KvsError
+from kvs_toolkit.errors import (
+    ConfigurationError,
+    CredentialsError,
+    EndpointUnreachableError,
+    KvsError,
+)
 from kvs_toolkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -49,11 +54,13 @@ __all__ = [
     "PLACEHOLDER_ACCESS_KEY",
     "AwsAccess",
     "DataEndpointCache",
+    "call_with_retry",
     "endpoint_url_from_environment",
     "is_loopback_url",
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: The emulator's default region, used against a loopback endpoint when none is set.
 DEFAULT_LOCAL_REGION: Final = "us-east-1"
@@ -171,7 +178,7 @@ class AwsAccess:
             credentials = self.credentials
             core.register_component(
                 "credential_provider",
-                botocore.credentials.CredentialResolver([_Given(credentials)]),
+                botocore.credentials.CredentialResolver([_given(credentials)]),
             )
             self._session = boto3.session.Session(botocore_session=core)
         return self._session
@@ -230,7 +237,7 @@ class AwsAccess:
             )
             found = Credentials(PLACEHOLDER_ACCESS_KEY, _PLACEHOLDER_SECRET)
         self._credentials = found
-        return found
+        return self._credentials
 
     def check(self) -> None:
         """Resolve region and credentials now, so a command fails before it starts work."""
@@ -268,19 +275,20 @@ class AwsAccess:
         return self.endpoint_url or f"AWS ({self.region_name or 'default region'})"
 
 
-class _Given:
+def _given(credentials: Credentials) -> Any:
     """A botocore credential provider handing out one credentials object *as it is*
     (a RefreshableCredentials keeps refreshing; boto3's keyword arguments would copy
     the keys of the moment)."""
+    import botocore.credentials
 
-    METHOD = "kvs-toolkit"
-    CANONICAL_NAME = "kvs-toolkit"
+    class Given(botocore.credentials.CredentialProvider):
+        METHOD = "kvs-toolkit"
+        CANONICAL_NAME = "kvs-toolkit"
 
-    def __init__(self, credentials: Credentials) -> None:
-        self._credentials = credentials
+        def load(self) -> Credentials:
+            return credentials
 
-    def load(self) -> Credentials:
-        return self._credentials
+    return Given()
 
 
 class DataEndpointCache:
@@ -335,9 +343,9 @@ class DataEndpointCache:
             try:
                 if self._client is None:
                     self._client = self.aws.client("kinesisvideo")
-                found: str = self._client.get_data_endpoint(
-                    APIName=self.api_name, **self.stream
-                )["DataEndpoint"]
+                found: str = self._client.get_data_endpoint(APIName=self.api_name, **self.stream)[
+                    "DataEndpoint"
+                ]
             except KvsError:
                 raise
             except Exception as exc:
@@ -356,3 +364,65 @@ class DataEndpointCache:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    import botocore.exceptions
+
+    return isinstance(
+        exc,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            ConnectionError,
+        ),
+    )
+
+
+def call_with_retry(
+    aws: AwsAccess,
+    what: str,
+    call: Callable[[], _T],
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+) -> _T:
+    """``call()``, retried with ``aws.retry`` while the endpoint cannot be reached.
+
+    Every retry logs the same one line (``cannot reach URL (what): reason; attempt 2/5,
+    next in 1.0 s``); when the policy gives up, :class:`EndpointUnreachableError`.
+    Other errors (the service's answers) are raised as they are.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_connection_failure(exc):
+                raise
+            reason = _reason(exc)
+            if aws.retry.gives_up_after(attempt):
+                raise EndpointUnreachableError(
+                    f"cannot reach {aws.describe()} ({what}): {reason}; gave up after "
+                    f"{attempt} attempt{'s' if attempt > 1 else ''} (--max-attempts)"
+                ) from exc
+            delay = aws.retry.delay(attempt)
+            log.warning(
+                "cannot reach %s (%s): %s; %s, next in %.1f s",
+                aws.describe(),
+                what,
+                reason,
+                aws.retry.describe(attempt),
+                delay,
+            )
+            sleep(delay)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "timed out", "Name or service not known"):
+        if marker in text:
+            return marker.lower()
+    return text.rsplit(": ", maxsplit=1)[-1] if ": " in text else text

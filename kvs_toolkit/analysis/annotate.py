@@ -2,11 +2,12 @@
 
 :class:`AnnotatedPublisher` takes frames with their detections from the analysis loop
 and returns at once; a background thread draws the boxes and labels
-(:func:`~kvs_toolkit.analysis.draw.draw_detections`), re-encodes the picture with our
-:class:`~kvs_toolkit.producer.encoder.Encoder` and uploads it with our
-:class:`~kvs_toolkit.producer.uploader.Uploader` (PutMedia)::
+(:func:`~kvs_toolkit.analysis.draw.draw_detections`) and hands the picture to a
+:class:`~kvs_toolkit.Producer` (which encodes it to H.264 and uploads it, with the
+producer's endpoint refresh, buffer and acks)::
 
-    with AnnotatedPublisher("cam-1-annotated", endpoint_url=emulator_url) as publisher:
+    producer = Producer("cam-1-annotated", endpoint_url=emulator_url, create_stream=True)
+    with AnnotatedPublisher(producer) as publisher:
         for record in analyzer.process(frames):
             publisher.submit(record.frame, record.detections)
     publisher.stats.published
@@ -21,25 +22,23 @@ annotated stream stays close to live.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final
+from typing import TYPE_CHECKING, Final, Literal
 
-import boto3
-from botocore.credentials import Credentials
+import numpy as np
 
 from kvs_toolkit.analysis.base import AnalysisError, Detection
 from kvs_toolkit.analysis.draw import draw_detections
 from kvs_toolkit.consumer.frames import DecodedFrame, Image
-from kvs_toolkit.producer.encoder import Encoder
-from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
-from kvs_toolkit.producer.run import DEFAULT_REGION, resolve_data_endpoint
-from kvs_toolkit.producer.uploader import Uploader
+from kvs_toolkit.errors import KvsError
+
+if TYPE_CHECKING:
+    from kvs_toolkit.producer.producer import Producer
 
 __all__ = ["AnnotatedPublisher", "PublisherStats"]
 
@@ -78,45 +77,30 @@ class _Item:
 
 
 class AnnotatedPublisher:
-    """Frames with their boxes drawn, re-encoded (H.264) and uploaded to ``stream_name``.
+    """Frames with their boxes drawn, handed to ``producer`` (a :class:`~kvs_toolkit.Producer`
+    of the annotated stream, which encodes and uploads them).
 
-    ``endpoint_url``: the control plane (the emulator's; None for AWS); the PutMedia
-    endpoint comes from GetDataEndpoint, and the stream is created when missing
-    (``create_stream``). ``fps``: the frame rate of the submitted frames (sets the key
-    frame interval, one per ``fragment_duration_ms``); estimated from the first two
-    frames when None. ``queue_frames``: the bound of the queue (drop oldest when full).
+    ``fps``: the frame rate of the submitted frames (sets the key frame interval);
+    estimated from the first two frames when None. ``queue_frames``: the bound of the
+    queue in front of the encoder (drop oldest when full).
 
-    :meth:`submit` never blocks. :meth:`close` publishes what is queued, flushes the
-    encoder, waits for the last acknowledgements and raises the thread's error if it
-    failed (an error also stops later :meth:`submit` calls from queueing).
+    :meth:`submit` never blocks. :meth:`close` publishes what is queued, closes the
+    producer (flush, wait for the last acknowledgements) and raises the thread's error
+    if it failed (an error also stops later :meth:`submit` calls from queueing).
     """
 
     def __init__(
         self,
-        stream_name: str,
+        producer: Producer,
         *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        credentials: Credentials | None = None,
         fps: float | None = None,
         queue_frames: int = DEFAULT_QUEUE_FRAMES,
-        fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS,
-        create_stream: bool = True,
-        bitrate: int | None = None,
-        close_timeout_s: float = 30.0,
     ) -> None:
         if queue_frames < 1:
             raise ValueError("queue_frames must be at least 1")
-        session = boto3.session.Session(region_name=region)
-        self.stream_name = stream_name
-        self.endpoint_url = endpoint_url
-        self.region = region or session.region_name or DEFAULT_REGION
-        self.credentials = credentials if credentials is not None else session.get_credentials()
+        self.producer = producer
+        self.stream_name = producer.stream_name
         self.fps = fps
-        self.fragment_duration_ms = fragment_duration_ms
-        self.create_stream = create_stream
-        self.bitrate = bitrate
-        self.close_timeout_s = close_timeout_s
         self.stats = PublisherStats()
         self._queue: collections.deque[_Item] = collections.deque()
         self._queue_frames = queue_frames
@@ -124,7 +108,7 @@ class AnnotatedPublisher:
         self._closing = False
         self._error: BaseException | None = None
         self._thread = threading.Thread(
-            target=self._run, name=f"kvs-annotate-{stream_name}", daemon=True
+            target=self._run, name=f"kvs-annotate-{self.stream_name}", daemon=True
         )
         self._thread.start()
 
@@ -151,6 +135,15 @@ class AnnotatedPublisher:
             self._closing = True
             self._ready.notify()
         self._thread.join()
+        if self._error is None:
+            try:
+                stats = self.producer.close()
+            except KvsError as exc:
+                self._error = exc
+            else:
+                if stats is not None:
+                    self.stats.fragments = stats.fragments
+                    self.stats.acked = stats.acked
         if self._error is not None:
             raise AnalysisError(
                 f"publishing to {self.stream_name} failed: {self._error}"
@@ -178,76 +171,40 @@ class AnnotatedPublisher:
 
     def _run(self) -> None:
         try:
-            asyncio.run(self._publish())
+            self._publish()
         except BaseException as exc:  # raised again by close()
             log.error("publishing annotated frames to %s failed: %s", self.stream_name, exc)
             self._error = exc
             with self._ready:
                 self._queue.clear()
 
-    async def _publish(self) -> None:
-        first = await asyncio.to_thread(self._take)
+    def _publish(self) -> None:
+        first = self._take()
         if first is None:
             return
         second: _Item | None = None
         fps = self.fps
         if fps is None:
-            second = await asyncio.to_thread(self._take)
+            second = self._take()
             step_ms = None if second is None else second.timestamp_ms - first.timestamp_ms
-            fps = 1000.0 / step_ms if step_ms else _FALLBACK_FPS
-        height, width = first.image.shape[:2]
-        encoder = Encoder(
-            width,
-            height,
-            fps,
-            codec="h264",
-            encoder="libx264",
-            fragment_duration_ms=self.fragment_duration_ms,
-            bitrate=self.bitrate,
-        )
-        # The track's CodecPrivate comes from the first key frame: encode before the
-        # Uploader exists.
-        pending = await asyncio.to_thread(self._encode, encoder, first)
-        endpoint, retention = await asyncio.to_thread(
-            resolve_data_endpoint,
-            self.stream_name,
-            endpoint_url=self.endpoint_url,
-            region=self.region,
-            credentials=self.credentials,
-            create_stream=self.create_stream,
-        )
-        uploader = Uploader(
-            endpoint,
-            self.stream_name,
-            [encoder.track()],
-            credentials=self.credentials,
-            region=self.region,
-            fragment_duration_ms=self.fragment_duration_ms,
-            ack_level="PERSISTED" if retention > 0 else "RECEIVED",
-        )
-        await uploader.start()
-        try:
-            for encoded in pending:
-                uploader.put_frame(encoded)
-            self.stats.published += 1
-            item = second if second is not None else await asyncio.to_thread(self._take)
-            while item is not None:
-                for encoded in await asyncio.to_thread(self._encode, encoder, item):
-                    uploader.put_frame(encoded)
-                self.stats.published += 1
-                item = await asyncio.to_thread(self._take)
-            for encoded in encoder.flush():
-                uploader.put_frame(encoded)
-        finally:
-            stats = await uploader.close(self.close_timeout_s)
-            self.stats.fragments = stats.fragments
-            self.stats.acked = stats.acked
+            fps = 1000.0 / step_ms if step_ms and step_ms > 0 else _FALLBACK_FPS
+        size = first.image.shape[:2]
+        item: _Item | None = first
+        while item is not None:
+            image = draw_detections(item.image, item.detections, format=item.format)
+            if image.shape[:2] != size:
+                raise AnalysisError(
+                    f"frame size changed from {size[1]}x{size[0]} to "
+                    f"{image.shape[1]}x{image.shape[0]}: cannot publish into one track"
+                )
+            if image.ndim == 2:  # gray frames are published as BGR
+                import cv2
 
-    def _encode(self, encoder: Encoder, item: _Item) -> list[EncodedFrame]:
-        image = draw_detections(item.image, item.detections, format=item.format)
-        if image.shape[:2] != (encoder.height, encoder.width):
-            raise AnalysisError(
-                f"frame size changed from {encoder.width}x{encoder.height} to "
-                f"{image.shape[1]}x{image.shape[0]}: cannot publish into one track"
-            )
-        return encoder.encode(image, item.timestamp_ms)
+                image = np.ascontiguousarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), np.uint8)
+            pixel_format: Literal["bgr24", "rgb24"] = "rgb24" if item.format == "rgb24" else "bgr24"
+            self.producer.put_frame(image, item.timestamp_ms, fps=fps, pixel_format=pixel_format)
+            self.stats.published += 1
+            if second is not None:
+                item, second = second, None
+            else:
+                item = self._take()

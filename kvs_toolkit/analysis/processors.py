@@ -174,12 +174,13 @@ class StreamProcessorInfo:
 
 # --- the control plane ---------------------------------------------------------------------
 def _default_rekognition(region_name: str | None, endpoint_url: str | None) -> Any:
-    import boto3
     from botocore.config import Config
 
+    from kvs_toolkit.aws import AwsAccess
+
     config = Config(retries={"mode": "standard", "max_attempts": 5})
-    return boto3.client(
-        "rekognition", region_name=region_name, endpoint_url=endpoint_url, config=config
+    return AwsAccess(region_name=region_name).client(
+        "rekognition", endpoint_url=endpoint_url, config=config
     )
 
 
@@ -763,9 +764,9 @@ class FaceSearchResults:
         )
         self.data_stream = data_stream
         if client is None:
-            import boto3
+            from kvs_toolkit.aws import AwsAccess
 
-            client = boto3.client("kinesis", region_name=region_name)
+            client = AwsAccess(region_name=region_name).client("kinesis")
         self._client = client
         self.fragments = fragments
         self.position = position or ResultsPosition()

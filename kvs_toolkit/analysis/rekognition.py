@@ -45,6 +45,7 @@ import numpy as np
 
 from kvs_toolkit.analysis.base import AnalysisError, Detection, register_detector
 from kvs_toolkit.consumer.frames import DecodedFrame, Image
+from kvs_toolkit.retry import TokenBucket
 
 __all__ = [
     "MODES",
@@ -145,45 +146,6 @@ def encode_image(
 
 
 # --- rate cap and change filter --------------------------------------------------------
-class TokenBucket:
-    """At most ``rate`` acquisitions per second on average, bursts of up to ``burst``.
-
-    Thread-safe. ``clock`` and ``sleep`` are injectable for tests.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: int = 1,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        if not rate > 0:
-            raise ValueError(f"rate must be positive, not {rate}")
-        if burst < 1:
-            raise ValueError("burst must be at least 1")
-        self.rate = rate
-        self.burst = burst
-        self._clock = clock
-        self._sleep = sleep
-        self._tokens = float(burst)
-        self._updated = clock()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> float:
-        """Take a token, waiting for one if needed; return the seconds waited."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
-            self._tokens -= 1.0
-            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
-        if wait > 0:
-            self._sleep(wait)
-        return wait
-
-
 class CallWindow:
     """At most ``max_calls`` calls arrive at the service in any window of ``window_s``.
 
@@ -466,13 +428,14 @@ class RekognitionStats:
 
 
 def _default_client(region_name: str | None) -> Any:
-    import boto3
     from botocore.config import Config
+
+    from kvs_toolkit.aws import AwsAccess
 
     # Our loop retries throttling with the rate cap in mind; botocore's own retries on
     # top would multiply the attempts.
     config = Config(retries={"mode": "standard", "max_attempts": 1})
-    return boto3.client("rekognition", region_name=region_name, config=config)
+    return AwsAccess(region_name=region_name).client("rekognition", config=config)
 
 
 class RekognitionDetector:

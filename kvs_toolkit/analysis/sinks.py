@@ -4,7 +4,7 @@ one or more :class:`ResultSink` objects.
 A record as JSON (the shape every sink writes)::
 
     {"stream_name": "cam-1", "fragment_number": "9134...", "producer_timestamp": 1700000000.0,
-     "server_timestamp": 1700000000.52, "frame_timestamp": 1700000000.04,
+     "server_timestamp": 1700000000.52, "timestamp": 1700000000.04,
      "model": "motion-average", "latency_ms": 3.1,
      "detections": [{"label": "motion", "confidence": 0.98,
                      "box": {"x": 26.0, "y": 68.0, "width": 80.0, "height": 80.0},
@@ -122,7 +122,7 @@ class AnalysisRecord:
             "fragment_number": self.fragment_number,
             "producer_timestamp": _epoch(self.producer_timestamp),
             "server_timestamp": _epoch(self.server_timestamp),
-            "frame_timestamp": round(self.frame_timestamp, 6),
+            "timestamp": round(self.frame_timestamp, 6),
             "model": self.model,
             "latency_ms": round(self.latency_ms, 3),
             "detections": [d.to_json() for d in self.detections],
@@ -269,9 +269,9 @@ class KinesisSink:
             raise ValueError(f"batch_size must be 1-{KINESIS_MAX_RECORDS}, not {batch_size}")
         self.stream_name = stream_name
         if client is None:
-            import boto3
+            from kvs_toolkit.aws import AwsAccess
 
-            client = boto3.client("kinesis", region_name=region_name)
+            client = AwsAccess(region_name=region_name).client("kinesis")
         self._client = client
         self._partition_key = partition_key
         self.batch_size = batch_size
@@ -361,9 +361,9 @@ class S3Sink:
         self.bucket = bucket
         self.prefix = prefix
         if client is None:
-            import boto3
+            from kvs_toolkit.aws import AwsAccess
 
-            client = boto3.client("s3", region_name=region_name)
+            client = AwsAccess(region_name=region_name).client("s3")
         self._client = client
         self.jpeg_quality = jpeg_quality
         self.draw = draw

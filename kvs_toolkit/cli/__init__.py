@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Final, NamedTuple
 
 from kvs_toolkit.cli.common import (
-    EXIT_INVALID,
     EXIT_SIGNAL,
     add_global_options,
     configure_logging,
@@ -92,8 +91,8 @@ def _command_of(arguments: Sequence[str]) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else list(argv)
-    command = _command_of(arguments)
-    parser = build_parser(command)
+    # no command on the line (``kvs --help``): the command table is all that is needed
+    parser = build_parser(_command_of(arguments) or "")
     args = parser.parse_args(arguments)
     configure_logging(args)
     from kvs_toolkit.errors import KvsError

@@ -109,9 +109,7 @@ def configure_logging(args: argparse.Namespace) -> None:
     level = logging.WARNING - 10 * verbose
     handler = logging.StreamHandler(sys.stderr)
     if verbose:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("kvs: %(message)s"))
     root = logging.getLogger()
@@ -197,8 +195,7 @@ class GracefulStop:
             os._exit(EXIT_SIGNAL.get(received, 128 + signum))
         self.received = received
         sys.stderr.write(
-            f"\nkvs {self.command}: {received.name}: {self.waiting} "
-            "(send it again to exit now)\n"
+            f"\nkvs {self.command}: {received.name}: {self.waiting} (send it again to exit now)\n"
         )
         sys.stderr.flush()
         self.on_first()

@@ -63,16 +63,17 @@ import boto3
 import urllib3
 import urllib3.exceptions
 
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.consumer.readers import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_ENDPOINT_REFRESH_S,
     Backoff,
     ReaderStats,
-    TimestampType,
     _Clients,
     _Retryable,
     _translate,
 )
+from kvs_toolkit.consumer.selectors import TimestampType
 from kvs_toolkit.errors import DecodeError, GetMediaError
 from kvs_toolkit.mkv import Fragment, Tag, TrackInfo
 from kvs_toolkit.mkv.model import (
@@ -382,6 +383,7 @@ class HlsReader:
         endpoint_url: str | None = None,
         region: str | None = None,
         session: boto3.session.Session | None = None,
+        aws: AwsAccess | None = None,
         expires_s: int | None = None,
         max_results: int | None = None,
         idle_exit_s: float | None = None,
@@ -412,6 +414,7 @@ class HlsReader:
             self._clients = _Clients(
                 stream_name,
                 stream_arn,
+                aws=aws,
                 endpoint_url=endpoint_url,
                 region=region,
                 session=session,

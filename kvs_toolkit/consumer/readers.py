@@ -38,7 +38,6 @@ import datetime as dt
 import http.client
 import logging
 import os
-import random
 import threading
 import time
 from collections import deque
@@ -46,18 +45,19 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import boto3
 import botocore.exceptions
 import urllib3.exceptions
-from botocore import UNSIGNED
-from botocore.config import Config
 
+from kvs_toolkit.aws import AwsAccess, DataEndpointCache
 from kvs_toolkit.consumer.checkpoint import Checkpoint, CheckpointStore
+from kvs_toolkit.consumer.selectors import StartSelector, TimestampType, parse_timestamp
 from kvs_toolkit.errors import GetMediaError, MkvError
 from kvs_toolkit.getmedia import interrupt, iter_payload
 from kvs_toolkit.mkv import DEFAULT_MAX_ELEMENT_SIZE, Fragment, FragmentReader
+from kvs_toolkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis_video_archived_media import KinesisVideoArchivedMediaClient
@@ -144,118 +144,6 @@ T = TypeVar("T")
 
 
 # --- selectors and timestamps -------------------------------------------------------------
-def parse_timestamp(text: str) -> dt.datetime:
-    """An ISO 8601 time (``2024-05-01T12:00:00Z``; no zone means UTC) or epoch seconds."""
-    value = text.strip()
-    try:
-        return _EPOCH + dt.timedelta(seconds=float(value))
-    except ValueError:
-        pass
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        parsed = dt.datetime.fromisoformat(value)
-    except ValueError as exc:
-        raise ValueError(f"{text!r} is neither an ISO 8601 time nor epoch seconds") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
-
-
-SelectorKind = Literal[
-    "NOW",
-    "EARLIEST",
-    "FRAGMENT_NUMBER",
-    "SERVER_TIMESTAMP",
-    "PRODUCER_TIMESTAMP",
-    "CONTINUATION_TOKEN",
-]
-
-
-@dataclass(frozen=True, slots=True)
-class StartSelector:
-    """Where GetMedia starts (the API's StartSelector).
-
-    ``value`` is the fragment number (FRAGMENT_NUMBER: start *after* it) or the
-    continuation token; ``timestamp`` the start of SERVER/PRODUCER_TIMESTAMP.
-    """
-
-    kind: SelectorKind
-    value: str | None = None
-    timestamp: dt.datetime | None = None
-
-    @classmethod
-    def now(cls) -> StartSelector:
-        return cls("NOW")
-
-    @classmethod
-    def earliest(cls) -> StartSelector:
-        return cls("EARLIEST")
-
-    @classmethod
-    def after_fragment(cls, fragment_number: str) -> StartSelector:
-        return cls("FRAGMENT_NUMBER", value=fragment_number)
-
-    @classmethod
-    def continuation(cls, token: str) -> StartSelector:
-        return cls("CONTINUATION_TOKEN", value=token)
-
-    @classmethod
-    def server_timestamp(cls, when: dt.datetime) -> StartSelector:
-        return cls("SERVER_TIMESTAMP", timestamp=when)
-
-    @classmethod
-    def producer_timestamp(cls, when: dt.datetime) -> StartSelector:
-        return cls("PRODUCER_TIMESTAMP", timestamp=when)
-
-    @classmethod
-    def from_checkpoint(cls, checkpoint: Checkpoint) -> StartSelector:
-        """Right after the checkpoint's fragment."""
-        if checkpoint.continuation_token:
-            return cls.continuation(checkpoint.continuation_token)
-        return cls.after_fragment(checkpoint.fragment_number)
-
-    @classmethod
-    def parse(cls, text: str) -> StartSelector:
-        """``now``, ``earliest``, ``fragment:N``, ``producer:TIME``, ``server:TIME`` or
-        ``token:TOKEN`` (TIME: ISO 8601 or epoch seconds)."""
-        kind, sep, rest = text.strip().partition(":")
-        kind = kind.lower()
-        if not sep and kind in ("now", "earliest"):
-            return cls.now() if kind == "now" else cls.earliest()
-        if sep and rest:
-            if kind == "fragment":
-                return cls.after_fragment(rest)
-            if kind == "token":
-                return cls.continuation(rest)
-            if kind in ("producer", "server"):
-                when = parse_timestamp(rest)
-                if kind == "producer":
-                    return cls.producer_timestamp(when)
-                return cls.server_timestamp(when)
-        raise ValueError(
-            f"invalid start {text!r}: use now, earliest, fragment:N, producer:TIME, "
-            "server:TIME or token:TOKEN"
-        )
-
-    def to_api(self) -> dict[str, Any]:
-        """The StartSelector structure of the GetMedia request."""
-        selector: dict[str, Any] = {"StartSelectorType": self.kind}
-        if self.kind == "FRAGMENT_NUMBER":
-            selector["AfterFragmentNumber"] = self.value
-        elif self.kind == "CONTINUATION_TOKEN":
-            selector["ContinuationToken"] = self.value
-        elif self.kind in ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP"):
-            selector["StartTimestamp"] = self.timestamp
-        return selector
-
-    def __str__(self) -> str:
-        if self.value is not None:
-            return f"{self.kind} {self.value}"
-        if self.timestamp is not None:
-            return f"{self.kind} {self.timestamp.isoformat()}"
-        return self.kind
-
-
-# --- stats, back-off, the protocol ---------------------------------------------------------
 @dataclass
 class ReaderStats:
     """What a reader did so far. Plain counters: read them from any thread.
@@ -307,18 +195,9 @@ class ReaderStats:
         self.errors[error_id] = self.errors.get(error_id, 0) + 1
 
 
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential back-off with jitter: attempt n waits between half and all of
-    ``min(max_s, base_s * 2**(n-1))`` ("equal jitter": never zero, never in step with
-    other clients)."""
-
-    base_s: float = 0.5
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        ceiling = min(self.max_s, self.base_s * 2.0 ** max(0, attempt - 1))
-        return ceiling / 2 + random.uniform(0, ceiling / 2)
+#: The readers' back-off is the project's one retry policy (kept under this name for
+#: existing code).
+Backoff = RetryPolicy
 
 
 @runtime_checkable
@@ -386,14 +265,16 @@ def _translate(exc: Exception, what: str) -> Exception:
 
 
 class _Clients:
-    """boto3 clients for one stream: the control plane, and data-plane clients bound to
-    GetDataEndpoint answers that are cached for ``endpoint_refresh_s``."""
+    """boto3 clients for one stream through :class:`~kvs_toolkit.aws.AwsAccess`: the
+    control plane, and data-plane clients bound to GetDataEndpoint answers that are
+    cached (:class:`~kvs_toolkit.aws.DataEndpointCache`) for ``endpoint_refresh_s``."""
 
     def __init__(
         self,
         stream_name: str | None,
         stream_arn: str | None,
         *,
+        aws: AwsAccess | None,
         endpoint_url: str | None,
         region: str | None,
         session: boto3.session.Session | None,
@@ -402,30 +283,30 @@ class _Clients:
         endpoint_refresh_s: float,
         stats: ReaderStats,
     ) -> None:
+        from botocore.config import Config
+
         if (stream_name is None) == (stream_arn is None):
             raise ValueError("give exactly one of stream_name and stream_arn")
-        self.stream = {"StreamName": stream_name} if stream_name else {"StreamARN": stream_arn}
-        self.label = stream_name or stream_arn or ""
-        self.session = session or boto3.session.Session()
-        self.region = (
-            region
-            or self.session.region_name
-            or os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION")
-            or DEFAULT_REGION
+        self.stream: dict[str, str] = (
+            {"StreamName": stream_name} if stream_name else {"StreamARN": stream_arn or ""}
         )
-        self.endpoint_url = endpoint_url
+        self.label = stream_name or stream_arn or ""
+        if aws is None:
+            # a boto3 session given by older code: its credentials and region, as they are
+            aws = AwsAccess(
+                region_name=region or (session.region_name if session is not None else None),
+                endpoint_url=endpoint_url,
+                credentials_override=session.get_credentials() if session is not None else None,
+            )
+        self.aws = aws
+        self.region = aws.region
+        self.endpoint_url = aws.endpoint_url
         self.endpoint_refresh_s = endpoint_refresh_s
         self.stats = stats
-        unsigned = self.session.get_credentials() is None
-        if unsigned:
-            log.warning("no AWS credentials found: requests go unsigned")
-        extra: dict[str, Any] = {"signature_version": UNSIGNED} if unsigned else {}
         self._control_config = Config(
             connect_timeout=connect_timeout_s,
             read_timeout=60,
             retries={"mode": "standard", "max_attempts": 3},
-            **extra,
         )
         # The readers retry on their own (with back-off and a fresh endpoint).
         self._media_config = Config(
@@ -433,37 +314,35 @@ class _Clients:
             read_timeout=read_timeout_s,
             retries={"total_max_attempts": 1},
             tcp_keepalive=True,
-            **extra,
         )
         self._control: KinesisVideoClient | None = None
-        self._endpoints: dict[str, tuple[str, float]] = {}
+        self._endpoints: dict[str, DataEndpointCache] = {}
         self._data_clients: dict[tuple[str, str], Any] = {}
 
     def control(self) -> KinesisVideoClient:
         if self._control is None:
-            self._control = self.session.client(
-                "kinesisvideo",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=self._control_config,
-            )
+            self._control = self.aws.client("kinesisvideo", config=self._control_config)
         return self._control
 
     def data_endpoint(self, api_name: str) -> str:
-        cached = self._endpoints.get(api_name)
-        if cached is not None and time.monotonic() - cached[1] < self.endpoint_refresh_s:
-            return cached[0]
-        answer = self.control().get_data_endpoint(APIName=api_name, **self.stream)  # type: ignore[arg-type]
-        endpoint = answer["DataEndpoint"]
-        if cached is not None:
-            self.stats.endpoint_refreshes += 1
-        log.debug("%s data endpoint of %s: %s", api_name, self.label, endpoint)
-        self._endpoints[api_name] = (endpoint, time.monotonic())
+        cache = self._endpoints.get(api_name)
+        if cache is None:
+            cache = DataEndpointCache(
+                self.aws, self.stream, api_name, refresh_s=self.endpoint_refresh_s
+            )
+            cache._client = self.control()  # one control-plane client per reader
+            self._endpoints[api_name] = cache
+        before = cache.lookups
+        endpoint = cache()
+        if cache.lookups != before:
+            self.stats.endpoint_refreshes = sum(c.refreshes for c in self._endpoints.values())
+            log.debug("%s data endpoint of %s: %s", api_name, self.label, endpoint)
         return endpoint
 
     def invalidate(self) -> None:
         """Forget the data endpoints: the next request asks GetDataEndpoint again."""
-        self._endpoints.clear()
+        for cache in self._endpoints.values():
+            cache.invalidate()
 
     def _data_client(self, service: str, api_name: str) -> Any:
         endpoint = self.data_endpoint(api_name)
@@ -473,12 +352,7 @@ class _Clients:
             return cached[1]
         if cached is not None:
             cached[1].close()
-        client = self.session.client(
-            service,  # type: ignore[call-overload]
-            region_name=self.region,
-            endpoint_url=endpoint,
-            config=self._media_config,
-        )
+        client = self.aws.client(service, endpoint_url=endpoint, config=self._media_config)
         self._data_clients[key] = (endpoint, client)
         return client
 
@@ -496,6 +370,7 @@ class _Clients:
         for _endpoint, client in self._data_clients.values():
             client.close()
         self._data_clients.clear()
+        self._endpoints.clear()
         if self._control is not None:
             self._control.close()
             self._control = None
@@ -566,6 +441,7 @@ class LiveReader:
         endpoint_url: str | None = None,
         region: str | None = None,
         session: boto3.session.Session | None = None,
+        aws: AwsAccess | None = None,
         checkpoint_store: CheckpointStore | None = None,
         checkpoint_key: str | None = None,
         checkpoint_every: int | None = 1,
@@ -583,6 +459,7 @@ class LiveReader:
         self._clients = _Clients(
             stream_name,
             stream_arn,
+            aws=aws,
             endpoint_url=endpoint_url,
             region=region,
             session=session,
@@ -916,9 +793,6 @@ class FragmentInfo:
         )
 
 
-TimestampType = Literal["PRODUCER_TIMESTAMP", "SERVER_TIMESTAMP"]
-
-
 class ArchiveReader:
     """The archived fragments of a time range, in timestamp order.
 
@@ -942,6 +816,7 @@ class ArchiveReader:
         endpoint_url: str | None = None,
         region: str | None = None,
         session: boto3.session.Session | None = None,
+        aws: AwsAccess | None = None,
         page_size: int = MAX_LIST_RESULTS,
         batch_size: int = MAX_FRAGMENT_LIST,
         read_timeout_s: float = 60.0,
@@ -962,6 +837,7 @@ class ArchiveReader:
         self._clients = _Clients(
             stream_name,
             stream_arn,
+            aws=aws,
             endpoint_url=endpoint_url,
             region=region,
             session=session,

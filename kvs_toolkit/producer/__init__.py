@@ -1,14 +1,40 @@
-"""The producer: encoded frames to key-frame-aligned fragments to PutMedia."""
+"""The producer: encoded frames to key-frame-aligned fragments to PutMedia.
 
-from kvs_toolkit.producer.fragmenter import (
-    EncodedFrame,
-    FragmentBuffer,
-    Fragmenter,
-    PendingFragment,
-)
-from kvs_toolkit.producer.metrics import CloudWatchMetrics, MetricsPublisher
-from kvs_toolkit.producer.spool import FragmentSpool, SpoolError
-from kvs_toolkit.producer.uploader import Uploader, UploadStats
+:class:`Producer` is the entry; the pieces under it (sources, fragmenter, uploader,
+spool, metrics) are public for those who compose their own. Names are imported on
+first use, so ``kvs produce -`` loads only what reading stdin needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from kvs_toolkit.producer.fragmenter import (
+        EncodedFrame,
+        FragmentBuffer,
+        Fragmenter,
+        PendingFragment,
+    )
+    from kvs_toolkit.producer.metrics import CloudWatchMetrics, MetricsPublisher
+    from kvs_toolkit.producer.producer import Producer
+    from kvs_toolkit.producer.spool import FragmentSpool, SpoolError
+    from kvs_toolkit.producer.uploader import Uploader, UploadStats
+
+_EXPORTS: Final = {
+    "CloudWatchMetrics": "kvs_toolkit.producer.metrics",
+    "EncodedFrame": "kvs_toolkit.producer.fragmenter",
+    "FragmentBuffer": "kvs_toolkit.producer.fragmenter",
+    "FragmentSpool": "kvs_toolkit.producer.spool",
+    "Fragmenter": "kvs_toolkit.producer.fragmenter",
+    "MetricsPublisher": "kvs_toolkit.producer.metrics",
+    "PendingFragment": "kvs_toolkit.producer.fragmenter",
+    "Producer": "kvs_toolkit.producer.producer",
+    "SpoolError": "kvs_toolkit.producer.spool",
+    "UploadStats": "kvs_toolkit.producer.uploader",
+    "Uploader": "kvs_toolkit.producer.uploader",
+}
 
 __all__ = [
     "CloudWatchMetrics",
@@ -18,7 +44,17 @@ __all__ = [
     "Fragmenter",
     "MetricsPublisher",
     "PendingFragment",
+    "Producer",
     "SpoolError",
     "UploadStats",
     "Uploader",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

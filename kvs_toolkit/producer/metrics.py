@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import botocore.exceptions
 
+from kvs_toolkit.producer.defaults import DEFAULT_INTERVAL_S
+
 if TYPE_CHECKING:
     from botocore.credentials import Credentials
 
@@ -37,7 +39,6 @@ __all__ = ["CloudWatchMetrics", "MetricsPublisher"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INTERVAL_S: Final = 60.0
 # PutMetricData takes up to 1000 metric data per request (and 1 MB).
 _MAX_DATA_PER_CALL: Final = 1000
 _QUEUE_INTERVALS: Final = 60  # an hour of one-minute intervals waiting at most

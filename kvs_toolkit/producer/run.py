@@ -13,72 +13,47 @@ code (e.g. a :class:`~kvs_toolkit.producer.sources.NumpySource` fed by ``put_fra
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal, TextIO
-
-import botocore.exceptions
-from botocore.credentials import Credentials
+from typing import TYPE_CHECKING, Any, Final
 
 from kvs_toolkit.acks import Ack
+from kvs_toolkit.aws import AwsAccess, DataEndpointCache, call_with_retry
 from kvs_toolkit.errors import KvsError, PutMediaError
 from kvs_toolkit.mkv import TrackInfo
-from kvs_toolkit.producer.credentials import (
-    add_credential_arguments,
-    aws_session,
-    credentials_from_args,
-    region_from_args,
-    session_from_args,
-)
-from kvs_toolkit.producer.encoder import ENCODERS
+from kvs_toolkit.producer.defaults import DEFAULT_INTERVAL_S as DEFAULT_METRICS_INTERVAL_S
+from kvs_toolkit.producer.defaults import DEFAULT_RETENTION_HOURS
 from kvs_toolkit.producer.fragmenter import (
     DEFAULT_BUFFER_BYTES,
     DEFAULT_FRAGMENT_DURATION_MS,
     EncodedFrame,
 )
-from kvs_toolkit.producer.metrics import DEFAULT_INTERVAL_S as DEFAULT_METRICS_INTERVAL_S
 from kvs_toolkit.producer.metrics import CloudWatchMetrics, MetricsPublisher
-from kvs_toolkit.producer.sources import (
-    FrameSource,
-    SourceError,
-    SourceOptions,
-    iso_time_ms,
-    open_source,
-)
+from kvs_toolkit.producer.sources import FrameSource, SourceError
 from kvs_toolkit.producer.spool import DEFAULT_SPOOL_MAX_BYTES
 from kvs_toolkit.producer.uploader import AckLevel, Uploader, UploadStats
 
 if TYPE_CHECKING:
+    from botocore.credentials import Credentials
     from mypy_boto3_kinesisvideo import KinesisVideoClient
 
 __all__ = [
-    "DataEndpointCache",
+    "DEFAULT_RETENTION_HOURS",
     "ProducerThread",
     "Progress",
-    "add_produce_arguments",
-    "cmd_produce",
-    "parse_size",
-    "parse_start_time",
-    "parse_tags",
     "produce",
     "resolve_data_endpoint",
-    "stop_on_signals",
 ]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REGION: Final = "us-east-1"
-DEFAULT_RETENTION_HOURS: Final = 24
 # Frames waiting between the source thread and the uploader: a few seconds of video
 # (and as many again in the batch the event loop is handing to the uploader).
 _QUEUE_FRAMES: Final = 128
@@ -143,20 +118,10 @@ ProgressCallback = Callable[[Progress], None]
 # Control plane
 
 
-def _client(
-    endpoint_url: str | None, region: str, credentials: Credentials | None
-) -> KinesisVideoClient:
-    # aws_session keeps refreshing credentials refreshing (the data endpoint is looked up
-    # again long after start-up, when temporary credentials may have been renewed)
-    return aws_session(credentials, region).client("kinesisvideo", endpoint_url=endpoint_url)
-
-
 def resolve_data_endpoint(
     stream_name: str,
     *,
-    endpoint_url: str | None = None,
-    region: str = DEFAULT_REGION,
-    credentials: Credentials | None = None,
+    aws: AwsAccess,
     create_stream: bool = False,
     retention_hours: int = DEFAULT_RETENTION_HOURS,
     media_type: str = "video/h264",
@@ -164,14 +129,20 @@ def resolve_data_endpoint(
 ) -> tuple[str, int]:
     """(PUT_MEDIA data endpoint, the stream's retention in hours); blocking (boto3).
 
-    ``endpoint_url`` is the control plane's (the emulator's, or None for AWS). With
-    ``create_stream`` a missing stream is created (encrypted with ``kms_key_id``, else
-    the service's default key) and waited for until ACTIVE.
+    With ``create_stream`` a missing stream is created (encrypted with ``kms_key_id``,
+    else the service's default key) and waited for until ACTIVE. An unreachable
+    endpoint is retried with ``aws.retry`` (:func:`~kvs_toolkit.aws.call_with_retry`).
     """
-    client = _client(endpoint_url, region, credentials)
+    import botocore.exceptions
+
+    client = aws.client("kinesisvideo")
     try:
+
+        def describe() -> Any:
+            return client.describe_stream(StreamName=stream_name)["StreamInfo"]
+
         try:
-            info = client.describe_stream(StreamName=stream_name)["StreamInfo"]
+            info = call_with_retry(aws, "DescribeStream", describe)
         except client.exceptions.ResourceNotFoundException:
             if not create_stream:
                 raise PutMediaError(
@@ -180,15 +151,23 @@ def resolve_data_endpoint(
                     error_code="ResourceNotFoundException",
                 ) from None
             log.info("creating stream %s (retention %d h)", stream_name, retention_hours)
-            options: dict[str, Any] = {} if kms_key_id is None else {"KmsKeyId": kms_key_id}
-            client.create_stream(
-                StreamName=stream_name,
-                DataRetentionInHours=retention_hours,
-                MediaType=media_type,
-                **options,
+            extra: dict[str, Any] = {} if kms_key_id is None else {"KmsKeyId": kms_key_id}
+            call_with_retry(
+                aws,
+                "CreateStream",
+                lambda: client.create_stream(
+                    StreamName=stream_name,
+                    DataRetentionInHours=retention_hours,
+                    MediaType=media_type,
+                    **extra,
+                ),
             )
             info = _wait_active(client, stream_name)
-        endpoint = client.get_data_endpoint(StreamName=stream_name, APIName="PUT_MEDIA")
+        endpoint = call_with_retry(
+            aws,
+            "GetDataEndpoint",
+            lambda: client.get_data_endpoint(StreamName=stream_name, APIName="PUT_MEDIA"),
+        )
     except botocore.exceptions.ClientError as exc:
         error = exc.response.get("Error", {})
         raise PutMediaError(
@@ -199,62 +178,9 @@ def resolve_data_endpoint(
         ) from exc
     except botocore.exceptions.BotoCoreError as exc:
         raise PutMediaError(f"control plane call for {stream_name!r} failed: {exc}") from exc
+    finally:
+        client.close()
     return endpoint["DataEndpoint"], int(info.get("DataRetentionInHours", 0))
-
-
-class DataEndpointCache:
-    """The stream's PUT_MEDIA endpoint, looked up again for a new connection.
-
-    The uploader calls it (from a worker thread: boto3 blocks) before every connection:
-    at start, at each rotation before the service's 45-minute limit (KVS-WIRE.md asks
-    consumers to refresh the endpoint about that often, and the same holds for a
-    producer), and on each reconnection after a failure, when the endpoint may have
-    moved. GetDataEndpoint is called at most once per ``min_interval_s`` (a reconnection
-    storm must not become a control-plane storm); a failed lookup keeps the last
-    endpoint, since in an outage the control plane is as unreachable as the data plane.
-    """
-
-    def __init__(
-        self,
-        stream_name: str,
-        endpoint: str,
-        *,
-        endpoint_url: str | None = None,
-        region: str = DEFAULT_REGION,
-        credentials: Credentials | None = None,
-        min_interval_s: float = _DATA_ENDPOINT_MIN_INTERVAL_S,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.stream_name = stream_name
-        self.endpoint = endpoint
-        self.lookups = 0
-        self._endpoint_url = endpoint_url
-        self._region = region
-        self._credentials = credentials
-        self._min_interval_s = min_interval_s
-        self._clock = clock
-        self._looked_up_at = clock()  # ``endpoint`` was just looked up
-        self._client: KinesisVideoClient | None = None
-
-    def __call__(self) -> str:
-        now = self._clock()
-        if now - self._looked_up_at < self._min_interval_s:
-            return self.endpoint
-        self._looked_up_at = now
-        self.lookups += 1
-        try:
-            if self._client is None:
-                self._client = _client(self._endpoint_url, self._region, self._credentials)
-            found = self._client.get_data_endpoint(
-                StreamName=self.stream_name, APIName="PUT_MEDIA"
-            )["DataEndpoint"]
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-            log.warning("GetDataEndpoint failed, keeping %s: %s", self.endpoint, exc)
-            return self.endpoint
-        if found != self.endpoint:
-            log.info("data endpoint of %s is now %s", self.stream_name, found)
-            self.endpoint = found
-        return self.endpoint
 
 
 def _wait_active(client: KinesisVideoClient, stream_name: str) -> Any:
@@ -421,12 +347,13 @@ def _media_type(tracks: list[TrackInfo]) -> str:
 
 async def produce(
     source: FrameSource,
-    endpoint: str | None,
-    stream_name: str,
+    endpoint: str | None = None,
+    stream_name: str | None = None,
     *,
+    aws: AwsAccess | None = None,
     tags: Mapping[str, str] | None = None,
     credentials: Credentials | None = None,
-    region: str = DEFAULT_REGION,
+    region: str | None = None,
     fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS,
     create_stream: bool = False,
     retention_hours: int = DEFAULT_RETENTION_HOURS,
@@ -447,9 +374,13 @@ async def produce(
 ) -> UploadStats:
     """Upload everything ``source`` yields to ``stream_name``; returns the upload's stats.
 
-    ``endpoint`` is the control-plane endpoint URL (the emulator's; None for AWS in
-    ``region``): the PutMedia endpoint is found with GetDataEndpoint, unless
-    ``data_endpoint`` gives it directly. ``tags`` become persistent fragment metadata.
+    ``aws`` says how to reach the service (:class:`~kvs_toolkit.aws.AwsAccess`); without
+    it one is made from ``endpoint`` (the control plane's URL: the emulator's, or None
+    for AWS), ``region`` and ``credentials`` (None: the usual chain, or placeholder
+    credentials for a local endpoint). PutMedia is signed with the same credentials as
+    the control plane. The PutMedia endpoint is found with GetDataEndpoint (looked up
+    again for each new connection, at most once a minute), unless ``data_endpoint``
+    gives it directly. ``tags`` become persistent fragment metadata.
     Fragments are released on PERSISTED acks, or RECEIVED for a stream with no
     retention (which gets no PERSISTED), unless ``ack_level`` says otherwise. Setting
     ``stop`` (or reaching ``duration_s``) ends the upload gracefully: the source stops,
@@ -463,6 +394,13 @@ async def produce(
     ``cloudwatch_namespace`` publishes metrics every ``metrics_interval_s`` with
     :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` (or pass ``metrics``).
     """
+    if not stream_name:
+        raise ValueError("produce() needs a stream_name")
+    if aws is None:
+        aws = AwsAccess(region_name=region, endpoint_url=endpoint, credentials_override=credentials)
+    # resolved before the source thread starts: a missing region or credential fails here
+    credentials = await asyncio.to_thread(lambda: aws.credentials)
+    region = aws.region
     loop = asyncio.get_running_loop()
     handoff = _FrameHandoff(loop, _QUEUE_FRAMES if source.live else _RECORDING_QUEUE_FRAMES)
     thread = _SourceThread(source, handoff)
@@ -496,9 +434,7 @@ async def produce(
             resolved, retention = await asyncio.to_thread(
                 resolve_data_endpoint,
                 stream_name,
-                endpoint_url=endpoint,
-                region=region,
-                credentials=credentials,
+                aws=aws,
                 create_stream=create_stream,
                 retention_hours=retention_hours,
                 media_type=_media_type(tracks),
@@ -506,11 +442,11 @@ async def produce(
             )
             data_endpoint = resolved
             endpoint_provider = DataEndpointCache(
-                stream_name,
-                resolved,
-                endpoint_url=endpoint,
-                region=region,
-                credentials=credentials,
+                aws,
+                {"StreamName": stream_name},
+                "PUT_MEDIA",
+                endpoint=resolved,
+                refresh_s=_DATA_ENDPOINT_MIN_INTERVAL_S,
             )
         level: AckLevel = ack_level or ("PERSISTED" if retention > 0 else "RECEIVED")
         log.info("PutMedia to %s (stream %s, acks %s)", data_endpoint, stream_name, level)
@@ -582,26 +518,6 @@ async def produce(
             with contextlib.suppress(KvsError):
                 await uploader.close(close_timeout_s)
         await asyncio.to_thread(thread.join, 2.0)
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event the first SIGINT (Ctrl-C) or SIGTERM (systemd's stop) sets, for
-    ``produce(stop=...)``: the producer flushes its last fragment and waits for acks.
-    Each handler goes after it fires, so a second signal kills. Call it on the running
-    loop; where signal handlers cannot be installed (Windows, a thread other than the
-    main one) the event is only set by whoever else holds it."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def on_signal(signum: signal.Signals) -> None:
-        log.warning("%s: flushing the last fragment", signum.name)
-        stop.set()
-        loop.remove_signal_handler(signum)
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-    return stop
 
 
 def _raise_if_error(item: object) -> None:
@@ -684,282 +600,3 @@ class ProducerThread(threading.Thread):
             raise self._error
         assert self._stats is not None
         return self._stats
-
-
-# ---------------------------------------------------------------------------------------
-# kvs produce
-
-
-def parse_start_time(text: str) -> int | Literal["source"]:
-    """``--start-time``: "source", or an ISO 8601 time (UTC unless it says) as epoch ms."""
-    if text == "source":
-        return "source"
-    try:
-        return iso_time_ms(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"not an ISO 8601 time (2026-11-26T08:00:00Z) or 'source': {text!r}"
-        ) from None
-
-
-def parse_tags(pairs: list[str] | None) -> dict[str, str]:
-    """``["site=porch", "cam=1"]`` -> ``{"site": "porch", "cam": "1"}``."""
-    tags: dict[str, str] = {}
-    for pair in pairs or ():
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise argparse.ArgumentTypeError(f"--tag takes KEY=VALUE, not {pair!r}")
-        tags[name] = value
-    return tags
-
-
-_SIZE_UNITS: Final = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
-
-
-def parse_size(text: str) -> int:
-    """``"512M"`` -> 536870912: bytes, with an optional K/M/G/T suffix (powers of 1024)."""
-    cleaned = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = cleaned[-1:] if cleaned[-1:] in _SIZE_UNITS else ""
-    number = cleaned[: len(cleaned) - len(unit)]
-    try:
-        value = float(number) * _SIZE_UNITS[unit]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"a size is a number of bytes with an optional K, M, G or T suffix, not {text!r}"
-        ) from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"a size must be positive, not {text!r}")
-    return int(value)
-
-
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, not {text!r}")
-    return value
-
-
-def add_produce_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``kvs produce``."""
-    parser.add_argument(
-        "source",
-        help="video file, URL (rtsp://, rtmp://, http://), camera:N, or - for an "
-        "H.264/H.265 Annex-B stream on stdin",
-    )
-    parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument(
-        "--endpoint-url", help="control plane endpoint (e.g. the emulator); default: AWS"
-    )
-    parser.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's)")
-    parser.add_argument(
-        "--tag",
-        action="append",
-        metavar="KEY=VALUE",
-        help="persistent fragment metadata (repeatable)",
-    )
-    parser.add_argument(
-        "--fragment-duration",
-        type=float,
-        default=DEFAULT_FRAGMENT_DURATION_MS / 1000,
-        metavar="SECONDS",
-        help="fragment length; also the key-frame interval when encoding (default 2.0)",
-    )
-    pacing = parser.add_mutually_exclusive_group()
-    pacing.add_argument(
-        "--realtime",
-        dest="realtime",
-        action="store_true",
-        default=True,
-        help="send a file at its frame rate (the default)",
-    )
-    pacing.add_argument(
-        "--fast",
-        "--no-realtime",
-        dest="realtime",
-        action="store_false",
-        help="send a file as fast as the service acknowledges it, not at its frame rate "
-        "(for stdin: the pipe carries a recording, not a camera; automatic when stdin "
-        "is a file)",
-    )
-    parser.add_argument("--loop", action="store_true", help="replay the file forever")
-    parser.add_argument(
-        "--start-time",
-        type=parse_start_time,
-        metavar="TIME",
-        help="stamp a file's first frame with this time instead of now: ISO 8601 "
-        "(2026-11-26T08:00:00Z) or 'source' for the file's creation_time (upload a "
-        "recording with the time it was made)",
-    )
-    parser.add_argument(
-        "--fps",
-        type=float,
-        help="camera frame rate; for stdin, timestamps at this rate instead of arrival time",
-    )
-    parser.add_argument(
-        "--codec",
-        choices=("h264", "h265"),
-        default="h264",
-        help="codec of the stdin stream, and of the encoder when encoding (default h264)",
-    )
-    parser.add_argument(
-        "--encoder",
-        choices=("auto", *ENCODERS),
-        default="auto",
-        help="auto: the hardware encoder when it opens, else libx264/libx265",
-    )
-    parser.add_argument("--bitrate", type=int, help="encoder bitrate in bit/s (default: CRF)")
-    parser.add_argument("--width", type=int, help="camera width")
-    parser.add_argument("--height", type=int, help="camera height")
-    parser.add_argument("--no-audio", dest="audio", action="store_false", help="drop audio")
-    parser.add_argument(
-        "--create-stream", action="store_true", help="create the stream if it does not exist"
-    )
-    parser.add_argument(
-        "--retention-hours",
-        type=int,
-        default=DEFAULT_RETENTION_HOURS,
-        help="retention of a stream created with --create-stream (default 24)",
-    )
-    parser.add_argument(
-        "--kms-key-id",
-        metavar="KEY",
-        help="KMS key (id, ARN or alias) of a stream created with --create-stream "
-        "(default: the service's key)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=_positive_seconds,
-        metavar="SECONDS",
-        help="stop gracefully after this long (flush and wait for the last acks)",
-    )
-    parser.add_argument(
-        "--close-timeout",
-        type=_positive_seconds,
-        default=30.0,
-        metavar="SECONDS",
-        help="at the end, how long to wait for the last acks (default 30); what is not "
-        "acknowledged by then stays in --spool-dir for the next run",
-    )
-    parser.add_argument(
-        "--buffer-max-bytes",
-        type=parse_size,
-        default=DEFAULT_BUFFER_BYTES,
-        metavar="SIZE",
-        help="memory for unacknowledged fragments; when full the oldest is dropped (default 64M)",
-    )
-    parser.add_argument(
-        "--spool-dir",
-        metavar="DIR",
-        help="also keep unacknowledged fragments in this directory: through long outages "
-        "and across restarts (sent first when the producer starts again)",
-    )
-    parser.add_argument(
-        "--spool-max-bytes",
-        type=parse_size,
-        default=DEFAULT_SPOOL_MAX_BYTES,
-        metavar="SIZE",
-        help="bound of --spool-dir; when full the oldest fragment is dropped (default 1G)",
-    )
-    parser.add_argument(
-        "--cloudwatch-namespace",
-        metavar="NAMESPACE",
-        help="publish upload metrics to CloudWatch in this namespace "
-        "(needs cloudwatch:PutMetricData)",
-    )
-    parser.add_argument(
-        "--metrics-interval",
-        type=_positive_seconds,
-        default=DEFAULT_METRICS_INTERVAL_S,
-        metavar="SECONDS",
-        help="CloudWatch metrics period (default 60)",
-    )
-    add_credential_arguments(parser)
-
-
-class StatusLine:
-    """Progress on stderr: one line, at most once per second (rewritten on a terminal)."""
-
-    def __init__(self, out: TextIO | None = None, every_s: float = 1.0) -> None:
-        self.out = out if out is not None else sys.stderr
-        self.every_s = every_s
-        self._last = 0.0
-        self._tty = self.out.isatty()
-
-    def __call__(self, progress: Progress) -> None:
-        now = time.monotonic()
-        if not progress.done and now - self._last < self.every_s:
-            return
-        self._last = now
-        if self._tty:
-            self.out.write("\r\x1b[K" + progress.line() + ("\n" if progress.done else ""))
-        else:
-            self.out.write(progress.line() + "\n")
-        self.out.flush()
-
-
-def cmd_produce(args: argparse.Namespace) -> int:
-    """``kvs produce SOURCE --stream NAME ...``: upload until the source ends or Ctrl-C."""
-    tags = parse_tags(args.tag)
-    fragment_ms = round(args.fragment_duration * 1000)
-    if fragment_ms <= 0:
-        raise SourceError("--fragment-duration must be positive")
-    options = SourceOptions(
-        realtime=args.realtime,
-        loop=args.loop,
-        fps=args.fps,
-        codec=args.codec,
-        encoder=args.encoder,
-        bitrate=args.bitrate,
-        audio=args.audio,
-        width=args.width,
-        height=args.height,
-        fragment_duration_ms=fragment_ms,
-        start_time_ms=args.start_time,
-    )
-    session = session_from_args(args)
-    credentials = credentials_from_args(args, session)
-    if credentials is None:
-        log.warning("no AWS credentials found: PutMedia requests go unsigned")
-    region = region_from_args(args, session, DEFAULT_REGION)
-    source = open_source(args.source, options)
-
-    async def main() -> UploadStats:
-        stop = stop_on_signals()
-        return await produce(
-            source,
-            args.endpoint_url,
-            args.stream,
-            tags=tags,
-            credentials=credentials,
-            region=region,
-            fragment_duration_ms=fragment_ms,
-            create_stream=args.create_stream,
-            retention_hours=args.retention_hours,
-            kms_key_id=args.kms_key_id,
-            progress=StatusLine(),
-            stop=stop,
-            close_timeout_s=args.close_timeout,
-            duration_s=args.duration,
-            buffer_bytes=args.buffer_max_bytes,
-            spool_dir=args.spool_dir,
-            spool_max_bytes=args.spool_max_bytes,
-            cloudwatch_namespace=args.cloudwatch_namespace,
-            metrics_interval_s=args.metrics_interval,
-        )
-
-    stats = asyncio.run(main())
-    if not stats.all_acknowledged:
-        # exit status 0 only when everything produced was acknowledged
-        log.warning(
-            "not everything was acknowledged: %d fragments dropped, %d unacknowledged%s, "
-            "errors by id: %s",
-            stats.dropped_fragments,
-            stats.unacknowledged,
-            " (kept in the spool)" if stats.spool_fragments else "",
-            stats.errors,
-        )
-        return 1
-    return 0
