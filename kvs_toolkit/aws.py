@@ -263,6 +263,12 @@ class AwsAccess:
                 if service == "kinesisvideo"
                 else endpoint_url_from_environment(service)
             )
+        if config is None:
+            from botocore.config import Config
+
+            # connection failures are retried by our policy (call_with_retry), once and
+            # with one message, not again inside botocore
+            config = Config(connect_timeout=5, retries={"total_max_attempts": 1})
         return self.session.client(
             service,  # type: ignore[call-overload]
             region_name=self.region,
@@ -421,8 +427,16 @@ def call_with_retry(
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc)
-    for marker in ("Connection refused", "timed out", "Name or service not known"):
+    """A short cause: "connection refused", "timed out", "name not resolved"..."""
+    underlying = getattr(exc, "kwargs", {}).get("error")
+    text = f"{exc} {underlying}"
+    for marker, reason in (
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "name not resolved"),
+        ("Temporary failure in name resolution", "name not resolved"),
+        ("Connection reset", "connection reset"),
+    ):
         if marker in text:
-            return marker.lower()
-    return text.rsplit(": ", maxsplit=1)[-1] if ": " in text else text
+            return reason
+    return type(exc).__name__

@@ -27,7 +27,9 @@ from kvs_toolkit.analysis import AnalysisError, Detection, label_colour
 from kvs_toolkit.consumer.decode import FragmentDecoder
 from kvs_toolkit.consumer.frames import DecodedFrame
 from kvs_toolkit.consumer.readers import LiveReader
-from kvs_toolkit.consumer.run import add_consume_arguments, cmd_consume, model_detector
+from kvs_toolkit.analysis.models import model_detector
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.consume import run as cmd_consume
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
@@ -47,7 +49,7 @@ RECORD_KEYS = {
     "fragment_number", "producer_timestamp", "server_timestamp", "timestamp", "keyframe",
     "width", "height", "track", "index",
     # the analysis record
-    "stream_name", "frame_timestamp", "model", "latency_ms", "detections",
+    "stream_name", "timestamp", "model", "latency_ms", "detections",
 }  # fmt: skip
 
 
@@ -85,9 +87,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kvs consume")
-    add_consume_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser("consume").parse_args(["consume", *argv])
 
 
 def live(emulator: Emulator, *argv: str, stream: str = STREAM) -> argparse.Namespace:
@@ -113,7 +113,7 @@ def check_motion_records(records: list[dict[str, Any]], stream_name: str) -> Non
         assert set(record) == RECORD_KEYS
         assert record["stream_name"] == stream_name
         assert record["model"] == "motion-average"
-        assert record["frame_timestamp"] == record["timestamp"]
+        assert "frame_timestamp" not in record  # one name per field: "timestamp"
         assert record["latency_ms"] >= 0
         for detection in record["detections"]:
             assert set(detection) == {"label", "confidence", "box", "box_relative", "track_id"}
@@ -329,7 +329,7 @@ def test_to_s3_and_to_kinesis_carry_the_jsonl_fragments_and_timestamps(
 
     def key(record: dict[str, Any]) -> tuple[Any, ...]:
         fields = ("fragment_number", "producer_timestamp", "server_timestamp",
-                  "frame_timestamp", "detections")  # fmt: skip
+                  "timestamp", "detections")  # fmt: skip
         return tuple(record[name] for name in fields)
 
     expected = [key(r) for r in records]
@@ -352,7 +352,7 @@ def test_to_s3_and_to_kinesis_carry_the_jsonl_fragments_and_timestamps(
     ]
     assert sorted(key(r) for r in stored) == sorted(expected)
     for record in records[:3]:
-        millis = round(record["frame_timestamp"] * 1000)
+        millis = round(record["timestamp"] * 1000)
         assert f"runs/1/{STREAM}/{record['fragment_number']}/{millis}.jpg" in keys
     assert os.environ["AWS_ACCESS_KEY_ID"] == ACCESS_KEY
 

@@ -662,12 +662,12 @@ def test_cli_results_follow_prints_json_lines_and_saves_the_position(
     assert cli.main([*argv, *follow]) == 0
     captured = capsys.readouterr()
     lines = [json.loads(line) for line in captured.out.splitlines()]
-    assert sorted((r["fragment_number"], r["frame_timestamp"]) for r in lines) == sorted(
+    assert sorted((r["fragment_number"], r["timestamp"]) for r in lines) == sorted(
         (n, round(t, 6)) for n, t in expected
     )
     assert all(r["stream_name"] == STREAM and r["producer_timestamp"] for r in lines)
     assert set(lines[0]) == {"stream_name", "fragment_number", "producer_timestamp",
-                             "server_timestamp", "frame_timestamp", "model", "latency_ms",
+                             "server_timestamp", "timestamp", "model", "latency_ms",
                              "detections"}  # fmt: skip
     assert set(json.loads(position.read_text())["shards"]) == set(
         FaceSearchResults("door-results", client=moto_kinesis).shards()

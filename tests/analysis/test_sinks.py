@@ -39,7 +39,7 @@ RECORD_KEYS = [
     "fragment_number",
     "producer_timestamp",
     "server_timestamp",
-    "frame_timestamp",
+    "timestamp",
     "model",
     "latency_ms",
     "detections",
@@ -79,7 +79,7 @@ def test_jsonl_record_shape_is_exact(tmp_path: Path) -> None:
         "fragment_number": "9134385233318150666908441974" + f"{1:020d}",
         "producer_timestamp": 1700000001.0,
         "server_timestamp": 1700000001.52,
-        "frame_timestamp": 1700000001.2,
+        "timestamp": 1700000001.2,
         "model": "motion-average",
         "latency_ms": 3.25,
         "detections": [

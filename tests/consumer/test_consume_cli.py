@@ -21,7 +21,8 @@ import pytest
 from botocore.credentials import Credentials
 
 from kvs_toolkit.consumer.readers import LiveReader
-from kvs_toolkit.consumer.run import add_consume_arguments, cmd_consume
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.consume import run as cmd_consume
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import GetMediaError, MkvError
 from kvs_toolkit.producer.run import produce
@@ -71,9 +72,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kvs consume")
-    add_consume_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser("consume").parse_args(["consume", *argv])
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

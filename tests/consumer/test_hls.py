@@ -28,7 +28,8 @@ from kvs_toolkit.consumer.hls import (
     segment_fragment,
 )
 from kvs_toolkit.consumer.readers import ArchiveReader, FragmentSource, LiveReader
-from kvs_toolkit.consumer.run import add_consume_arguments, cmd_consume
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.consume import run as cmd_consume
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.emulator import hls as emulator_hls
 from kvs_toolkit.errors import DecodeError, GetMediaError
@@ -263,9 +264,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_consume(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="kvs consume")
-    add_consume_arguments(parser)
-    return cmd_consume(parser.parse_args(argv))
+    return cmd_consume(build_parser("consume").parse_args(["consume", *argv]))
 
 
 def test_consume_hls_writes_the_same_lines_as_getmedia(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from kvs_toolkit.consumer import DecodedFrame, DecodeError, FileReader, FragmentDecoder
-from kvs_toolkit.consumer.run import consume
+from kvs_toolkit.consumer.pipeline import consume
 from kvs_toolkit.mkv import Fragment, TrackInfo
 
 from .media import SampleStream, read_fragments, reference_decode_h264

@@ -19,7 +19,8 @@ from moto import mock_aws
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.producer import Uploader
 from kvs_toolkit.producer.metrics import CloudWatchMetrics
-from kvs_toolkit.producer.run import add_produce_arguments, cmd_produce
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.produce import run as cmd_produce
 from kvs_toolkit.producer.uploader import UploadStats
 from tests.producer.conftest import ClipFactory
 from tests.producer.media import Clip
@@ -167,10 +168,8 @@ def test_invalid_namespace_is_a_clear_error() -> None:
 
 def test_cli_cloudwatch_namespace(cloudwatch: Any, make_clip: ClipFactory) -> None:
     with Emulator() as emulator:
-        parser = argparse.ArgumentParser()
-        add_produce_arguments(parser)
-        args = parser.parse_args(
-            [str(make_clip("clip.mkv", Clip())), "--stream", "porch",
+        args = build_parser("produce").parse_args(
+            ["produce", str(make_clip("clip.mkv", Clip())), "--stream", "porch",
              "--endpoint-url", emulator.endpoint_url, "--create-stream", "--no-realtime",
              "--fragment-duration", "1", "--cloudwatch-namespace", NAMESPACE,
              "--metrics-interval", "0.2"]

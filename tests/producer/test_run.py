@@ -22,20 +22,15 @@ import pytest
 from botocore.credentials import Credentials
 
 from kvs_toolkit.consumer import FragmentDecoder
-from kvs_toolkit.errors import PutMediaError
+from kvs_toolkit.errors import EndpointUnreachableError, PutMediaError
 from kvs_toolkit.mkv import Tag
 from kvs_toolkit.producer.fragmenter import EncodedFrame
-from kvs_toolkit.producer.run import (
-    DataEndpointCache,
-    ProducerThread,
-    Progress,
-    add_produce_arguments,
-    cmd_produce,
-    parse_size,
-    parse_start_time,
-    parse_tags,
-    produce,
-)
+from kvs_toolkit.retry import RetryPolicy
+from kvs_toolkit.aws import AwsAccess, DataEndpointCache
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.options import parse_size, parse_start_time, parse_tags
+from kvs_toolkit.cli.produce import run as cmd_produce
+from kvs_toolkit.producer.run import ProducerThread, Progress, produce
 from kvs_toolkit.producer.sources import (
     FrameSource,
     NumpySource,
@@ -213,9 +208,7 @@ def test_producer_thread_stop() -> None:
 
 
 def produce_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="kvs produce")
-    add_produce_arguments(parser)
-    return parser.parse_args(argv)
+    return build_parser("produce").parse_args(["produce", *argv])
 
 
 def test_cli_produce(make_clip: ClipFactory, capsys: pytest.CaptureFixture[str]) -> None:
@@ -260,11 +253,27 @@ def test_cli_missing_file_is_a_source_error(tmp_path: Path) -> None:
         cmd_produce(args)
 
 
-def test_control_plane_that_does_not_answer_is_a_put_media_error(make_clip: ClipFactory) -> None:
+def test_control_plane_that_does_not_answer_is_retried_then_one_error(
+    make_clip: ClipFactory, caplog: pytest.LogCaptureFixture
+) -> None:
     source = open_source(str(make_clip("clip.mkv", Clip())), SourceOptions(realtime=False))
-    with pytest.raises(PutMediaError, match="control plane call for 'cam' failed"):
-        # nothing listens on port 9 (discard) of localhost
-        asyncio.run(produce(source, "http://127.0.0.1:9", "cam", credentials=CREDENTIALS))
+    # nothing listens on port 9 (discard) of localhost
+    aws = AwsAccess(
+        endpoint_url="http://127.0.0.1:9",
+        credentials_override=CREDENTIALS,
+        retry=RetryPolicy(max_attempts=3, base_s=0.01, max_s=0.02),
+    )
+    with (
+        caplog.at_level(logging.WARNING),
+        pytest.raises(
+            EndpointUnreachableError,
+            match=r"cannot reach http://127.0.0.1:9 \(DescribeStream\): connection refused; "
+            "gave up after 3 attempts",
+        ),
+    ):
+        asyncio.run(produce(source, stream_name="cam", aws=aws))
+    retries = [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert [m.split("; ")[1].split(",")[0] for m in retries] == ["attempt 1/3", "attempt 2/3"]
 
 
 def test_cli_kms_key_id_with_create_stream(make_clip: ClipFactory) -> None:
@@ -455,11 +464,11 @@ def test_data_endpoint_is_looked_up_again_at_most_once_per_interval(
     now = [0.0]
     with emulated_kvs(cam=24) as kvs:
         cache = DataEndpointCache(
-            "cam",
-            DEAD_ENDPOINT,  # where the stream was; it has moved since
-            endpoint_url=kvs.url,
-            credentials=CREDENTIALS,
-            min_interval_s=60,
+            AwsAccess(endpoint_url=kvs.url, credentials_override=CREDENTIALS),
+            {"StreamName": "cam"},
+            "PUT_MEDIA",
+            endpoint=DEAD_ENDPOINT,  # where the stream was; it has moved since
+            refresh_s=60,
             clock=lambda: now[0],
         )
         assert cache() == DEAD_ENDPOINT and cache.lookups == 0  # just looked up
@@ -477,7 +486,11 @@ def test_data_endpoint_is_looked_up_again_at_most_once_per_interval(
 def test_uploader_connects_to_the_endpoint_the_cache_finds() -> None:
     with emulated_kvs(cam=24) as kvs:
         cache = DataEndpointCache(
-            "cam", DEAD_ENDPOINT, endpoint_url=kvs.url, credentials=CREDENTIALS, min_interval_s=0
+            AwsAccess(endpoint_url=kvs.url, credentials_override=CREDENTIALS),
+            {"StreamName": "cam"},
+            "PUT_MEDIA",
+            endpoint=DEAD_ENDPOINT,
+            refresh_s=0,
         )
 
         async def run() -> UploadStats:
