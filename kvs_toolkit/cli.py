@@ -16,21 +16,36 @@ EXIT_INVALID = 2
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from kvs_toolkit.inspect import inspect_stream, read_chunks, to_json, to_table
+    from kvs_toolkit.inspect import inspect_input, to_json, to_table
 
     if args.file == "-":
-        result = inspect_stream(read_chunks(sys.stdin.buffer))
+        result = inspect_input(sys.stdin.buffer)
     else:
         try:
             with open(args.file, "rb") as stream:
-                result = inspect_stream(read_chunks(stream))
+                result = inspect_input(stream, args.file)
         except OSError as exc:
             print(f"kvs inspect: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return EXIT_INVALID
-    print(to_json(result) if args.json else to_table(result))
-    if result.error is not None:
-        print(f"kvs inspect: {args.file}: {result.error}", file=sys.stderr)
+    name = "stdin" if args.file == "-" else args.file
+    if result.invalid:
+        # Not MKV/GetMedia and not a container FFmpeg reads, or malformed MKV: show
+        # the complete fragments (if any) and say why reading stopped, in one line.
+        if result.fragments:
+            print(to_json(result) if args.json else to_table(result))
+        reason = f"; {result.container_error}" if result.container_error else ""
+        print(f"kvs inspect: {name}: {result.error}{reason}", file=sys.stderr)
         return EXIT_INVALID
+    print(to_json(result) if args.json else to_table(result))
+    if result.truncation is not None:
+        # The normal end of a saved live read: a warning, unless --strict.
+        print(
+            f"kvs inspect: {name}: {'error' if args.strict else 'warning'}: the input ends "
+            f"inside fragment {len(result.fragments) - 1} ({result.truncation}); "
+            "its complete frames are shown and it is marked truncated",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID if args.strict else 0
     return 0
 
 
@@ -86,10 +101,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     inspect = sub.add_parser(
-        "inspect", help="show the fragments, frames and tags of a GetMedia capture or MKV file"
+        "inspect",
+        help="show the fragments, frames and tags of a GetMedia capture or MKV file "
+        "(other containers: tracks, key frames and the fragments kvs produce would send)",
     )
     inspect.add_argument("file", help="MKV file or GetMedia capture ('-' for stdin)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 2 when the input ends in the middle of a fragment (default: warn, exit 0)",
+    )
     inspect.set_defaults(handler=_cmd_inspect)
 
     emulator = sub.add_parser("emulator", help="run the local KVS emulator in the foreground")
