@@ -206,7 +206,7 @@ class DataEndpointCache:
     """The stream's PUT_MEDIA endpoint, looked up again for a new connection.
 
     The uploader calls it (from a worker thread: boto3 blocks) before every connection:
-    at start, at each rotation before the service's 45-minute limit (KVS-WIRE.md asks
+    at start, at each rotation before the 45-minute limit (docs/kvs-wire.md "GetMedia" asks
     consumers to refresh the endpoint about that often, and the same holds for a
     producer), and on each reconnection after a failure, when the endpoint may have
     moved. GetDataEndpoint is called at most once per ``min_interval_s`` (a reconnection
