@@ -427,7 +427,10 @@ def to_table(result: InspectResult) -> str:
     lines = _layout(rows)
     s = summary(result)
     tracks = result.fragments[0].tracks if result.fragments else ()
-    described = ", ".join(_describe_track(t.codec_id, t.width, t.height, t) for t in tracks)
+    described = ", ".join(
+        _describe_track(t.codec_id, t.width, t.height, t.sampling_frequency, t.channels)
+        for t in tracks
+    )
     audio_part = f", {s['audio_frames']} audio frames" if has_audio else ""
     lines.append(
         f"{s['fragments']} fragments, {s['video_frames']} video frames "
@@ -438,11 +441,15 @@ def to_table(result: InspectResult) -> str:
     return "\n".join(lines)
 
 
-def _describe_track(codec: str, width: int | None, height: int | None, track: Any) -> str:
+def _describe_track(
+    codec: str,
+    width: int | None,
+    height: int | None,
+    rate: float | None = None,
+    channels: int | None = None,
+) -> str:
     if width:
         return f"{codec} {width}x{height}"
-    rate = getattr(track, "sampling_frequency", None) or getattr(track, "sample_rate", None)
-    channels = getattr(track, "channels", None)
     if rate:
         return f"{codec} {rate:g} Hz" + (f" {channels} ch" if channels else "")
     return codec
@@ -467,7 +474,7 @@ def container_table(description: ContainerDescription, size: int) -> str:
         f"{duration}, {size} bytes, read through FFmpeg",
     ]
     for t in d.tracks:
-        what = _describe_track(t.codec, t.width, t.height, t)
+        what = _describe_track(t.codec, t.width, t.height, t.sample_rate, t.channels)
         keys = f" ({t.keyframes} key)" if t.kind == "video" else ""
         lines.append(f"track {t.index}: {t.kind} {what}, {t.frames} frames{keys}")
     if d.keyframe_times:
