@@ -1,7 +1,7 @@
 """PutMedia acknowledgements: the wire type and a sans-I/O decoder.
 
 The service answers a PutMedia request with HTTP 200 and then, on the same connection
-while the upload goes on, a stream of JSON objects (KVS-WIRE.md "PutMedia")::
+while the upload goes on, a stream of JSON objects (docs/kvs-wire.md "PutMedia acknowledgements")::
 
     {"EventType":"PERSISTED","FragmentTimecode":1595833960258,"FragmentNumber":"9134..."}
 

@@ -1,6 +1,6 @@
 """PutMedia over a full-duplex HTTP connection (the I/O layer around :mod:`kvs_toolkit.acks`).
 
-There is no boto3 call for PutMedia (KVS-WIRE.md): the request body is an MKV stream
+There is no boto3 call for PutMedia (docs/kvs-wire.md "PutMedia request"): the body is an MKV stream
 written as frames arrive, and the acknowledgements come back on the same connection
 while the upload is still going. aiohttp's client writes the body from a task of its
 own while the response is read, which is what this needs::
@@ -31,7 +31,7 @@ from kvs_toolkit.errors import PutMediaError
 
 log = logging.getLogger(__name__)
 
-# All three KVS clients sign with this service name (KVS-WIRE.md).
+# All three KVS clients sign with this service name (docs/kvs-wire.md "Endpoints and signing").
 SIGNING_SERVICE: Final = "kinesisvideo"
 # Bytes queued for the socket before write() waits: backpressure, not unbounded memory.
 DEFAULT_SEND_QUEUE_BYTES: Final = 8 * 1024 * 1024

@@ -9,14 +9,15 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Real GetMedia captures, read in place from the shared folder beside the repository.
-CAPTURES = ROOT.parent / "shared" / "testdata" / "kvs-getmedia"
+# Real GetMedia captures (Apache-2.0, from the AWS parser library; see the README there).
+CAPTURES = ROOT / "tests" / "data" / "kvs-getmedia"
 
 
 @pytest.fixture(scope="session")
 def captures() -> Path:
+    # In the repository: a missing folder is a broken checkout, not a reason to skip.
     if not CAPTURES.is_dir():
-        pytest.skip(f"GetMedia captures not found at {CAPTURES}")
+        pytest.fail(f"GetMedia captures missing from the checkout: {CAPTURES}")
     return CAPTURES
 
 

@@ -1,4 +1,4 @@
-"""The streaming reader on constructed inputs: every element shape KVS-WIRE.md lists."""
+"""The streaming reader on constructed inputs: every element shape docs/kvs-wire.md lists."""
 
 from __future__ import annotations
 

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 DEFAULT_LEASE_DURATION_S: Final = 30.0
 # Worker heartbeat items share the table with stream items; '#' cannot occur in a stream
-# name ([a-zA-Z0-9_.-], KVS-WIRE.md), so the keys never collide.
+# name ([a-zA-Z0-9_.-], docs/kvs-wire.md "Endpoints and signing"), so the keys never collide.
 _WORKER_PREFIX: Final = "#worker#"
 _KEY: Final = "stream"
 

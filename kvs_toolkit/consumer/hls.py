@@ -99,7 +99,7 @@ log = logging.getLogger(__name__)
 
 PlaybackMode = Literal["LIVE", "LIVE_REPLAY", "ON_DEMAND"]
 
-# KVS-WIRE.md: a fragment is at most 50 MB; an fMP4 segment adds a few boxes.
+# docs/kvs-wire.md "Limits": a fragment is at most 50 MB; an fMP4 segment adds a few boxes.
 DEFAULT_MAX_SEGMENT_BYTES: Final = 64 * 1024 * 1024
 # Playlists are text; the service's hold at most 5000 segments (HLSMaxResults).
 MAX_PLAYLIST_BYTES: Final = 4 * 1024 * 1024

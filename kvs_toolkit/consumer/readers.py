@@ -82,7 +82,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_REGION: Final = "us-east-1"
-# KVS-WIRE.md "GetMedia": a session ends after roughly 40-50 minutes; reconnect before
+# docs/kvs-wire.md "GetMedia": a session ends after roughly 40-50 minutes; reconnect before
 # the earliest end, and refresh the data endpoint about every 45 minutes.
 DEFAULT_SESSION_MAX_S: Final = 40 * 60.0
 DEFAULT_ENDPOINT_REFRESH_S: Final = 45 * 60.0
@@ -90,10 +90,10 @@ DEFAULT_ENDPOINT_REFRESH_S: Final = 45 * 60.0
 # reader reconnects from the continuation token, which costs one request.
 DEFAULT_READ_TIMEOUT_S: Final = 30.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 10.0
-# GetMediaForFragmentList and ListFragments take at most 1000 (KVS-WIRE.md).
+# GetMediaForFragmentList and ListFragments take at most 1000 (docs/kvs-wire.md "Limits").
 MAX_FRAGMENT_LIST: Final = 1000
 MAX_LIST_RESULTS: Final = 1000
-# GetMedia error ids (KVS-WIRE.md "GetMedia").
+# GetMedia error ids (docs/kvs-wire.md "GetMedia").
 ERROR_FRAGMENT_NOT_FOUND: Final = 4000
 _KMS_ERRORS: Final = range(4500, 4507)
 # Fragment numbers remembered to drop a repeat (bounded memory).

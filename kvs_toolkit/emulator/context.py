@@ -67,7 +67,7 @@ class EmulatorConfig:
     rate_limits: bool = False
 
 
-#: Calls per second per stream (KVS-WIRE.md "Limits": PutMedia and GetMedia 5 TPS per
+#: Calls per second per stream (docs/kvs-wire.md "Limits": PutMedia and GetMedia 5 TPS per
 #: stream, GetClip 1 TPS).
 TPS_LIMITS: Final[Mapping[str, float]] = {"PutMedia": 5.0, "GetMedia": 5.0, "GetClip": 1.0}
 

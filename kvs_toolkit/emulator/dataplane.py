@@ -50,7 +50,7 @@ from kvs_toolkit.emulator.validation import optional_str, require_object
 
 log = logging.getLogger(__name__)
 
-# Service limits (KVS-WIRE.md "Limits").
+# Service limits (docs/kvs-wire.md "Limits").
 MAX_PUTMEDIA_CONNECTIONS: Final = 1
 MAX_GETMEDIA_CONNECTIONS: Final = 3
 MAX_FRAGMENT_LIST: Final = 1000

@@ -2,7 +2,7 @@
 
 The HTTP handler feeds the request body to :class:`IngestSession` as it arrives and
 turns the events into acknowledgements and storage calls. All the service's checks on
-a PutMedia stream live here (KVS-WIRE.md "PutMedia" and the PutMedia API reference):
+a PutMedia stream live here (docs/kvs-wire.md "PutMedia acknowledgements", the API reference):
 
 * 4006 invalid MKV, or more than one Segment (fatal: the connection ends);
 * 4012 more than 3 tracks (fatal);
@@ -37,7 +37,7 @@ from kvs_toolkit.mkv import (
 from kvs_toolkit.mkv.model import TAG_END_OF_FRAGMENT, Frame
 from kvs_toolkit.mkv.writer import MAX_TRACKS, FrameData, cluster, validate_fragment_tags
 
-# Service limits (KVS-WIRE.md "Limits").
+# Service limits (docs/kvs-wire.md "Limits").
 MAX_FRAGMENT_BYTES: Final = 50 * 1000 * 1000
 MAX_FRAGMENT_DURATION_MS: Final = 10_000
 
@@ -158,7 +158,7 @@ class IngestSession:
             events = self._reader.close()
         except MkvError:
             # The connection dropped mid-element: the partial fragment is discarded,
-            # nothing of it is stored (KVS-WIRE.md; the "nothing half-written").
+            # nothing of it is stored (docs/kvs-wire.md "PutMedia acknowledgements").
             self._building = None
             self.failed = True
             return []

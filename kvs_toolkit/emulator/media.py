@@ -2,7 +2,7 @@
 
 A stored payload is ``Info + Tracks + Cluster`` (the Cluster sized, with the producer
 timestamp as an absolute 1 ms timecode). GetMedia and GetMediaForFragmentList send each
-fragment as its own EBML document, as the service does (KVS-WIRE.md "GetMedia")::
+fragment as its own EBML document, as the service does (docs/kvs-wire.md "GetMedia")::
 
     EBML header, Segment (unknown size):
         Info, Tracks,

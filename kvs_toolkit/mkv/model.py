@@ -12,7 +12,7 @@ from typing import Final
 TRACK_TYPE_VIDEO: Final = 1
 TRACK_TYPE_AUDIO: Final = 2
 
-# The tags GetMedia and GetMediaForFragmentList add to each fragment (KVS-WIRE.md,
+# The tags GetMedia and GetMediaForFragmentList add to each fragment (docs/kvs-wire.md,
 # "GetMedia"). GetMediaForFragmentList's documentation spells three of them differently;
 # the accessors below accept both.
 TAG_FRAGMENT_NUMBER: Final = "AWS_KINESISVIDEO_FRAGMENT_NUMBER"

@@ -43,7 +43,7 @@ from kvs_toolkit.mkv.model import (
     TrackInfo,
 )
 
-# 64 MiB: above the service's 50 MB fragment limit (KVS-WIRE.md "Limits"), so any single
+# 64 MiB: above the service's 50 MB fragment limit (docs/kvs-wire.md "Limits"), so any single
 # frame KVS accepts fits, while a garbage size cannot make us allocate gigabytes.
 DEFAULT_MAX_ELEMENT_SIZE: Final = 64 * 1024 * 1024
 # A Matroska EBML header is a few dozen bytes; anything huge is not an MKV stream.

@@ -1,4 +1,4 @@
-"""The producer-side MKV writer, as Kinesis Video Streams expects it (KVS-WIRE.md).
+"""The producer-side MKV writer KVS expects (docs/kvs-wire.md "The MKV a producer sends").
 
 Sans-I/O: every method returns ``bytes`` for the caller to send. A PutMedia body is
 ``writer.header()`` followed by ``writer.fragment(...)`` for each fragment::
@@ -38,12 +38,12 @@ from kvs_toolkit.mkv.model import (
     TrackInfo,
 )
 
-# Service limits for fragment metadata (KVS-WIRE.md "Fragment metadata"; PutMedia ErrorId
+# Service limits for fragment metadata (docs/kvs-wire.md "Fragment metadata"; PutMedia ErrorId
 # 4009 when exceeded).
 MAX_METADATA_ITEMS: Final = 10
 MAX_METADATA_NAME_BYTES: Final = 128
 MAX_METADATA_VALUE_BYTES: Final = 256
-# CodecPrivate is at most 1 MiB (KVS-WIRE.md "Tracks").
+# CodecPrivate is at most 1 MiB (docs/kvs-wire.md "Tracks").
 MAX_CODEC_PRIVATE_BYTES: Final = 1024 * 1024
 # At most 3 tracks per stream.
 MAX_TRACKS: Final = 3
@@ -72,7 +72,7 @@ class FrameData:
 
 
 def ebml_header() -> bytes:
-    """The EBML header the official C producer SDK writes (KVS-WIRE.md)."""
+    """The EBML header the C producer SDK writes (docs/kvs-wire.md "EBML header and Segment")."""
     return element(
         ids.EBML,
         b"".join(
@@ -286,7 +286,7 @@ def getmedia_document(
 
 
 class FragmentMetadata:
-    """Fragment metadata with the service's rules (KVS-WIRE.md "Fragment metadata").
+    """Fragment metadata with the service's rules (docs/kvs-wire.md "Fragment metadata").
 
     Persistent items go out with every fragment until changed or cleared (an empty
     value clears one); one-shot items go out with the next fragment only. At most 10

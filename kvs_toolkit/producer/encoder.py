@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 
 EncoderName: TypeAlias = Literal["auto", "libx264", "h264_v4l2m2m", "libx265", "hevc_v4l2m2m"]
 
-#: Matroska CodecID of each video codec (KVS-WIRE.md "Tracks").
+#: Matroska CodecID of each video codec (docs/kvs-wire.md "Tracks").
 CODEC_IDS: Final[dict[Codec, str]] = {"h264": "V_MPEG4/ISO/AVC", "h265": "V_MPEGH/ISO/HEVC"}
 
 # Per codec: the encoders "auto" tries, hardware first.

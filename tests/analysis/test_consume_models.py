@@ -24,12 +24,12 @@ from botocore.credentials import Credentials
 from moto import mock_aws
 
 from kvs_toolkit.analysis import AnalysisError, Detection, label_colour
-from kvs_toolkit.consumer.decode import FragmentDecoder
-from kvs_toolkit.consumer.frames import DecodedFrame
-from kvs_toolkit.consumer.readers import LiveReader
 from kvs_toolkit.analysis.models import model_detector
 from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli.consume import run as cmd_consume
+from kvs_toolkit.consumer.decode import FragmentDecoder
+from kvs_toolkit.consumer.frames import DecodedFrame
+from kvs_toolkit.consumer.readers import LiveReader
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
@@ -49,7 +49,7 @@ RECORD_KEYS = {
     "fragment_number", "producer_timestamp", "server_timestamp", "timestamp", "keyframe",
     "width", "height", "track", "index",
     # the analysis record
-    "stream_name", "timestamp", "model", "latency_ms", "detections",
+    "stream_name", "model", "latency_ms", "detections",
 }  # fmt: skip
 
 

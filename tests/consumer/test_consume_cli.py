@@ -20,9 +20,9 @@ import cv2
 import pytest
 from botocore.credentials import Credentials
 
-from kvs_toolkit.consumer.readers import LiveReader
 from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli.consume import run as cmd_consume
+from kvs_toolkit.consumer.readers import LiveReader
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import GetMediaError, MkvError
 from kvs_toolkit.producer.run import produce

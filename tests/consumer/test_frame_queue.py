@@ -15,8 +15,8 @@ import pytest
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.consumer.frame_queue import FragmentDone, FrameQueue, QueueClosed
 from kvs_toolkit.consumer.frames import DecodedFrame
-from kvs_toolkit.consumer.readers import FileReader
 from kvs_toolkit.consumer.pipeline import consume
+from kvs_toolkit.consumer.readers import FileReader
 from kvs_toolkit.mkv import Fragment
 
 from .media import SampleStream

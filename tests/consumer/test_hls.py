@@ -7,7 +7,6 @@ FragmentDecoder decodes all three.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import json
@@ -18,6 +17,8 @@ import numpy as np
 import pytest
 from botocore.credentials import Credentials
 
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.consume import run as cmd_consume
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.consumer.frames import DecodedFrame
 from kvs_toolkit.consumer.hls import (
@@ -28,8 +29,6 @@ from kvs_toolkit.consumer.hls import (
     segment_fragment,
 )
 from kvs_toolkit.consumer.readers import ArchiveReader, FragmentSource, LiveReader
-from kvs_toolkit.cli import build_parser
-from kvs_toolkit.cli.consume import run as cmd_consume
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.emulator import hls as emulator_hls
 from kvs_toolkit.errors import DecodeError, GetMediaError

@@ -3,7 +3,6 @@ CloudWatch (we do not emulate it); the uploads go to the real emulator."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import logging
@@ -16,11 +15,11 @@ import pytest
 from botocore.config import Config
 from moto import mock_aws
 
+from kvs_toolkit.cli import build_parser
+from kvs_toolkit.cli.produce import run as cmd_produce
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.producer import Uploader
 from kvs_toolkit.producer.metrics import CloudWatchMetrics
-from kvs_toolkit.cli import build_parser
-from kvs_toolkit.cli.produce import run as cmd_produce
 from kvs_toolkit.producer.uploader import UploadStats
 from tests.producer.conftest import ClipFactory
 from tests.producer.media import Clip

@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 from botocore.credentials import Credentials
 
-from kvs_toolkit.consumer import FragmentDecoder
-from kvs_toolkit.errors import EndpointUnreachableError, PutMediaError
-from kvs_toolkit.mkv import Tag
-from kvs_toolkit.producer.fragmenter import EncodedFrame
-from kvs_toolkit.retry import RetryPolicy
 from kvs_toolkit.aws import AwsAccess, DataEndpointCache
 from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli.options import parse_size, parse_start_time, parse_tags
 from kvs_toolkit.cli.produce import run as cmd_produce
+from kvs_toolkit.consumer import FragmentDecoder
+from kvs_toolkit.errors import EndpointUnreachableError, PutMediaError
+from kvs_toolkit.mkv import Tag
+from kvs_toolkit.producer.fragmenter import EncodedFrame
 from kvs_toolkit.producer.run import ProducerThread, Progress, produce
 from kvs_toolkit.producer.sources import (
     FrameSource,
@@ -39,6 +38,7 @@ from kvs_toolkit.producer.sources import (
     open_source,
 )
 from kvs_toolkit.producer.uploader import Uploader, UploadStats
+from kvs_toolkit.retry import RetryPolicy
 from kvs_toolkit.samples import SampleSpec, render_frame
 from tests.producer.conftest import ClipFactory
 from tests.producer.emulated_kvs import emulated_kvs
