@@ -317,6 +317,7 @@ class DataEndpointCache:
         endpoint: str | None = None,
         refresh_s: float = DEFAULT_ENDPOINT_REFRESH_S,
         clock: Callable[[], float] = time.monotonic,
+        control_client: Any = None,
     ) -> None:
         self.aws = aws
         self.stream = stream
@@ -327,7 +328,8 @@ class DataEndpointCache:
         self._refresh_s = refresh_s
         self._clock = clock
         self._looked_up_at = clock() if endpoint is not None else None
-        self._client: Any = None
+        self._client: Any = control_client  # a kinesisvideo client to share, or made here
+        self._owns_client = control_client is None
         self._lock = threading.Lock()
 
     def invalidate(self) -> None:
@@ -367,9 +369,9 @@ class DataEndpointCache:
             return found
 
     def close(self) -> None:
-        if self._client is not None:
+        if self._client is not None and self._owns_client:
             self._client.close()
-            self._client = None
+        self._client = None
 
 
 def _is_connection_failure(exc: BaseException) -> bool:

@@ -64,14 +64,12 @@ import urllib3
 import urllib3.exceptions
 
 from kvs_toolkit.aws import AwsAccess
+from kvs_toolkit.consumer.clients import Retryable, Stopped, StreamClients, translate_error
 from kvs_toolkit.consumer.readers import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_ENDPOINT_REFRESH_S,
     Backoff,
     ReaderStats,
-    _Clients,
-    _Retryable,
-    _translate,
 )
 from kvs_toolkit.consumer.selectors import TimestampType
 from kvs_toolkit.errors import DecodeError, GetMediaError
@@ -409,9 +407,9 @@ class HlsReader:
         if max_segment_bytes <= 0:
             raise ValueError("max_segment_bytes must be positive")
         self.stats = ReaderStats()
-        self._clients: _Clients | None = None
+        self._clients: StreamClients | None = None
         if session_url is None:
-            self._clients = _Clients(
+            self._clients = StreamClients(
                 stream_name,
                 stream_arn,
                 aws=aws,
@@ -479,10 +477,10 @@ class HlsReader:
                 log.info("%s: HLS %s session %s", self.name, self.playback_mode, url)
                 return url
             except Exception as exc:
-                translated = _translate(exc, what)
+                translated = translate_error(exc, what)
                 if translated is exc:
                     raise
-                if not isinstance(translated, _Retryable):
+                if not isinstance(translated, Retryable):
                     raise translated from exc
                 if translated.refresh_endpoint:
                     clients.invalidate()
@@ -498,7 +496,7 @@ class HlsReader:
         delay = self.backoff.delay(attempt)
         log.warning("%s; retrying in %.2f s", message, delay)
         if self._stop.wait(delay):
-            raise _Stopped
+            raise Stopped
         return attempt
 
     def _get(self, url: str, what: str, limit: int) -> bytes:
@@ -506,7 +504,7 @@ class HlsReader:
         attempt = 0
         while True:
             if self._stop.is_set():
-                raise _Stopped
+                raise Stopped
             try:
                 response = self._http.request("GET", url, preload_content=False)
             except urllib3.exceptions.HTTPError as exc:
@@ -553,7 +551,7 @@ class HlsReader:
     def __iter__(self) -> Iterator[Fragment]:
         try:
             yield from self._read()
-        except _Stopped:
+        except Stopped:
             return
 
     def _media_playlist_url(self) -> str:
@@ -695,7 +693,3 @@ class HlsReader:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-class _Stopped(Exception):
-    pass

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import http.client
 import logging
 import os
 import threading
@@ -48,11 +47,17 @@ from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Final, Protocol, TypeVar, runtime_checkable
 
 import boto3
-import botocore.exceptions
-import urllib3.exceptions
 
-from kvs_toolkit.aws import AwsAccess, DataEndpointCache
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.consumer.checkpoint import Checkpoint, CheckpointStore
+from kvs_toolkit.consumer.clients import (
+    NETWORK_ERRORS,
+    TIMEOUTS,
+    Retryable,
+    Stopped,
+    StreamClients,
+    translate_error,
+)
 from kvs_toolkit.consumer.selectors import StartSelector, TimestampType, parse_timestamp
 from kvs_toolkit.errors import GetMediaError, MkvError
 from kvs_toolkit.getmedia import interrupt, iter_payload
@@ -60,9 +65,7 @@ from kvs_toolkit.mkv import DEFAULT_MAX_ELEMENT_SIZE, Fragment, FragmentReader
 from kvs_toolkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from mypy_boto3_kinesis_video_archived_media import KinesisVideoArchivedMediaClient
-    from mypy_boto3_kinesis_video_media import KinesisVideoMediaClient
-    from mypy_boto3_kinesisvideo import KinesisVideoClient
+    pass
 
 __all__ = [
     "DEFAULT_ENDPOINT_REFRESH_S",
@@ -100,44 +103,6 @@ _KMS_ERRORS: Final = range(4500, 4507)
 _RECENT_NUMBERS: Final = 1024
 _CHUNK: Final = 1 << 20
 
-_THROTTLING: Final = frozenset(
-    {
-        "ClientLimitExceededException",
-        "ConnectionLimitExceededException",
-        "ThrottlingException",
-        "LimitExceededException",
-        "RequestLimitExceeded",
-    }
-)
-_ENDPOINT_ERRORS: Final = frozenset({"InvalidEndpointException"})
-_AUTH_ERRORS: Final = frozenset(
-    {
-        "NotAuthorizedException",
-        "AccessDeniedException",
-        "UnrecognizedClientException",
-        "InvalidSignatureException",
-        "IncompleteSignatureException",
-        "MissingAuthenticationTokenException",
-        "InvalidClientTokenId",
-        "ExpiredTokenException",
-        "SignatureDoesNotMatch",
-    }
-)
-# Errors of the connection or of the body while it is read (botocore does not wrap
-# the raw urllib3 reads of iter_payload).
-_NETWORK_ERRORS: Final = (
-    botocore.exceptions.ConnectionError,
-    botocore.exceptions.HTTPClientError,
-    botocore.exceptions.ResponseStreamingError,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
-_TIMEOUTS: Final = (
-    botocore.exceptions.ReadTimeoutError,
-    urllib3.exceptions.ReadTimeoutError,
-    TimeoutError,
-)
 
 _EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 T = TypeVar("T")
@@ -219,163 +184,6 @@ class FragmentSource(Protocol):
 
 
 # --- AWS clients ------------------------------------------------------------------------------
-class _Stopped(Exception):
-    """stop() came during a retry (internal)."""
-
-
-class _Retryable(Exception):
-    """A failure worth another attempt (internal: never leaves this module)."""
-
-    def __init__(
-        self, message: str, *, refresh_endpoint: bool = False, throttled: bool = False
-    ) -> None:
-        super().__init__(message)
-        self.refresh_endpoint = refresh_endpoint
-        self.throttled = throttled
-
-
-def _translate(exc: Exception, what: str) -> Exception:
-    """A boto3/botocore failure as a fatal :class:`GetMediaError` or a :class:`_Retryable`."""
-    if isinstance(exc, botocore.exceptions.ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
-        message = error.get("Message") or ""
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        detail = f"{code}: {message}" if message else code
-        if code in _THROTTLING:
-            return _Retryable(f"{what}: throttled ({detail})", throttled=True)
-        if code in _ENDPOINT_ERRORS:
-            return _Retryable(f"{what}: {detail}", refresh_endpoint=True)
-        if status >= 500:
-            return _Retryable(f"{what}: service error {status} ({detail})", refresh_endpoint=True)
-        if code == "ResourceNotFoundException":
-            return GetMediaError(f"{what}: the stream was not found ({detail})")
-        if code in _AUTH_ERRORS or status in (401, 403):
-            return GetMediaError(
-                f"{what}: not authorized ({detail}); check the AWS credentials and region"
-            )
-        return GetMediaError(f"{what}: {detail}")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return GetMediaError(f"{what}: no AWS credentials found")
-    if isinstance(exc, _NETWORK_ERRORS):
-        return _Retryable(f"{what}: connection failed ({exc})", refresh_endpoint=True)
-    if isinstance(exc, botocore.exceptions.BotoCoreError):  # e.g. a request boto3 refuses
-        return GetMediaError(f"{what}: {exc}")
-    return exc
-
-
-class _Clients:
-    """boto3 clients for one stream through :class:`~kvs_toolkit.aws.AwsAccess`: the
-    control plane, and data-plane clients bound to GetDataEndpoint answers that are
-    cached (:class:`~kvs_toolkit.aws.DataEndpointCache`) for ``endpoint_refresh_s``."""
-
-    def __init__(
-        self,
-        stream_name: str | None,
-        stream_arn: str | None,
-        *,
-        aws: AwsAccess | None,
-        endpoint_url: str | None,
-        region: str | None,
-        session: boto3.session.Session | None,
-        read_timeout_s: float,
-        connect_timeout_s: float,
-        endpoint_refresh_s: float,
-        stats: ReaderStats,
-    ) -> None:
-        from botocore.config import Config
-
-        if (stream_name is None) == (stream_arn is None):
-            raise ValueError("give exactly one of stream_name and stream_arn")
-        self.stream: dict[str, str] = (
-            {"StreamName": stream_name} if stream_name else {"StreamARN": stream_arn or ""}
-        )
-        self.label = stream_name or stream_arn or ""
-        if aws is None:
-            # a boto3 session given by older code: its credentials and region, as they are
-            aws = AwsAccess(
-                region_name=region or (session.region_name if session is not None else None),
-                endpoint_url=endpoint_url,
-                credentials_override=session.get_credentials() if session is not None else None,
-            )
-        self.aws = aws
-        self.region = aws.region
-        self.endpoint_url = aws.endpoint_url
-        self.endpoint_refresh_s = endpoint_refresh_s
-        self.stats = stats
-        self._control_config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=60,
-            retries={"mode": "standard", "max_attempts": 3},
-        )
-        # The readers retry on their own (with back-off and a fresh endpoint).
-        self._media_config = Config(
-            connect_timeout=connect_timeout_s,
-            read_timeout=read_timeout_s,
-            retries={"total_max_attempts": 1},
-            tcp_keepalive=True,
-        )
-        self._control: KinesisVideoClient | None = None
-        self._endpoints: dict[str, DataEndpointCache] = {}
-        self._data_clients: dict[tuple[str, str], Any] = {}
-
-    def control(self) -> KinesisVideoClient:
-        if self._control is None:
-            self._control = self.aws.client("kinesisvideo", config=self._control_config)
-        return self._control
-
-    def data_endpoint(self, api_name: str) -> str:
-        cache = self._endpoints.get(api_name)
-        if cache is None:
-            cache = DataEndpointCache(
-                self.aws, self.stream, api_name, refresh_s=self.endpoint_refresh_s
-            )
-            cache._client = self.control()  # one control-plane client per reader
-            self._endpoints[api_name] = cache
-        before = cache.lookups
-        endpoint = cache()
-        if cache.lookups != before:
-            self.stats.endpoint_refreshes = sum(c.refreshes for c in self._endpoints.values())
-            log.debug("%s data endpoint of %s: %s", api_name, self.label, endpoint)
-        return endpoint
-
-    def invalidate(self) -> None:
-        """Forget the data endpoints: the next request asks GetDataEndpoint again."""
-        for cache in self._endpoints.values():
-            cache.invalidate()
-
-    def _data_client(self, service: str, api_name: str) -> Any:
-        endpoint = self.data_endpoint(api_name)
-        key = (service, api_name)
-        cached = self._data_clients.get(key)
-        if cached is not None and cached[0] == endpoint:
-            return cached[1]
-        if cached is not None:
-            cached[1].close()
-        client = self.aws.client(service, endpoint_url=endpoint, config=self._media_config)
-        self._data_clients[key] = (endpoint, client)
-        return client
-
-    def media(self) -> KinesisVideoMediaClient:
-        client: KinesisVideoMediaClient = self._data_client("kinesis-video-media", "GET_MEDIA")
-        return client
-
-    def archived(self, api_name: str) -> KinesisVideoArchivedMediaClient:
-        client: KinesisVideoArchivedMediaClient = self._data_client(
-            "kinesis-video-archived-media", api_name
-        )
-        return client
-
-    def close(self) -> None:
-        for _endpoint, client in self._data_clients.values():
-            client.close()
-        self._data_clients.clear()
-        self._endpoints.clear()
-        if self._control is not None:
-            self._control.close()
-            self._control = None
-
-
 def _close_quietly(payload: Any) -> None:
     with contextlib.suppress(Exception):
         payload.close()
@@ -456,7 +264,7 @@ class LiveReader:
         stop_event: threading.Event | None = None,
     ) -> None:
         self.stats = ReaderStats()
-        self._clients = _Clients(
+        self._clients = StreamClients(
             stream_name,
             stream_arn,
             aws=aws,
@@ -606,7 +414,7 @@ class LiveReader:
                     break
             try:
                 payload = self._connect()
-            except _Retryable as exc:
+            except Retryable as exc:
                 failures = self._failed(failures, exc)
                 continue
             progressed = False
@@ -617,7 +425,7 @@ class LiveReader:
                     yield fragment
                     if self._stop.is_set():
                         return
-            except _Retryable as exc:
+            except Retryable as exc:
                 if self._stop.is_set():
                     return
                 if progressed:
@@ -632,7 +440,7 @@ class LiveReader:
             if not progressed and not self._idle and not self._stop.is_set():
                 failures += 1  # ended at once: do not spin on a server that hangs up
 
-    def _failed(self, failures: int, exc: _Retryable) -> int:
+    def _failed(self, failures: int, exc: Retryable) -> int:
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         if exc.throttled:
@@ -657,7 +465,7 @@ class LiveReader:
                 **self._clients.stream,
             )
         except Exception as exc:
-            translated = _translate(exc, what)
+            translated = translate_error(exc, what)
             if translated is exc:
                 raise
             raise translated from exc
@@ -694,18 +502,18 @@ class LiveReader:
                     )
                     return
         except MkvError as exc:
-            raise _Retryable(f"GetMedia {self.name}: malformed response: {exc}") from exc
-        except _TIMEOUTS as exc:
+            raise Retryable(f"GetMedia {self.name}: malformed response: {exc}") from exc
+        except TIMEOUTS as exc:
             if self._stop.is_set():
                 return
             self.stats.idle_reconnects += 1
             self._idle = True  # a quiet stream is no failure: reconnect without back-off
             log.debug("%s: no data for the read timeout, reconnecting (%s)", self.name, exc)
             return
-        except _NETWORK_ERRORS as exc:
+        except NETWORK_ERRORS as exc:
             if self._stop.is_set():
                 return
-            raise _Retryable(f"GetMedia {self.name}: connection lost ({exc})") from exc
+            raise Retryable(f"GetMedia {self.name}: connection lost ({exc})") from exc
         # The service ended the response. A media fragment without its trailing tags may
         # be incomplete: the next connection starts at it again. Error documents count.
         try:
@@ -768,7 +576,7 @@ class LiveReader:
                 error_id=error_id,
             )
         # 3002, 5000 and unknown ids: the service failed; resume from the last good token.
-        raise _Retryable(f"GetMedia {self.name}: error fragment ({description})")
+        raise Retryable(f"GetMedia {self.name}: error fragment ({description})")
 
 
 # --- archive --------------------------------------------------------------------------------
@@ -834,7 +642,7 @@ class ArchiveReader:
         if not 1 <= batch_size <= MAX_FRAGMENT_LIST:
             raise ValueError(f"batch_size must be 1..{MAX_FRAGMENT_LIST}, not {batch_size}")
         self.stats = ReaderStats()
-        self._clients = _Clients(
+        self._clients = StreamClients(
             stream_name,
             stream_arn,
             aws=aws,
@@ -865,14 +673,14 @@ class ArchiveReader:
             try:
                 return request()
             except Exception as exc:
-                translated = _translate(exc, what)
+                translated = translate_error(exc, what)
                 if translated is exc:
                     raise
-                if not isinstance(translated, _Retryable):
+                if not isinstance(translated, Retryable):
                     raise translated from exc
                 attempt = self._failed(attempt, translated)
 
-    def _failed(self, attempt: int, exc: _Retryable) -> int:
+    def _failed(self, attempt: int, exc: Retryable) -> int:
         self.stats.failures += 1
         self.stats.last_error = str(exc)
         if exc.throttled:
@@ -881,20 +689,20 @@ class ArchiveReader:
             self._clients.invalidate()
         attempt += 1
         if self._stop.is_set():
-            raise _Stopped
+            raise Stopped
         if attempt > self.max_retries:
             raise GetMediaError(f"{exc} (gave up after {attempt} attempts)") from exc
         delay = self.backoff.delay(attempt)
         log.warning("%s; retrying in %.2f s", exc, delay)
         if self._stop.wait(delay):
-            raise _Stopped
+            raise Stopped
         return attempt
 
     def list_fragments(self) -> list[FragmentInfo]:
         """Every fragment in the range, sorted by (timestamp, fragment number)."""
         try:
             return self._list()
-        except _Stopped:
+        except Stopped:
             raise GetMediaError(f"ListFragments {self.name}: stopped") from None
 
     def _list(self) -> list[FragmentInfo]:
@@ -939,7 +747,7 @@ class ArchiveReader:
     def __iter__(self) -> Iterator[Fragment]:
         try:
             numbers = [info.fragment_number for info in self._list()]
-        except _Stopped:
+        except Stopped:
             return
         yield from self.get_fragments(numbers)
 
@@ -957,13 +765,13 @@ class ArchiveReader:
                         yield fragment
                         if self._stop.is_set():
                             return
-                except _Retryable as exc:
+                except Retryable as exc:
                     try:
                         attempt = self._failed(attempt, exc)
-                    except _Stopped:
+                    except Stopped:
                         return
                     continue
-                except _Stopped:
+                except Stopped:
                     return
                 if self._stop.is_set():
                     return
@@ -1002,11 +810,11 @@ class ArchiveReader:
                             yield fragment
                 tail = reader.close()
             except MkvError as exc:
-                raise _Retryable(f"{what}: malformed or cut response: {exc}") from exc
-            except _NETWORK_ERRORS as exc:
+                raise Retryable(f"{what}: malformed or cut response: {exc}") from exc
+            except NETWORK_ERRORS as exc:
                 if self._stop.is_set():
                     return
-                raise _Retryable(f"{what}: connection lost ({exc})") from exc
+                raise Retryable(f"{what}: connection lost ({exc})") from exc
             for fragment in tail:
                 if self._take(fragment, remaining):
                     yield fragment

@@ -133,7 +133,7 @@ def test_consume_sampling_options(
                 "--max-fragments", str(FRAGMENTS), "--no-progress")  # fmt: skip
     assert cmd_consume(args) == 0
     assert [r["keyframe"] for r in read_jsonl(out)] == [True] * FRAGMENTS
-    args = live(emulator, "--start", "earliest", "--out", str(out), "--fps", "2",
+    args = live(emulator, "--start", "earliest", "--out", str(out), "--overwrite", "--fps", "2",
                 "--max-fragments", str(FRAGMENTS), "--no-progress")  # fmt: skip
     assert cmd_consume(args) == 0
     assert len(read_jsonl(out)) == 2 * FRAGMENTS
@@ -147,12 +147,12 @@ def test_consume_archive_range(emulator: Emulator, aws_env: dict[str, str], tmp_
     records = read_jsonl(out)
     assert len(records) == FRAMES
     third = sorted({r["producer_timestamp"] for r in records})[2]
-    args = live(emulator, "--archive", str(third), "2100-01-01", "--out", str(out),
+    args = live(emulator, "--archive", str(third), "2100-01-01", "--out", str(out), "--overwrite",
                 "--no-progress")  # fmt: skip
     assert cmd_consume(args) == 0
     assert [r["timestamp"] for r in read_jsonl(out)] == [r["timestamp"] for r in records[20:]]
     args = live(emulator, "--archive", "2000-01-01", "2100-01-01", "--timestamp-type", "server",
-                "--out", str(out), "--no-progress")  # fmt: skip
+                "--out", str(out), "--overwrite", "--no-progress")  # fmt: skip
     assert cmd_consume(args) == 0
     assert len(read_jsonl(out)) == FRAMES
 
@@ -309,3 +309,49 @@ def test_start_checkpoint_uses_the_default_sqlite_store_per_consumer_group(
     corrupt.write_bytes(b"garbage" * 100)
     assert cmd_consume(live(emulator, "--checkpoint", str(corrupt), "--no-progress")) == 2
     assert "is not usable: file is not a database" in capsys.readouterr().err
+
+
+def test_a_second_run_does_not_erase_the_first_runs_records(
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "first.jsonl"
+    args = live(emulator, "--start", "earliest", "--out", str(out),
+                "--max-fragments", "1", "--no-progress")  # fmt: skip
+    assert cmd_consume(args) == 0
+    first = out.read_bytes()
+    assert first
+    assert cmd_consume(args) == 2  # refused: the file holds records, no --overwrite
+    assert out.read_bytes() == first
+    args = live(emulator, "--start", "earliest", "--out", str(out), "--overwrite",
+                "--max-fragments", "2", "--no-progress")  # fmt: skip
+    assert cmd_consume(args) == 0
+    assert len(read_jsonl(out)) == 2 * FRAMES // FRAGMENTS
+
+
+def test_resuming_from_a_checkpoint_appends_and_loses_no_record(
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The README's "resume after a crash": the second run starts after the checkpoint
+    and appends, so the file ends with every frame exactly once."""
+    out = tmp_path / "resume.jsonl"
+    checkpoint = tmp_path / "checkpoints.sqlite3"
+    common = ("--start", "checkpoint", "--checkpoint", str(checkpoint), "--out", str(out),
+              "--no-progress")  # fmt: skip
+    assert cmd_consume(live(emulator, *common, "--max-fragments", "1")) == 0
+    assert len(read_jsonl(out)) == FRAMES // FRAGMENTS
+    assert cmd_consume(live(emulator, *common, "--idle-exit", "1")) == 0
+    records = read_jsonl(out)
+    assert [r["timestamp"] for r in records] == sorted({r["timestamp"] for r in records})
+    assert len(records) == FRAMES
+
+
+def test_max_frames_and_format(emulator: Emulator, aws_env: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "gray.jsonl"
+    frames_dir = tmp_path / "frames"
+    args = live(emulator, "--start", "earliest", "--out", str(out), "--max-frames", "7",
+                "--format", "gray", "--frames-dir", str(frames_dir), "--no-progress")  # fmt: skip
+    assert cmd_consume(args) == 0
+    assert len(read_jsonl(out)) == 7
+    pictures = sorted(frames_dir.glob("*.jpg"))
+    assert len(pictures) == 7
+    assert cv2.imread(str(pictures[0]), cv2.IMREAD_UNCHANGED).ndim == 2  # saved as gray
