@@ -385,7 +385,6 @@ def run(args: argparse.Namespace) -> int:
     from kvs_toolkit.consumer.decode import FragmentDecoder
     from kvs_toolkit.consumer.pipeline import Pipeline, Progress
     from kvs_toolkit.consumer.readers import LiveReader
-    from kvs_toolkit.errors import CheckpointError
 
     if args.max_fragments is not None and args.max_fragments < 0:
         return fail("consume", "--max-fragments must not be negative")
@@ -398,25 +397,27 @@ def run(args: argparse.Namespace) -> int:
             "--min-confidence, --motion-ignore, --to-kinesis, --to-s3, --webhook and "
             "--annotate-to need --model",
         )
-    aws = None if args.from_file else aws_from_args(args)
-    if aws is not None:
-        aws.check()  # a missing region or credential: one line, before any work
-    analyzer: Analyzer | None = None
-    if args.model is not None:
-        from kvs_toolkit.analysis import AnalysisError
+    from kvs_toolkit.errors import KvsError
 
-        try:
-            analyzer = _open_analyzer(args, aws.region if aws is not None else args.region)
-        except (AnalysisError, ValueError) as exc:
-            return fail("consume", exc)
+    aws = None if args.from_file else aws_from_args(args)
     try:
         checkpoints = open_checkpoints(args)
+        # the options are checked before any AWS setting: a usage error says so first
         source = open_reader(args, aws, checkpoints)
+        if aws is not None:
+            aws.check()  # a missing region or credential: one line, before any work
         out_file = _open_out(args, resuming=checkpoints is not None)
-    except (ValueError, CheckpointError, OSError) as exc:
-        if analyzer is not None:
-            analyzer.close()
+    except (ValueError, OSError, KvsError) as exc:
         return fail("consume", exc)
+    analyzer: Analyzer | None = None
+    if args.model is not None:
+        try:
+            analyzer = _open_analyzer(args, aws.region if aws is not None else args.region)
+        except (ValueError, KvsError) as exc:
+            source.close()
+            if out_file is not None:
+                out_file.close()
+            return fail("consume", exc)
 
     publisher: AnnotatedPublisher | None = None
     if args.annotate_to:
