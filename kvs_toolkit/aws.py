@@ -55,8 +55,10 @@ __all__ = [
     "AwsAccess",
     "DataEndpointCache",
     "call_with_retry",
+    "connection_failure_reason",
     "endpoint_url_from_environment",
     "is_loopback_url",
+    "unreachable_endpoint",
 ]
 
 log = logging.getLogger(__name__)
@@ -410,7 +412,7 @@ def call_with_retry(
         except Exception as exc:
             if not _is_connection_failure(exc):
                 raise
-            reason = _reason(exc)
+            reason = connection_failure_reason(exc)
             if aws.retry.gives_up_after(attempt):
                 raise EndpointUnreachableError(
                     f"cannot reach {aws.describe()} ({what}): {reason}; gave up after "
@@ -428,7 +430,7 @@ def call_with_retry(
             sleep(delay)
 
 
-def _reason(exc: BaseException) -> str:
+def connection_failure_reason(exc: BaseException) -> str:
     """A short cause: "connection refused", "timed out", "name not resolved"..."""
     underlying = getattr(exc, "kwargs", {}).get("error")
     text = f"{exc} {underlying}"
@@ -442,3 +444,10 @@ def _reason(exc: BaseException) -> str:
         if marker in text:
             return reason
     return type(exc).__name__
+
+
+def unreachable_endpoint(exc: BaseException) -> str:
+    """``scheme://host:port`` of the endpoint a botocore connection error was about."""
+    url = getattr(exc, "kwargs", {}).get("endpoint_url") or ""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the endpoint"

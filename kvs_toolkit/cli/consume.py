@@ -273,9 +273,15 @@ def open_reader(
     )
     if aws is None:
         aws = aws_from_args(args)
+    # one retry policy for every reader: --max-attempts (0: keep trying)
+    attempts = aws.retry.max_attempts
+    retries: dict[str, Any] = {
+        "backoff": aws.retry,
+        "max_retries": None if attempts is None else attempts - 1,
+    }
     if args.hls_url:
         return HlsReader(session_url=args.hls_url, timestamp_type=timestamp_type,
-                         idle_exit_s=args.idle_exit, aws=aws)  # fmt: skip
+                         idle_exit_s=args.idle_exit, aws=aws, **retries)  # fmt: skip
     if not args.stream:
         raise ValueError("--stream is required (or --from-file, --hls-url)")
     if args.playback_mode and not args.hls:
@@ -297,19 +303,14 @@ def open_reader(
             timestamp_type=timestamp_type,
             aws=aws,
             idle_exit_s=args.idle_exit,
+            **retries,
         )
     if args.archive:
         start, end = args.archive
-        return ArchiveReader(args.stream, start, end, timestamp_type=timestamp_type, aws=aws)
-    attempts = aws.retry.max_attempts
-    return LiveReader(
-        args.stream,
-        start=resolve_start(args, checkpoints),
-        aws=aws,
-        backoff=aws.retry,
-        # --max-attempts 0 keeps a live read retrying without end
-        max_retries=None if attempts is None else attempts - 1,
-    )
+        return ArchiveReader(
+            args.stream, start, end, timestamp_type=timestamp_type, aws=aws, **retries
+        )
+    return LiveReader(args.stream, start=resolve_start(args, checkpoints), aws=aws, **retries)
 
 
 def _sink_specs(args: argparse.Namespace) -> list[str]:

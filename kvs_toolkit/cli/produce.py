@@ -152,6 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="CloudWatch metrics period (default 60)",
     )
+    parser.add_argument(
+        "--no-progress",
+        dest="progress",
+        action="store_false",
+        help="no status line while running (the summary is still printed)",
+    )
     options.add_iot_arguments(parser)
 
 
@@ -186,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     status = StatusLine()
 
     def show(progress: Progress) -> None:
-        status.show(progress.line(), final=progress.done)
+        if args.progress or progress.done:  # the summary line is always printed
+            status.show(progress.line(), final=progress.done)
 
     async def main() -> int:
         stop = options.stop_event_on_signals(

@@ -14,7 +14,12 @@ import boto3
 import botocore.exceptions
 import urllib3.exceptions
 
-from kvs_toolkit.aws import AwsAccess, DataEndpointCache
+from kvs_toolkit.aws import (
+    AwsAccess,
+    DataEndpointCache,
+    connection_failure_reason,
+    unreachable_endpoint,
+)
 from kvs_toolkit.errors import GetMediaError
 
 if TYPE_CHECKING:
@@ -30,6 +35,8 @@ __all__ = [
     "Retryable",
     "Stopped",
     "StreamClients",
+    "attempt_text",
+    "give_up_text",
     "translate_error",
 ]
 
@@ -114,7 +121,11 @@ def translate_error(exc: Exception, what: str) -> Exception:
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
         return GetMediaError(f"{what}: no AWS credentials found")
     if isinstance(exc, NETWORK_ERRORS):
-        return Retryable(f"{what}: connection failed ({exc})", refresh_endpoint=True)
+        # the same words as every command's (kvs_toolkit.aws.call_with_retry)
+        return Retryable(
+            f"cannot reach {unreachable_endpoint(exc)} ({what}): {connection_failure_reason(exc)}",
+            refresh_endpoint=True,
+        )
     if isinstance(exc, botocore.exceptions.BotoCoreError):  # e.g. a request boto3 refuses
         return GetMediaError(f"{what}: {exc}")
     return exc
@@ -233,3 +244,13 @@ class StreamClients:
         if self._control is not None:
             self._control.close()
             self._control = None
+
+
+def attempt_text(attempt: int, max_retries: int | None) -> str:
+    """``attempt 2/5`` (``attempt 2`` without a bound): the same words as every command's
+    retry message (:func:`kvs_toolkit.aws.call_with_retry`)."""
+    return f"attempt {attempt}" if max_retries is None else f"attempt {attempt}/{max_retries + 1}"
+
+
+def give_up_text(message: str, attempts: int) -> str:
+    return f"{message}; gave up after {attempts} attempts (--max-attempts)"

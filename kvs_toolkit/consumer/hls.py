@@ -64,7 +64,14 @@ import urllib3
 import urllib3.exceptions
 
 from kvs_toolkit.aws import AwsAccess
-from kvs_toolkit.consumer.clients import Retryable, Stopped, StreamClients, translate_error
+from kvs_toolkit.consumer.clients import (
+    Retryable,
+    Stopped,
+    StreamClients,
+    attempt_text,
+    give_up_text,
+    translate_error,
+)
 from kvs_toolkit.consumer.readers import (
     DEFAULT_CONNECT_TIMEOUT_S,
     DEFAULT_ENDPOINT_REFRESH_S,
@@ -390,7 +397,7 @@ class HlsReader:
         read_timeout_s: float = 30.0,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         backoff: Backoff | None = None,
-        max_retries: int = 5,
+        max_retries: int | None = 5,
     ) -> None:
         if session_url is None and stream_name is None and stream_arn is None:
             raise ValueError("HlsReader needs a stream (name or ARN) or a session_url")
@@ -491,10 +498,12 @@ class HlsReader:
         self.stats.failures += 1
         self.stats.last_error = message
         attempt += 1
-        if attempt > self.max_retries:
-            raise GetMediaError(f"{message} (gave up after {attempt} attempts)")
+        if self.max_retries is not None and attempt > self.max_retries:
+            raise GetMediaError(give_up_text(message, attempt))
         delay = self.backoff.delay(attempt)
-        log.warning("%s; retrying in %.2f s", message, delay)
+        log.warning(
+            "%s; %s, next in %.1f s", message, attempt_text(attempt, self.max_retries), delay
+        )
         if self._stop.wait(delay):
             raise Stopped
         return attempt

@@ -56,6 +56,8 @@ from kvs_toolkit.consumer.clients import (
     Retryable,
     Stopped,
     StreamClients,
+    attempt_text,
+    give_up_text,
     translate_error,
 )
 from kvs_toolkit.consumer.selectors import StartSelector, TimestampType, parse_timestamp
@@ -449,8 +451,8 @@ class LiveReader:
             self._clients.invalidate()
         attempts = failures + 1
         if self.max_retries is not None and attempts > self.max_retries:
-            raise GetMediaError(f"{exc} (gave up after {attempts} attempts)") from exc
-        log.warning("%s: %s", self.name, exc)
+            raise GetMediaError(give_up_text(str(exc), attempts)) from exc
+        log.warning("%s; %s", exc, attempt_text(attempts, self.max_retries))
         return attempts
 
     def _connect(self) -> Any:
@@ -630,7 +632,7 @@ class ArchiveReader:
         read_timeout_s: float = 60.0,
         connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         backoff: Backoff | None = None,
-        max_retries: int = 5,
+        max_retries: int | None = 5,
         max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
     ) -> None:
         if start is None or end is None:
@@ -690,10 +692,10 @@ class ArchiveReader:
         attempt += 1
         if self._stop.is_set():
             raise Stopped
-        if attempt > self.max_retries:
-            raise GetMediaError(f"{exc} (gave up after {attempt} attempts)") from exc
+        if self.max_retries is not None and attempt > self.max_retries:
+            raise GetMediaError(give_up_text(str(exc), attempt)) from exc
         delay = self.backoff.delay(attempt)
-        log.warning("%s; retrying in %.2f s", exc, delay)
+        log.warning("%s; %s, next in %.1f s", exc, attempt_text(attempt, self.max_retries), delay)
         if self._stop.wait(delay):
             raise Stopped
         return attempt
