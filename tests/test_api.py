@@ -96,9 +96,7 @@ def test_pipeline_with_the_motion_detector(
     emulator: Emulator, no_aws_config: None, tmp_path: Path
 ) -> None:
     sample = write_sample(tmp_path / "sample.mkv", SPEC)
-    Producer("moving", endpoint_url=emulator.endpoint_url, create_stream=True).upload(
-        str(sample)
-    )
+    Producer("moving", endpoint_url=emulator.endpoint_url, create_stream=True).upload(str(sample))
     out = io.StringIO()
     with open_stream(
         "moving", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=1.0

@@ -24,7 +24,7 @@ from kvs_toolkit.analysis.processors import (
 )
 from kvs_toolkit.analysis.sinks import JsonLinesSink
 from kvs_toolkit.cli import options
-from kvs_toolkit.cli.common import aws_from_args
+from kvs_toolkit.cli.common import add_global_options, aws_from_args
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the video's size, for boxes in pixels (default: pixels = fractions)",
     )
     results.add_argument("--model", default=DEFAULT_MODEL, help="model name in the records")
+    for action_parser in actions.choices.values():  # global options after the action too
+        add_global_options(action_parser, suppress=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -188,7 +188,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
     assert "--to-s3 takes s3://BUCKET/PREFIX" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parse("--model", "motion", "--min-confidence", "1.5")
-    with pytest.raises(AnalysisError, match="needs the model file"):
+    with pytest.raises(AnalysisError, match="needs its file: onnx:PATH"):
         model_detector("onnx")
     with pytest.raises(AnalysisError, match="takes no ':' argument"):
         model_detector("motion:fast")

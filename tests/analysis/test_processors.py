@@ -655,7 +655,7 @@ def test_cli_results_follow_prints_json_lines_and_saves_the_position(
     moto_kinesis.put_record(StreamName="door-results", Data=b"{}", PartitionKey="k")
     position = tmp_path / "position.json"
     argv = ["rekognition-processor", "--region", "us-east-1", "results", "--data-stream",
-            "door-results", "--kvs-endpoint-url", emulator.endpoint_url, "--position",
+            "door-results", "--endpoint-url", emulator.endpoint_url, "--position",
             str(position)]  # fmt: skip
     follow = ["--follow", "--poll-interval", "0.05", "--max-records", str(len(expected)),
               "--frame-size", "320x240"]  # fmt: skip
@@ -710,7 +710,7 @@ def test_face_search_alerts_program_prints_who_was_seen(
     )  # fmt: skip
     position = tmp_path / "position.json"
     program = load_program()
-    argv = ["--data-stream", "door-results", "--region", "us-east-1", "--kvs-endpoint-url",
+    argv = ["--data-stream", "door-results", "--region", "us-east-1", "--endpoint-url",
             emulator.endpoint_url, "--from", "trim-horizon", "--once", "--position",
             str(position)]  # fmt: skip
     assert program.main(argv) == 0
