@@ -118,7 +118,7 @@ def test_consume_signal_prints_the_summary(
 ) -> None:
     url, _ = emulator
     sample = write_sample(tmp_path / "sample.mkv", SPEC)
-    produced = subprocess.run(
+    produced = subprocess.run(  # noqa: PLW1510 - the return code is asserted
         [*KVS, "produce", str(sample), "--stream", "sig", "--endpoint-url", url,
          "--create-stream", "--fast"],
         capture_output=True, text=True, env=clean_env(tmp_path), timeout=60,
