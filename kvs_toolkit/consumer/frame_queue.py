@@ -7,12 +7,16 @@ happens when it is full:
 
 * ``block`` - the reader waits until the processor takes a frame. Nothing is lost; the
   reader (and GetMedia) slow down to the processor's pace.
-* ``drop-to-keyframe`` - the reader never waits. The queued frames older than the
-  newest key frame (queued or arriving) are dropped, so the processor skips to the
-  freshest group of pictures; when no newer key frame is queued, the arriving frame
-  is dropped, and so is every frame after it until the next key frame (they predict
-  from it), even when a slot frees meanwhile. Every dropped frame is counted
-  (:attr:`FrameQueue.dropped`).
+* ``drop-to-keyframe`` - drop only when the processor is really behind. A full queue
+  is not enough: GetMedia delivers a fragment's frames in a burst, faster than real
+  time, and a processor that keeps up with the stream drains them one frame interval
+  apart. So the reader first waits up to two frame intervals (from the frames' own
+  timestamps, 1 ms to 1 s) for a slot; only a processor slower than the stream lets
+  that pass, and then the queued frames older than the newest key frame (queued or
+  arriving) are dropped, so the processor skips to the freshest group of pictures;
+  when no newer key frame is queued, the arriving frame is dropped, and so is every
+  frame after it until the next key frame (they predict from it), even when a slot
+  frees meanwhile. Every dropped frame is counted (:attr:`FrameQueue.dropped`).
 
 Between the frames go *fragment-done* markers: the processor reaches a fragment's
 marker only after every frame of it was processed (or dropped), which is when the
@@ -35,6 +39,9 @@ __all__ = ["QUEUE_POLICIES", "FragmentDone", "FrameQueue", "QueueClosed", "Queue
 
 QueuePolicy = Literal["block", "drop-to-keyframe"]
 QUEUE_POLICIES: Final[tuple[QueuePolicy, ...]] = ("block", "drop-to-keyframe")
+# Bounds of the frame interval the drop policy waits two of before it drops.
+_MIN_INTERVAL_NS: Final = 1_000_000
+_MAX_INTERVAL_NS: Final = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +75,7 @@ class FrameQueue:
         # drop-to-keyframe dropped an arriving frame: every frame after it depends on it
         # (until the next key frame), so those go too, even once a slot is free again
         self._skipping_to_keyframe = False
+        self._last_timestamp_ns: int | None = None
         self._cond = threading.Condition()
 
     @property
@@ -84,6 +92,12 @@ class FrameQueue:
                     self.dropped += 1
                     return
                 self._skipping_to_keyframe = False
+            grace_s = self._grace_s(frame)
+            if self.policy == "drop-to-keyframe" and self._frames >= self.maxsize:
+                # a processor that keeps up frees a slot within a frame interval or so
+                self._cond.wait_for(
+                    lambda: self._frames < self.maxsize or self._closed, timeout=grace_s
+                )
             while self._frames >= self.maxsize:
                 if self._closed:
                     raise QueueClosed
@@ -100,6 +114,12 @@ class FrameQueue:
             self._frames += 1
             self.max_depth = max(self.max_depth, self._frames)
             self._cond.notify_all()
+
+    def _grace_s(self, frame: DecodedFrame) -> float:
+        """Two frame intervals of the stream, from the frames' timestamps (1 ms - 1 s)."""
+        last, self._last_timestamp_ns = self._last_timestamp_ns, frame.timestamp_ns
+        interval_ns = 0 if last is None else frame.timestamp_ns - last
+        return 2 * min(max(interval_ns, _MIN_INTERVAL_NS), _MAX_INTERVAL_NS) / 1e9
 
     def _drop_to_keyframe(self, arriving: DecodedFrame) -> bool:
         """Drop the queued frames older than the newest key frame; False when there is

@@ -129,8 +129,12 @@ def test_consume_with_a_slow_processor(
     done: list[str | None] = []
     out = io.StringIO()
 
+    # far slower than decoding; for drop-to-keyframe also slower than the stream itself
+    # (the sample is 25 fps: 40 ms a frame), else nothing is dropped
+    delay = 0.01 if policy == "block" else 0.1
+
     def slow(_frame: DecodedFrame) -> None:
-        time.sleep(0.01)  # a model far slower than decoding
+        time.sleep(delay)
 
     result = consume(
         FileReader(capture),
@@ -158,3 +162,54 @@ def test_consume_with_a_slow_processor(
         for previous, record in itertools.pairwise(records):
             if record["timestamp"] - previous["timestamp"] > spacing * 1.5:
                 assert record["keyframe"], record
+
+
+def test_drop_to_keyframe_drops_nothing_when_the_processor_keeps_up() -> None:
+    """GetMedia hands over a 2 s fragment of 30 fps video in one burst; a processor that
+    needs 5 ms a frame keeps up with the stream and must lose no frame (the old policy
+    dropped whenever the 8-frame queue was full)."""
+    queue = FrameQueue(8, "drop-to-keyframe")
+    interval_ns = 33_333_333
+    processed: list[int] = []
+
+    def processor() -> None:
+        while (item := queue.get()) is not None:
+            if isinstance(item, DecodedFrame):
+                time.sleep(0.005)
+                processed.append(item.index)
+
+    worker = threading.Thread(target=processor)
+    worker.start()
+    for index in range(120):  # two fragments, each put at once
+        queue.put_frame(
+            DecodedFrame(IMAGE, "bgr24", 1, "1", None, None, index * interval_ns,
+                         index * interval_ns, index % 60 == 0, index)
+        )  # fmt: skip
+    queue.end()
+    worker.join()
+    assert queue.dropped == 0
+    assert processed == list(range(120))
+
+
+def test_drop_to_keyframe_drops_when_the_processor_is_slower_than_the_stream() -> None:
+    queue = FrameQueue(4, "drop-to-keyframe")
+    interval_ns = 10_000_000  # 100 fps
+    processed: list[int] = []
+
+    def processor() -> None:
+        while (item := queue.get()) is not None:
+            if isinstance(item, DecodedFrame):
+                time.sleep(0.05)  # 20 fps
+                processed.append(item.index)
+
+    worker = threading.Thread(target=processor)
+    worker.start()
+    for index in range(60):
+        queue.put_frame(
+            DecodedFrame(IMAGE, "bgr24", 1, "1", None, None, index * interval_ns,
+                         index * interval_ns, index % 10 == 0, index)
+        )  # fmt: skip
+    queue.end()
+    worker.join()
+    assert queue.dropped > 0
+    assert len(processed) + queue.dropped == 60
