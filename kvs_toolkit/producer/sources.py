@@ -82,6 +82,7 @@ __all__ = [
     "SourceOptions",
     "UrlSource",
     "adts_to_asc",
+    "container_kind",
     "iso_time_ms",
     "open_source",
     "redact_url",
@@ -1168,6 +1169,22 @@ class NumpySource(FrameSource):
 # Registered sources
 
 
+def container_kind(head: bytes) -> str | None:
+    """The container a file starting with ``head`` is (``"MKV"``, ``"MP4"``, ...), or
+    None for anything else (an Annex-B elementary stream starts with zero bytes)."""
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "MKV/WebM"
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "MP4/MOV"
+    if head.startswith(b"FLV"):
+        return "FLV"
+    if head.startswith(b"RIFF"):
+        return "AVI"
+    if head[:1] == b"\x47" and (len(head) < 189 or head[188:189] == b"\x47"):
+        return "MPEG-TS"
+    return None
+
+
 @register_source("-")
 def _stdin_source(spec: str, options: SourceOptions) -> FrameSource:
     use_fps = options.clock == "fps" or (options.clock == "auto" and options.fps is not None)
@@ -1180,6 +1197,17 @@ def _stdin_source(spec: str, options: SourceOptions) -> FrameSource:
         from_file = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
     except (OSError, ValueError):  # no real descriptor (tests replacing sys.stdin)
         from_file = False
+    peek = getattr(sys.stdin.buffer, "peek", None)
+    kind = container_kind(bytes(peek(189)[:189])) if peek is not None else None
+    if kind is not None:
+        # A container file on stdin: read it as the file it is (a new descriptor of the
+        # same file, from its start), or say what stdin must be when it is a pipe.
+        if from_file:
+            return FileSource(f"/proc/self/fd/{sys.stdin.fileno()}", options)
+        raise SourceError(
+            f"stdin carries a {kind} file, not an H.264/H.265 Annex-B stream: give the file "
+            "itself (kvs produce FILE) or redirect it (kvs produce - < FILE)"
+        )
     return AnnexBSource(
         sys.stdin.buffer,
         codec=options.codec,

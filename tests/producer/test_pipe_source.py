@@ -192,3 +192,40 @@ def test_stdin_from_a_file_or_with_fast_is_a_recording(
         monkeypatch.setattr("sys.stdin", stdin)
         source = open_source("-", SourceOptions(fps=10, realtime=realtime))
         assert source.live is live
+
+
+def _stdin_produce(tmp_path: Path, sample: Path, *, pipe: bool) -> tuple[int, str]:
+    """`kvs produce - --stream s` with ``sample`` on stdin (a redirect or a pipe) against
+    a closed endpoint: reading the source happens first, so the source's verdict shows."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "kvs_toolkit.cli", "produce", "-", "--stream", "s",
+            "--endpoint-url", "http://127.0.0.1:9", "--max-attempts", "1", "--fast"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    if pipe:
+        result = subprocess.run(
+            argv, input=sample.read_bytes(), capture_output=True, env=env, timeout=60,
+            check=False,
+        )  # fmt: skip
+    else:
+        with sample.open("rb") as stdin:
+            result = subprocess.run(
+                argv, stdin=stdin, capture_output=True, env=env, timeout=60, check=False
+            )
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_a_container_file_on_stdin_is_read_as_a_file(tmp_path: Path, suffix: str) -> None:
+    from kvs_toolkit.samples import SampleSpec, write_sample
+
+    sample = write_sample(tmp_path / f"sample{suffix}", SampleSpec(160, 120, 10, 1.0))
+    status, err = _stdin_produce(tmp_path, sample, pipe=False)
+    # the file was read as a container: what stops it now is the closed endpoint
+    assert "before the first start code" not in err
+    assert "cannot reach http://127.0.0.1:9" in err and status == 2
+    status, err = _stdin_produce(tmp_path, sample, pipe=True)
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith("kvs produce: stdin carries a ")
+    assert "not an H.264/H.265 Annex-B stream" in err and "Traceback" not in err
