@@ -1,99 +1,44 @@
-"""Frame sources for the producer: where encoded frames come from.
-
-A :class:`FrameSource` is a single-use iterator of :class:`EncodedFrame` s (AVCC/HVCC
-video on track 1, audio on track 2) with the :attr:`~FrameSource.tracks` the stream
-must declare. Iterating does blocking I/O and may sleep to pace a file in real time:
-run it in a thread (``kvs_toolkit.producer.run.produce`` does).
-
-Sources, chosen by :func:`open_source` from a registry keyed by the source string's
-scheme (``register_source`` adds more):
-
-==================  =========================================================================
-``-``               :class:`AnnexBSource` - an H.264/H.265 elementary stream on stdin (e.g.
-                    ``rpicam-vid -t 0 --inline -o - | kvs produce - ...``); no re-encoding
-``camera:0``        :class:`CameraSource` - OpenCV ``VideoCapture`` (V4L2), encoded with
-                    :class:`~kvs_toolkit.producer.encoder.Encoder`
-``rtsp://`` ...     :class:`UrlSource` - a network stream opened by FFmpeg (rtsp, rtmp, http,
-                    https, srt, udp), like a file
-anything else       :class:`FileSource` - any container FFmpeg opens
-==================  =========================================================================
-
-:class:`NumpySource` takes images from user code (``put_frame``) and encodes them.
-
-File and URL sources pass H.264 and H.265 through without decoding (Annex-B packets, as
-in MPEG-TS, are converted to AVCC; mp4/mkv packets already are) and re-encode any other
-video. An AAC (or G.711) audio track is passed through as track 2.
-"""
+"""Files and network streams through FFmpeg (PyAV): H.264/H.265 passed through, other
+video encoded; AAC and G.711 audio passed along."""
 
 from __future__ import annotations
 
-import datetime
 import functools
 import logging
 import os
-import queue
-import stat
-import sys
-import threading
 import time
-import urllib.parse
-from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Final
 
 from kvs_toolkit import bitstream
-from kvs_toolkit.bitstream import AccessUnit, AccessUnitSplitter, BytesLike, Codec
-from kvs_toolkit.errors import BitstreamError, SourceError
+from kvs_toolkit.bitstream import BytesLike, Codec
+from kvs_toolkit.errors import SourceError
 from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, TrackInfo
-from kvs_toolkit.producer.fragmenter import DEFAULT_FRAGMENT_DURATION_MS, EncodedFrame
+from kvs_toolkit.producer.fragmenter import EncodedFrame
+from kvs_toolkit.producer.sources.base import (
+    AUDIO_TRACK,
+    VIDEO_TRACK,
+    FrameSource,
+    SourceOptions,
+    codec_private_from,
+    iso_time_ms,
+    redact_url,
+    register_source,
+)
 
 if TYPE_CHECKING:
     import av
-    import numpy as np
-    import numpy.typing as npt
     from av.audio.stream import AudioStream
     from av.container import InputContainer
     from av.video.stream import VideoStream
 
     from kvs_toolkit.producer.encoder import Encoder
 
-# PyAV, OpenCV, numpy and the encoder module (which loads PyAV) are imported by the
-# sources that use them, not here: ``kvs produce -`` passes a pipe through with none of
-# them, and each costs 15 MB or more of resident memory on a Raspberry Pi (issue 5's
-# memory goal: under 80 MB).
-
-__all__ = [
-    "SOURCES",
-    "AnnexBSource",
-    "ArrivalClock",
-    "CameraSource",
-    "ContainerSource",
-    "FileSource",
-    "FixedRateClock",
-    "FrameClock",
-    "FrameSource",
-    "NumpySource",
-    "SourceError",
-    "SourceFactory",
-    "SourceOptions",
-    "UrlSource",
-    "adts_to_asc",
-    "container_kind",
-    "iso_time_ms",
-    "open_source",
-    "redact_url",
-    "register_source",
-]
-
 log = logging.getLogger(__name__)
 
-VIDEO_TRACK: Final = 1
-AUDIO_TRACK: Final = 2
-DEFAULT_CHUNK_SIZE: Final = 64 * 1024
 _DEFAULT_FPS: Final = 25.0
 # How far (in stream time) one track may run ahead of the other while the interleaver
 # waits for the other; beyond it frames go out anyway (an audio track that ended).
@@ -103,298 +48,6 @@ _AUDIO_CONFIG_WAIT_FRAMES: Final = 300
 _EARLY_AUDIO: Final = 512
 # FFmpeg codec name -> the codec passed through without re-encoding.
 _PASS_THROUGH: Final[dict[str, Codec]] = {"h264": "h264", "hevc": "h265"}
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """How a source reads and, where it must, encodes.
-
-    ``realtime`` paces a file to its presentation times (``False``: as fast as
-    possible); ``loop`` replays it with timestamps that keep increasing. ``fps`` is the
-    camera's rate, or for stdin the rate its timestamps are computed at. ``clock`` picks
-    a live source's timestamps: ``"arrival"`` (wall clock as each frame arrives),
-    ``"fps"`` (first frame's arrival + n / fps) or ``"auto"`` (fps when ``fps`` is given
-    for stdin, else arrival). ``codec``/``encoder``/``bitrate`` apply when encoding
-    (``codec`` is also the stdin stream's codec).
-
-    ``start_time_ms`` stamps a file's first frame with that absolute time (epoch ms)
-    instead of the wall clock: a recording uploaded later keeps the time it was made.
-    ``"source"`` takes it from the file's ``creation_time`` metadata.
-    """
-
-    realtime: bool = True
-    loop: bool = False
-    fps: float | None = None
-    codec: Codec = "h264"
-    encoder: str = "auto"
-    bitrate: int | None = None
-    audio: bool = True
-    width: int | None = None
-    height: int | None = None
-    fragment_duration_ms: int = DEFAULT_FRAGMENT_DURATION_MS
-    clock: Literal["auto", "arrival", "fps"] = "auto"
-    chunk_size: int = DEFAULT_CHUNK_SIZE
-    start_time_ms: int | Literal["source"] | None = None
-
-    def encoder_for(self, width: int, height: int, fps: float) -> Encoder:
-        """An :class:`Encoder` with these options for frames of this size and rate."""
-        from kvs_toolkit.producer.encoder import Encoder
-
-        return Encoder(
-            width - width % 2,
-            height - height % 2,
-            fps,
-            codec=self.codec,
-            encoder=self.encoder,
-            fragment_duration_ms=self.fragment_duration_ms,
-            bitrate=self.bitrate,
-        )
-
-
-# ---------------------------------------------------------------------------------------
-# Clocks
-
-
-class FrameClock(Protocol):
-    def __call__(self) -> int:
-        """The timestamp (absolute ms) of the frame arriving now."""
-        ...
-
-
-class ArrivalClock:
-    """Wall-clock milliseconds at arrival, forced strictly increasing."""
-
-    def __init__(self, now: Callable[[], float] = time.time) -> None:
-        self._now = now
-        self._last = -1
-
-    def __call__(self) -> int:
-        ms = max(int(self._now() * 1000), self._last + 1)
-        self._last = ms
-        return ms
-
-
-class FixedRateClock:
-    """The first frame's arrival plus ``n / fps``: even spacing whatever the jitter."""
-
-    def __init__(self, fps: float, now: Callable[[], float] = time.time) -> None:
-        if fps <= 0:
-            raise ValueError(f"fps must be positive, not {fps}")
-        self.fps = fps
-        self._now = now
-        self._first: int | None = None
-        self._count = 0
-
-    def __call__(self) -> int:
-        if self._first is None:
-            self._first = int(self._now() * 1000)
-        ms = self._first + round(self._count * 1000 / self.fps)
-        self._count += 1
-        return ms
-
-
-# ---------------------------------------------------------------------------------------
-# The interface
-
-
-class FrameSource(ABC):
-    """Encoded frames and the tracks they belong to.
-
-    Subclasses implement :meth:`_frames`, a generator that calls :meth:`_set_tracks` as
-    soon as the tracks are known (for an encoder or a pipe: after the first key frame).
-    Reading :attr:`tracks` runs the generator until then, keeping the frames it made for
-    the iteration. A source is single-use; :meth:`close` (or ``with``) releases it and
-    must be called from the thread that iterates.
-
-    :attr:`live` says how the producer treats a source that outruns the upload. A live
-    one (a camera, a network stream, a pipe from a camera's encoder, a file paced in
-    real time) cannot wait: its frames always go into the bounded buffer, which drops
-    its oldest fragment when full. A recorded one (a file read as fast as possible,
-    stdin redirected from a file) is read only as fast as the service acknowledges,
-    so memory stays small and nothing is dropped, even through an outage.
-    """
-
-    live: bool = True
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self._tracks: list[TrackInfo] | None = None
-        self._pending: deque[EncodedFrame] = deque()
-        self._generator: Generator[EncodedFrame, None, None] | None = None
-        self._closed = False
-
-    @abstractmethod
-    def _frames(self) -> Generator[EncodedFrame, None, None]:
-        """Yield encoded frames; call :meth:`_set_tracks` before or with the first one."""
-
-    @property
-    def tracks(self) -> list[TrackInfo]:
-        """The stream's tracks (video is track 1). May block reading the source."""
-        generator = self._running()
-        while self._tracks is None:
-            try:
-                frame = next(generator)
-            except StopIteration:
-                raise SourceError(
-                    f"{self.description}: ended before a decodable video frame"
-                ) from None
-            self._pending.append(frame)
-        return list(self._tracks)
-
-    def _set_tracks(self, tracks: Iterable[TrackInfo]) -> None:
-        self._tracks = list(tracks)
-        log.info(
-            "%s: tracks %s",
-            self.description,
-            ", ".join(
-                f"{t.number}:{t.codec_id}"
-                + (f" {t.width}x{t.height}" if t.width else "")
-                + (f" {t.sampling_frequency:g} Hz x{t.channels}" if t.sampling_frequency else "")
-                for t in self._tracks
-            ),
-        )
-
-    def _running(self) -> Generator[EncodedFrame, None, None]:
-        if self._closed:
-            raise SourceError(f"{self.description}: the source is closed")
-        if self._generator is None:
-            self._generator = self._frames()
-        return self._generator
-
-    def __iter__(self) -> Iterator[EncodedFrame]:
-        generator = self._running()
-        while self._pending:
-            yield self._pending.popleft()
-        yield from generator
-
-    def close(self) -> None:
-        """Stop reading and release the file, device or stream."""
-        self._closed = True
-        if self._generator is not None:
-            self._generator.close()
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-# ---------------------------------------------------------------------------------------
-# The registry
-
-SourceFactory: TypeAlias = Callable[[str, SourceOptions], FrameSource]
-#: scheme (the part of the source string before ``:``; ``-`` for stdin) -> factory.
-#: ``file`` is the fallback for strings with no registered scheme.
-SOURCES: dict[str, SourceFactory] = {}
-
-
-def register_source(*schemes: str) -> Callable[[SourceFactory], SourceFactory]:
-    """Register a factory ``(source string, options) -> FrameSource`` for ``schemes``."""
-
-    def decorate(factory: SourceFactory) -> SourceFactory:
-        for scheme in schemes:
-            SOURCES[scheme] = factory
-        return factory
-
-    return decorate
-
-
-def open_source(spec: str, options: SourceOptions | None = None) -> FrameSource:
-    """The source for ``spec``: ``-``, ``camera:N``, a URL, or a file path."""
-    scheme, sep, _rest = spec.partition(":")
-    key = spec if spec == "-" else scheme.lower() if sep else "file"
-    factory = SOURCES.get(key, SOURCES["file"])
-    return factory(spec, options or SourceOptions())
-
-
-# ---------------------------------------------------------------------------------------
-# Annex-B on a pipe
-
-
-class AnnexBSource(FrameSource):
-    """An H.264/H.265 Annex-B elementary stream read from a binary stream (stdin, a pipe).
-
-    The stream is split into access units with :class:`AccessUnitSplitter`; the
-    CodecPrivate is built from the parameter sets of the first key frame that carries
-    them (access units before it are dropped: nothing could decode them). Frames are
-    passed through, converted to AVCC, never re-encoded. Timestamps come from ``clock``
-    (default: the wall clock as each access unit arrives). ``live=False`` marks a
-    recording (see :attr:`FrameSource.live`).
-    """
-
-    def __init__(
-        self,
-        stream: BinaryIO,
-        *,
-        codec: Codec = "h264",
-        clock: FrameClock | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
-        description: str = "stdin",
-        live: bool = True,
-    ) -> None:
-        super().__init__(description)
-        self.live = live
-        self._stream = stream
-        self.codec: Codec = codec
-        self._clock: FrameClock = clock or ArrivalClock()
-        self._chunk_size = chunk_size
-        self.dropped = 0  # access units before the first usable key frame
-        self.bytes_read = 0
-
-    def _frames(self) -> Generator[EncodedFrame, None, None]:
-        splitter = AccessUnitSplitter(self.codec)
-        # read1 returns what the pipe has instead of waiting for a full chunk.
-        read: Callable[[int], bytes] = getattr(self._stream, "read1", self._stream.read)
-        while True:
-            try:
-                chunk = read(self._chunk_size)
-            except OSError as exc:
-                raise SourceError(f"{self.description}: read failed: {exc}") from exc
-            self.bytes_read += len(chunk)
-            try:
-                units = splitter.feed(chunk) if chunk else splitter.flush()
-            except BitstreamError as exc:
-                raise BitstreamError(f"{self.description}: {exc}") from exc
-            for unit in units:
-                frame = self._frame(unit)
-                if frame is not None:
-                    yield frame
-            if not chunk:
-                break
-        if self._tracks is None:
-            raise SourceError(
-                f"{self.description}: ended after {self.bytes_read} bytes without a "
-                f"{self.codec} key frame carrying its parameter sets"
-            )
-
-    def _frame(self, unit: AccessUnit) -> EncodedFrame | None:
-        if self._tracks is None:
-            codec_private = (
-                _codec_private_from(unit.nal_units, self.codec) if unit.keyframe else None
-            )
-            if codec_private is None:
-                self.dropped += 1
-                log.debug("%s: dropped an access unit before the first key frame", self.description)
-                return None
-            from kvs_toolkit.producer.encoder import video_track
-
-            self._set_tracks([video_track(self.codec, codec_private, VIDEO_TRACK)])
-        return EncodedFrame(unit.to_avcc(), self._clock(), unit.keyframe, VIDEO_TRACK)
-
-
-def _codec_private_from(nal_units: Iterable[BytesLike], codec: Codec) -> bytes | None:
-    """avcC/hvcC from these NAL units' parameter sets, or None when some are missing."""
-    nal_units = list(nal_units)
-    sets = bitstream.parameter_sets(nal_units, codec)
-    if not sets.sps or not sets.pps or (codec == "h265" and not sets.vps):
-        return None
-    return bitstream.build_codec_private(nal_units, codec)
 
 
 # ---------------------------------------------------------------------------------------
@@ -488,7 +141,7 @@ class _VideoPassThrough:
             self.annexb = False
             self.codec_private = bytes(extradata)
         elif extradata:
-            self.codec_private = _codec_private_from(bitstream.split_annexb(extradata), codec)
+            self.codec_private = codec_private_from(bitstream.split_annexb(extradata), codec)
 
     def payload(self, data: bytes, keyframe: bool) -> bytes | None:
         if not self.annexb:
@@ -497,7 +150,7 @@ class _VideoPassThrough:
         if self.codec_private is None:
             if not keyframe:
                 return None
-            self.codec_private = _codec_private_from(nal_units, self.codec)
+            self.codec_private = codec_private_from(nal_units, self.codec)
             if self.codec_private is None:
                 return None
         return bitstream.join_length_prefixed(nal_units)
@@ -589,24 +242,6 @@ _AUDIO_CODECS: Final[dict[str, Callable[[AudioStream], _AudioPassThrough]]] = {
     "pcm_mulaw": functools.partial(_g711, 7),
     "pcm_alaw": functools.partial(_g711, 6),
 }
-
-
-def iso_time_ms(text: str) -> int:
-    """An ISO 8601 time as epoch milliseconds (UTC when it names no zone, as FFmpeg's
-    creation_time does); ValueError if it is not one."""
-    when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return round(when.timestamp() * 1000)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (``rtsp://user:secret@host``) replaced by ``***``."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 def _seconds(value: int | None, time_base: Fraction | None) -> float | None:
@@ -997,230 +632,6 @@ class UrlSource(ContainerSource):
     def __init__(self, url: str, options: SourceOptions | None = None) -> None:
         scheme = url.partition(":")[0].lower()
         super().__init__(url, options, av_options=_URL_OPTIONS.get(scheme), timeout=_URL_TIMEOUT_S)
-
-
-# ---------------------------------------------------------------------------------------
-# Camera
-
-
-class _Capture(Protocol):
-    def isOpened(self) -> bool: ...  # OpenCV's name
-    def read(self) -> tuple[bool, npt.NDArray[np.uint8] | None]: ...
-    def set(self, prop: int, value: float) -> bool: ...
-    def get(self, prop: int) -> float: ...
-    def release(self) -> None: ...
-
-
-def _contiguous(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
-    import numpy as np  # only the numpy and camera sources need it (see the stdin RSS goal)
-
-    return np.ascontiguousarray(image)
-
-
-def _open_capture(device: int | str) -> _Capture:
-    import cv2
-
-    if isinstance(device, int):
-        capture: _Capture = cv2.VideoCapture(device, cv2.CAP_V4L2)  # type: ignore[assignment]
-    else:
-        capture = cv2.VideoCapture(device)  # type: ignore[assignment]
-    return capture
-
-
-class CameraSource(FrameSource):
-    """Frames from an OpenCV ``VideoCapture`` (a V4L2 camera), encoded with :class:`Encoder`.
-
-    ``device`` is a camera index (``0`` for /dev/video0) or a path/URL OpenCV opens.
-    ``width``/``height``/``fps`` of the options are asked of the camera; the encoder
-    uses what the camera actually delivers. Timestamps: the wall clock at capture, or
-    ``clock="fps"`` for even spacing from the first frame.
-    """
-
-    def __init__(
-        self,
-        device: int | str,
-        options: SourceOptions | None = None,
-        *,
-        capture_factory: Callable[[int | str], _Capture] = _open_capture,
-    ) -> None:
-        super().__init__(f"camera {device}")
-        self.device = device
-        self.options = options or SourceOptions()
-        self._capture_factory = capture_factory
-        self.encoder: Encoder | None = None
-        self.captured = 0
-
-    def _frames(self) -> Generator[EncodedFrame, None, None]:
-        import cv2
-
-        capture = self._capture_factory(self.device)
-        try:
-            if not capture.isOpened():
-                raise SourceError(f"cannot open {self.description}")
-            opts = self.options
-            for prop, value in (
-                (cv2.CAP_PROP_FRAME_WIDTH, opts.width),
-                (cv2.CAP_PROP_FRAME_HEIGHT, opts.height),
-                (cv2.CAP_PROP_FPS, opts.fps),
-            ):
-                if value:
-                    capture.set(prop, float(value))
-            reported = capture.get(cv2.CAP_PROP_FPS)
-            fps = opts.fps or (reported if 0 < reported <= 240 else 30.0)
-            clock: FrameClock = FixedRateClock(fps) if opts.clock == "fps" else ArrivalClock()
-            while True:
-                ok, image = capture.read()
-                if not ok or image is None:
-                    log.info("%s: no more frames after %d", self.description, self.captured)
-                    break
-                timestamp = clock()
-                self.captured += 1
-                yield from self._encode(image, timestamp, fps)
-            if self.encoder is not None:
-                yield from self.encoder.flush()
-        finally:
-            capture.release()
-
-    def _encode(
-        self, image: npt.NDArray[np.uint8], timestamp: int, fps: float
-    ) -> list[EncodedFrame]:
-        height, width = image.shape[:2]
-        if self.encoder is None:
-            self.encoder = self.options.encoder_for(width, height, fps)
-        if (width, height) != (self.encoder.width, self.encoder.height):
-            # odd sizes: yuv420p needs even sides, drop the last row/column
-            image = _contiguous(image[: self.encoder.height, : self.encoder.width])
-        frames = self.encoder.encode(image, timestamp)
-        if frames and self._tracks is None:
-            self._set_tracks([self.encoder.track()])
-        return frames
-
-
-# ---------------------------------------------------------------------------------------
-# Frames from user code
-
-_END: Final = None
-
-
-class NumpySource(FrameSource):
-    """Images handed in by user code, encoded with :class:`Encoder`.
-
-    Call :meth:`put_frame` from any thread with each image (and optionally its
-    timestamp in absolute ms; default: now), then :meth:`finish`. Iteration (in the
-    producer's thread) yields the encoded frames. Encoding runs in the caller's thread,
-    and ``put_frame`` blocks while ``max_pending`` frames wait for the uploader.
-    """
-
-    def __init__(
-        self,
-        fps: float = 30.0,
-        options: SourceOptions | None = None,
-        *,
-        pixel_format: Literal["bgr24", "rgb24"] = "bgr24",
-        max_pending: int = 256,
-    ) -> None:
-        super().__init__("numpy frames")
-        self.fps = fps
-        self.options = options or SourceOptions()
-        self.pixel_format: Literal["bgr24", "rgb24"] = pixel_format
-        self.encoder: Encoder | None = None
-        self._queue: queue.Queue[EncodedFrame | None] = queue.Queue(max_pending)
-        self._lock = threading.Lock()
-        self._clock = ArrivalClock()
-        self._finished = False
-
-    def put_frame(self, image: npt.NDArray[np.uint8], timestamp_ms: int | None = None) -> None:
-        """Encode one image (BGR by default) and queue it for upload."""
-        with self._lock:
-            if self._finished:
-                raise SourceError("put_frame() after finish()")
-            if self.encoder is None:
-                height, width = image.shape[:2]
-                self.encoder = self.options.encoder_for(width, height, self.fps)
-            if image.shape[:2] != (self.encoder.height, self.encoder.width):
-                image = _contiguous(image[: self.encoder.height, : self.encoder.width])
-            timestamp = self._clock() if timestamp_ms is None else timestamp_ms
-            frames = self.encoder.encode(image, timestamp, pixel_format=self.pixel_format)
-            if frames and self._tracks is None:
-                self._set_tracks([self.encoder.track()])
-            for frame in frames:
-                self._queue.put(frame)
-
-    def finish(self) -> None:
-        """No more frames: flush the encoder and end the iteration."""
-        with self._lock:
-            if self._finished:
-                return
-            self._finished = True
-            if self.encoder is not None:
-                for frame in self.encoder.flush():
-                    self._queue.put(frame)
-            self._queue.put(_END)
-
-    def _frames(self) -> Generator[EncodedFrame, None, None]:
-        while True:
-            item = self._queue.get()
-            if item is _END:
-                return
-            yield item
-
-
-# ---------------------------------------------------------------------------------------
-# Registered sources
-
-
-def container_kind(head: bytes) -> str | None:
-    """The container a file starting with ``head`` is (``"MKV"``, ``"MP4"``, ...), or
-    None for anything else (an Annex-B elementary stream starts with zero bytes)."""
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "MKV/WebM"
-    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
-        return "MP4/MOV"
-    if head.startswith(b"FLV"):
-        return "FLV"
-    if head.startswith(b"RIFF"):
-        return "AVI"
-    if head[:1] == b"\x47" and (len(head) < 189 or head[188:189] == b"\x47"):
-        return "MPEG-TS"
-    return None
-
-
-@register_source("-")
-def _stdin_source(spec: str, options: SourceOptions) -> FrameSource:
-    use_fps = options.clock == "fps" or (options.clock == "auto" and options.fps is not None)
-    if use_fps and options.fps is None:
-        raise SourceError("clock 'fps' needs --fps")
-    clock: FrameClock = FixedRateClock(options.fps) if use_fps and options.fps else ArrivalClock()
-    # stdin redirected from a file (`kvs produce - < clip.h264`), or --fast, is a
-    # recording: read at the upload's pace. A pipe is a camera unless --fast says not.
-    try:
-        from_file = stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode)
-    except (OSError, ValueError):  # no real descriptor (tests replacing sys.stdin)
-        from_file = False
-    peek = getattr(sys.stdin.buffer, "peek", None)
-    kind = container_kind(bytes(peek(189)[:189])) if peek is not None else None
-    if kind is not None:
-        # A container file on stdin: read it as the file it is (a new descriptor of the
-        # same file, from its start), or say what stdin must be when it is a pipe.
-        if from_file:
-            return FileSource(f"/proc/self/fd/{sys.stdin.fileno()}", options)
-        raise SourceError(
-            f"stdin carries a {kind} file, not an H.264/H.265 Annex-B stream: give the file "
-            "itself (kvs produce FILE) or redirect it (kvs produce - < FILE)"
-        )
-    return AnnexBSource(
-        sys.stdin.buffer,
-        codec=options.codec,
-        clock=clock,
-        chunk_size=options.chunk_size,
-        live=options.realtime and not from_file,
-    )
-
-
-@register_source("camera")
-def _camera_source(spec: str, options: SourceOptions) -> FrameSource:
-    device = spec.partition(":")[2] or "0"
-    return CameraSource(int(device) if device.isdigit() else device, options)
 
 
 @register_source("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "srt", "udp", "tcp")
