@@ -57,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     status = StatusLine()
 
     def show(result: ImagesResult, *, final: bool = False) -> None:
+        if not result.written and not final:
+            return  # a range with no media at all ends in one error line, nothing else
         status.show(
             f"{args.output}: {len(result.written)} images ({result.bytes_written} bytes), "
             f"missing: {result.no_media} NO_MEDIA, {result.media_error} MEDIA_ERROR",
