@@ -27,10 +27,11 @@ import datetime as dt
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, Literal, NoReturn
 
 from kvs_toolkit.aws import AwsAccess, DataEndpointCache, call_with_retry
 from kvs_toolkit.errors import ConfigurationError, GetMediaError, KvsError
@@ -119,6 +120,16 @@ def _error_message(exc: BaseException) -> str:
     return str(exc)
 
 
+def _reraise(original: Exception, translated: BaseException) -> NoReturn:
+    if translated is original:
+        raise original
+    raise translated from original
+
+
+class _Stopped(Exception):
+    """The caller's ``stop`` event was set during a download."""
+
+
 class _Archive:
     """The clients of one stream's archived-media calls (one control-plane client, one
     data-plane client per API)."""
@@ -147,7 +158,7 @@ class _Archive:
         try:
             endpoint = call_with_retry(self.aws, f"GetDataEndpoint {api_name}", cache)
         except Exception as exc:
-            raise self.translate(exc, "GetDataEndpoint") from exc
+            _reraise(exc, self.translate(exc, "GetDataEndpoint"))
         client = self.aws.client(
             "kinesis-video-archived-media", endpoint_url=endpoint, config=_config()
         )
@@ -222,7 +233,8 @@ class ClipResult:
     fragments or 100 MB), the timestamp of the first fragment left out (ask again from
     there); None when the clip holds the whole range or this could not be checked.
     ``fragments_in_range``: the fragments ListFragments reported in the range (None
-    when it could not be asked).
+    when it could not be asked). ``stopped``: the ``stop`` event ended the download
+    (a path output is then not written at all).
     """
 
     bytes_written: int
@@ -230,6 +242,7 @@ class ClipResult:
     path: Path | None = None
     fragments_in_range: int | None = None
     truncated_at: dt.datetime | None = None
+    stopped: bool = False
 
 
 def _check_clip_range(start: dt.datetime, end: dt.datetime) -> None:
@@ -255,6 +268,7 @@ def save_clip(
     selector: SelectorType = "PRODUCER_TIMESTAMP",
     progress: Callable[[int], None] | None = None,
     check_limits: bool = True,
+    stop: threading.Event | None = None,
 ) -> ClipResult:
     """GetClip of ``[start, end]`` into ``out`` (a path, or a binary file object).
 
@@ -262,7 +276,8 @@ def save_clip(
     interrupted download never leaves a truncated MP4 under the final name.
     ``progress(bytes_written)`` is called after every chunk. With ``check_limits``,
     ListFragments tells whether the service's 200-fragment / 100 MB cut applied
-    (:attr:`ClipResult.truncated_at`). Blocking (boto3).
+    (:attr:`ClipResult.truncated_at`). Setting ``stop`` (e.g. from a signal handler)
+    ends the download after the current chunk. Blocking (boto3).
     """
     _check_clip_range(start, end)
     archive = _Archive(aws, stream_name)
@@ -278,14 +293,20 @@ def save_clip(
         try:
             response = call_with_retry(aws, "GetClip", lambda: client.get_clip(**request))
         except Exception as exc:
-            raise archive.not_found(exc, "GetClip", start, end, selector) from exc
+            _reraise(exc, archive.not_found(exc, "GetClip", start, end, selector))
         content_type = str(response.get("ContentType", "video/mp4"))
-        if isinstance(out, str | Path):
-            path = Path(out)
-            written = _write_to_path(archive, response["Payload"], path, progress)
-        else:
-            path = None
-            written = _copy_payload(archive, response["Payload"], out, progress)
+        counted = _Counted(progress, stop)
+        try:
+            if isinstance(out, str | Path):
+                path: Path | None = Path(out)
+                _write_to_path(archive, response["Payload"], Path(out), counted)
+            else:
+                path = None
+                _copy_payload(archive, response["Payload"], out, counted)
+        except _Stopped:
+            log.info("GetClip of %s stopped after %d bytes", stream_name, counted.written)
+            return ClipResult(counted.written, content_type, None, stopped=True)
+        written = counted.written
         fragments, truncated_at = (None, None)
         if check_limits:
             fragments, truncated_at = _clip_cut(archive, start, end, selector)
@@ -294,46 +315,48 @@ def save_clip(
         archive.close()
 
 
-def _write_to_path(
-    archive: _Archive, payload: Any, path: Path, progress: Callable[[int], None] | None
-) -> int:
+@dataclass
+class _Counted:
+    progress: Callable[[int], None] | None
+    stop: threading.Event | None
+    written: int = 0
+
+
+def _write_to_path(archive: _Archive, payload: Any, path: Path, counted: _Counted) -> None:
     partial = path.with_name(path.name + ".part")
     try:
         with open(partial, "wb") as file:
-            written = _copy_payload(archive, payload, file, progress)
+            _copy_payload(archive, payload, file, counted)
         os.replace(partial, path)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    return written
 
 
-def _copy_payload(
-    archive: _Archive, payload: Any, out: BinaryIO, progress: Callable[[int], None] | None
-) -> int:
+def _copy_payload(archive: _Archive, payload: Any, out: BinaryIO, counted: _Counted) -> None:
     import botocore.exceptions
 
-    written = 0
     try:
         for chunk in payload.iter_chunks(_CHUNK_BYTES):
-            written += len(chunk)
-            if written > _CLIP_BYTES_GUARD:
+            if counted.stop is not None and counted.stop.is_set():
+                raise _Stopped
+            counted.written += len(chunk)
+            if counted.written > _CLIP_BYTES_GUARD:
                 raise GetMediaError(
                     f"GetClip of {archive.stream_name!r} sent more than "
                     f"{_CLIP_BYTES_GUARD} bytes, twice the service's 100 MB limit: stopped"
                 )
             out.write(chunk)
-            if progress is not None:
-                progress(written)
+            if counted.progress is not None:
+                counted.progress(counted.written)
     except (botocore.exceptions.BotoCoreError, OSError) as exc:
         if isinstance(exc, OSError) and not _is_network_error(exc):
             raise  # the file: disk full, permission...
         raise GetMediaError(
-            f"GetClip of {archive.stream_name!r} broke off after {written} bytes: {exc}"
+            f"GetClip of {archive.stream_name!r} broke off after {counted.written} bytes: {exc}"
         ) from exc
     finally:
         payload.close()
-    return written
 
 
 def _is_network_error(exc: OSError) -> bool:
@@ -456,7 +479,7 @@ def iter_images(
     jpeg_quality: int | None = None,
     selector: SelectorType = "PRODUCER_TIMESTAMP",
     page_size: int = DEFAULT_PAGE_SIZE,
-) -> Iterator[ArchivedImage]:
+) -> Generator[ArchivedImage, None, None]:
     """Every sampling time from ``start`` to ``end`` (inclusive), every ``interval_ms``,
     in time order: GetImages over windows of at most 300 s, following NextToken. One
     page is held in memory at a time. Blocking (boto3)."""
@@ -496,7 +519,7 @@ def iter_images(
                         aws, "GetImages", functools.partial(client.get_images, **request)
                     )
                 except Exception as exc:
-                    raise archive.not_found(exc, "GetImages", start, end, selector) from exc
+                    _reraise(exc, archive.not_found(exc, "GetImages", start, end, selector))
                 for image in page.get("Images", ()):
                     yield _image(image)
                 token = page.get("NextToken")
@@ -531,6 +554,7 @@ class ImagesResult:
     bytes_written: int = 0
     no_media: int = 0
     media_error: int = 0
+    stopped: bool = False
 
     @property
     def missing(self) -> int:
@@ -545,11 +569,13 @@ def save_images(
     directory: Path | str,
     *,
     progress: Callable[[ImagesResult], None] | None = None,
+    stop: threading.Event | None = None,
     **options: Any,
 ) -> ImagesResult:
     """:func:`iter_images` into ``directory`` (created if missing), one file per image
     named by :func:`image_file_name`; ``options`` are those of :func:`iter_images`.
-    ``progress(result)`` after every sampling time. When nothing at all was found,
+    ``progress(result)`` after every sampling time; setting ``stop`` ends the run after
+    the current image (:attr:`ImagesResult.stopped`). When nothing at all was found,
     :class:`GetMediaError` says whether the stream or only media in the range is
     missing."""
     folder = Path(directory)
@@ -557,7 +583,8 @@ def save_images(
     image_format = str(options.get("image_format", "JPEG"))
     selector = str(options.get("selector", "PRODUCER_TIMESTAMP"))
     result = ImagesResult()
-    for image in iter_images(aws, stream_name, start, end, **options):
+    images = iter_images(aws, stream_name, start, end, **options)
+    for image in images:
         if image.content is None:
             if image.error == "MEDIA_ERROR":
                 result.media_error += 1
@@ -570,7 +597,11 @@ def save_images(
             result.bytes_written += len(image.content)
         if progress is not None:
             progress(result)
-    if not result.written and not result.media_error:
+        if stop is not None and stop.is_set():
+            result.stopped = True
+            images.close()  # its clients now, not when collected
+            break
+    if not result.written and not result.media_error and not result.stopped:
         kind = "producer" if selector == "PRODUCER_TIMESTAMP" else "server"
         raise GetMediaError(
             f"stream {stream_name!r} has no media between {_iso(start)} and {_iso(end)} "

@@ -10,8 +10,16 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import threading
 
-from kvs_toolkit.cli.common import EXIT_INCOMPLETE, EXIT_OK, StatusLine, aws_from_args, fail
+from kvs_toolkit.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    GracefulStop,
+    StatusLine,
+    aws_from_args,
+    fail,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,15 +77,25 @@ def run(args: argparse.Namespace) -> int:
     aws = aws_from_args(args)
     aws.check()
     status = StatusLine()
-    result = save_clip(
-        aws,
-        args.stream,
-        args.start,
-        args.end,
-        args.output,
-        selector="SERVER_TIMESTAMP" if args.timestamps == "server" else "PRODUCER_TIMESTAMP",
-        progress=lambda written: status.show(f"{args.output}: {_megabytes(written)}"),
-    )
+    stop = threading.Event()
+    graceful = GracefulStop("clip", stop.set, "stopping the download")
+    with graceful.installed():
+        result = save_clip(
+            aws,
+            args.stream,
+            args.start,
+            args.end,
+            args.output,
+            selector="SERVER_TIMESTAMP" if args.timestamps == "server" else "PRODUCER_TIMESTAMP",
+            progress=lambda written: status.show(f"{args.output}: {_megabytes(written)}"),
+            stop=stop,
+        )
+    if result.stopped:
+        return fail(
+            "clip",
+            f"stopped after {result.bytes_written} bytes: {args.output} not written",
+            EXIT_INCOMPLETE,
+        )
     status.show(
         f"{args.output}: {result.bytes_written} bytes ({_megabytes(result.bytes_written)}, "
         f"{result.content_type})"

@@ -9,11 +9,19 @@ exit 1). A range with no media at all is an error (exit 2).
 from __future__ import annotations
 
 import argparse
+import threading
 from typing import TYPE_CHECKING
 
 from kvs_toolkit.cli import options
 from kvs_toolkit.cli.clip import add_range_arguments
-from kvs_toolkit.cli.common import EXIT_INCOMPLETE, EXIT_OK, StatusLine, aws_from_args, fail
+from kvs_toolkit.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    GracefulStop,
+    StatusLine,
+    aws_from_args,
+    fail,
+)
 
 if TYPE_CHECKING:
     from kvs_toolkit.archive import ImagesResult
@@ -65,21 +73,27 @@ def run(args: argparse.Namespace) -> int:
             final=final,
         )
 
-    result = save_images(
-        aws,
-        args.stream,
-        args.start,
-        args.end,
-        args.output,
-        progress=show,
-        interval_ms=args.interval_ms,
-        image_format=args.format,
-        width=args.width,
-        height=args.height,
-        jpeg_quality=args.quality,
-        selector="SERVER_TIMESTAMP" if args.timestamps == "server" else "PRODUCER_TIMESTAMP",
-    )
+    stop = threading.Event()
+    graceful = GracefulStop("images", stop.set, "stopping after the current image")
+    with graceful.installed():
+        result = save_images(
+            aws,
+            args.stream,
+            args.start,
+            args.end,
+            args.output,
+            progress=show,
+            stop=stop,
+            interval_ms=args.interval_ms,
+            image_format=args.format,
+            width=args.width,
+            height=args.height,
+            jpeg_quality=args.quality,
+            selector="SERVER_TIMESTAMP" if args.timestamps == "server" else "PRODUCER_TIMESTAMP",
+        )
     show(result, final=True)
+    if result.stopped:
+        return fail("images", "stopped before the end of the range", EXIT_INCOMPLETE)
     if result.media_error:
         return fail(
             "images",

@@ -272,7 +272,7 @@ def _delete(control: _Control, args: argparse.Namespace) -> int:
     info = control.describe(args.name)
     # DeleteStream takes the ARN; the version makes it refuse a stream replaced meanwhile
     control.call("delete_stream", StreamARN=info["StreamARN"], CurrentVersion=info["Version"])
-    print(f"deleted {args.name}", file=sys.stderr)
+    print(f"{args.name}: deletion requested", file=sys.stderr)
     return EXIT_OK
 
 
