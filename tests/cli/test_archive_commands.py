@@ -3,6 +3,7 @@ configuration; clips checked with ffprobe, images decoded with OpenCV."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 import subprocess
@@ -274,3 +275,30 @@ def test_image_file_names_sort_by_time() -> None:
     when = dt.datetime(2026, 12, 5, 3, 15, 0, 200_000, tzinfo=dt.timezone.utc)
     assert image_file_name("cam-1", when, "JPEG") == "cam-1_20261205T031500.200Z.jpg"
     assert image_file_name("cam-1", when, "PNG").endswith(".png")
+
+
+def test_images_of_media_that_does_not_decode_exit_1(
+    kvs: Kvs, emulator: Emulator, sample: SampleStream
+) -> None:
+    """MEDIA_ERROR (media there that cannot be made into an image) is counted, reported
+    and exits 1; NO_MEDIA around it is counted too."""
+    client("kinesisvideo", emulator.endpoint_url).create_stream(
+        StreamName="broken", DataRetentionInHours=1
+    )
+    base = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000) - 60_000
+    start_ms, frames = shifted(sample.fragments[0], base)
+    garbage = [dataclasses.replace(f, data=b"\xff" * len(f.data)) for f in frames]
+    put_fragments(emulator.endpoint_url, "broken", sample.tracks, [(start_ms, garbage)])
+    out = kvs.cwd / "broken"
+    result = kvs(
+        "images", "--stream", "broken", "--start", seconds(base - 1000),
+        "--end", seconds(base + 1000), "--interval-ms", "500", "-o", str(out),
+        "--endpoint-url", emulator.endpoint_url,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
+    *_, summary, warning = result.stderr_lines
+    assert summary.endswith("0 images (0 bytes), missing: 2 NO_MEDIA, 3 MEDIA_ERROR")
+    assert warning == (
+        "kvs images: 3 sampling times had media that could not be made into an image (MEDIA_ERROR)"
+    )
