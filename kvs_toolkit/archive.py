@@ -203,9 +203,16 @@ class _Archive:
     ) -> BaseException:
         """ResourceNotFoundException from a data-plane call: a missing stream, or an
         existing stream with nothing in the range (the service says the same for both)."""
+        import botocore.exceptions
+
         if _error_code(exc) != "ResourceNotFoundException":
             return self.translate(exc, what)
-        if not self.stream_exists():
+        try:
+            exists = self.stream_exists()
+        except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as error:
+            log.info("DescribeStream of %s failed: %s", self.stream_name, error)
+            return self.translate(exc, what)  # e.g. not allowed to describe: say what we know
+        if not exists:
             return GetMediaError(f"stream {self.stream_name!r} not found")
         kind = "producer" if selector == "PRODUCER_TIMESTAMP" else "server"
         return GetMediaError(

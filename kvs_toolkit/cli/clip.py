@@ -8,9 +8,11 @@ the command says where it stops and how to fetch the rest, and exits 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterator
 
 from kvs_toolkit.cli.common import (
     EXIT_INCOMPLETE,
@@ -20,6 +22,7 @@ from kvs_toolkit.cli.common import (
     aws_from_args,
     fail,
 )
+from kvs_toolkit.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,16 @@ def _megabytes(count: int) -> str:
     return f"{count / 1e6:.1f} MB"
 
 
+@contextlib.contextmanager
+def writing_to(output: str) -> Iterator[None]:
+    """A file that cannot be written is one line and exit 2, like any bad input."""
+    try:
+        yield
+    except OSError as exc:
+        where = exc.filename or output
+        raise ConfigurationError(f"cannot write {where}: {exc.strerror or exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     from kvs_toolkit.archive import save_clip
 
@@ -79,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     status = StatusLine()
     stop = threading.Event()
     graceful = GracefulStop("clip", stop.set, "stopping the download")
-    with graceful.installed():
+    with graceful.installed(), writing_to(args.output):
         result = save_clip(
             aws,
             args.stream,

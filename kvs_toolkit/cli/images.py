@@ -13,7 +13,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from kvs_toolkit.cli import options
-from kvs_toolkit.cli.clip import add_range_arguments
+from kvs_toolkit.cli.clip import add_range_arguments, writing_to
 from kvs_toolkit.cli.common import (
     EXIT_INCOMPLETE,
     EXIT_OK,
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
     stop = threading.Event()
     graceful = GracefulStop("images", stop.set, "stopping after the current image")
-    with graceful.installed():
+    with graceful.installed(), writing_to(args.output):
         result = save_images(
             aws,
             args.stream,

@@ -302,3 +302,21 @@ def test_images_of_media_that_does_not_decode_exit_1(
     assert warning == (
         "kvs images: 3 sampling times had media that could not be made into an image (MEDIA_ERROR)"
     )
+
+
+@pytest.mark.parametrize("command", ["clip", "images"])
+def test_an_output_that_cannot_be_written_is_one_line(
+    kvs: Kvs, emulator: Emulator, sample: SampleStream, command: str
+) -> None:
+    blocker = kvs.cwd / "a-file"
+    blocker.write_bytes(b"")
+    out = blocker / "sub" / ("x.mp4" if command == "clip" else "images")
+    result = kvs(
+        command, "--stream", sample.name, "--start", seconds(sample.first_ms),
+        "--end", seconds(sample.first_ms + 2000), "-o", str(out),
+        "--endpoint-url", emulator.endpoint_url,
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = error_line(result, command)
+    assert line.startswith(f"kvs {command}: cannot write {blocker}"), line
+    assert "Not a directory" in line
