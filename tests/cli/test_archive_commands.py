@@ -320,3 +320,24 @@ def test_an_output_that_cannot_be_written_is_one_line(
     line = error_line(result, command)
     assert line.startswith(f"kvs {command}: cannot write {blocker}"), line
     assert "Not a directory" in line
+
+
+@needs_ffprobe
+def test_clip_by_server_timestamp(kvs: Kvs, emulator: Emulator, sample: SampleStream) -> None:
+    out = kvs.cwd / "server.mp4"
+    first, last = sample.records[0], sample.records[-1]
+    result = kvs(
+        "clip", "--stream", sample.name, "--timestamps", "server",
+        "--start", seconds(first.server_timestamp_ms), "--end", seconds(last.server_timestamp_ms),
+        "-o", str(out), "--endpoint-url", emulator.endpoint_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert video_frames(out) == SPEC.frame_count
+    # ten minutes before the first fragment arrived: nothing there
+    wrong = kvs(
+        "clip", "--stream", sample.name, "--start", seconds(first.server_timestamp_ms - 600_000),
+        "--end", seconds(first.server_timestamp_ms - 500_000), "-o", str(out) + "2",
+        "--timestamps", "server", "--endpoint-url", emulator.endpoint_url,
+    )  # fmt: skip
+    assert wrong.returncode == 2
+    assert "(by server timestamp)" in error_line(wrong, "clip")
