@@ -40,6 +40,13 @@ COMMANDS: Final = (
     Command(
         "consume", "consume", "read a stream (live, archive, HLS or a file), decode and analyse"
     ),
+    Command(
+        "streams",
+        "streams",
+        "create, list, describe, delete streams; change retention and tags",
+    ),
+    Command("clip", "clip", "save a time range of a stream as an MP4 file (GetClip)"),
+    Command("images", "images", "save JPEG/PNG images of a time range of a stream (GetImages)"),
     Command("inspect", "inspect", "show the fragments, frames and tags of an MKV/GetMedia file"),
     Command("emulator", "emulator", "run the local KVS emulator in the foreground"),
     Command("demo", "demo", "run the end-to-end demo on the embedded emulator"),
