@@ -136,6 +136,7 @@ class AwsAccess:
     _session: boto3.session.Session | None = field(default=None, init=False, repr=False)
     _credentials: Credentials | None = field(default=None, init=False, repr=False)
     _chain: Any = field(default=None, init=False, repr=False)  # botocore session: the chain
+    _placeholder: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.endpoint_url is None:
@@ -238,6 +239,7 @@ class AwsAccess:
                 self.endpoint_url,
             )
             found = Credentials(PLACEHOLDER_ACCESS_KEY, _PLACEHOLDER_SECRET)
+            self._placeholder = True
         self._credentials = found
         return self._credentials
 
@@ -264,6 +266,15 @@ class AwsAccess:
                 self.endpoint_url
                 if service == "kinesisvideo"
                 else endpoint_url_from_environment(service)
+            )
+        _ = self.credentials
+        if self._placeholder and not is_loopback_url(endpoint_url):
+            # placeholder credentials are for the local endpoint only: a client of a
+            # service elsewhere (AWS) gets the same one-line error as no credentials
+            raise CredentialsError(
+                f"no AWS credentials found for {service} at "
+                f"{endpoint_url or 'AWS'}: run 'aws configure', set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, or pass --profile"
             )
         if config is None:
             from botocore.config import Config

@@ -45,6 +45,7 @@ from typing import Any, Final, Literal
 from kvs_toolkit.analysis.base import Detection
 from kvs_toolkit.analysis.rekognition import RekognitionError
 from kvs_toolkit.analysis.sinks import AnalysisRecord
+from kvs_toolkit.aws import AwsAccess, call_with_retry
 from kvs_toolkit.errors import AnalysisError, KvsError
 
 __all__ = [
@@ -193,7 +194,19 @@ class StreamProcessors:
         region_name: str | None = None,
         endpoint_url: str | None = None,
         clock: Callable[[], float] = time.time,
+        aws: AwsAccess | None = None,
     ) -> None:
+        # with ``aws``: its credentials, and an unreachable endpoint retried with its
+        # policy and reported in the shared one line
+        self._aws = aws
+        if client is None and aws is not None:
+            from botocore.config import Config
+
+            client = aws.client(
+                "rekognition",
+                endpoint_url=endpoint_url,
+                config=Config(connect_timeout=5, retries={"total_max_attempts": 1}),
+            )
         self._client = (
             client if client is not None else _default_rekognition(region_name, endpoint_url)
         )
@@ -204,6 +217,9 @@ class StreamProcessors:
 
         method = getattr(self._client, operation)
         try:
+            if self._aws is not None:
+                api = "".join(part.title() for part in operation.split("_"))
+                return call_with_retry(self._aws, api, lambda: method(**params))
             return method(**params)
         except ClientError as exc:
             error = exc.response.get("Error", {})

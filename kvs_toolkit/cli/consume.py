@@ -31,7 +31,7 @@ from kvs_toolkit.cli.common import (
     aws_from_args,
     fail,
 )
-from kvs_toolkit.consumer.frame_queue import QUEUE_POLICIES
+from kvs_toolkit.consumer.queue_policy import QUEUE_POLICIES
 from kvs_toolkit.consumer.selectors import StartSelector, parse_timestamp
 
 if TYPE_CHECKING:
@@ -505,8 +505,9 @@ def run(args: argparse.Namespace) -> int:
             except Exception as exc:
                 log.error("%s", exc)
                 closing_errors.append(exc)
-        # the summary is printed on every way out, an interrupted run included
-        if args.progress:
+        # the summary is printed on every way out, an interrupted run included (not when
+        # nothing was read: the error is then the one line to see)
+        if args.progress and (result is not None or source.stats.fragments):
             show(final=True)
         if analyzer is not None:
             print(_summary(analyzer, publisher), file=sys.stderr)

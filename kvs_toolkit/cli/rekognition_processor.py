@@ -171,7 +171,13 @@ def run(args: argparse.Namespace) -> int:
     region = aws.region  # one clear line when there is none, before any request
     if args.action == "results":
         return _cmd_results(args, region)
-    processors = StreamProcessors(region_name=region, endpoint_url=args.rekognition_endpoint_url)
+    # --endpoint-url is the command's service's, as `aws rekognition --endpoint-url` (for
+    # `results` it is the Kinesis Video endpoint of ListFragments)
+    processors = StreamProcessors(
+        region_name=region,
+        endpoint_url=args.rekognition_endpoint_url or args.endpoint_url,
+        aws=aws,
+    )
     out = sys.stdout
     if args.action == "create":
         if (args.collection_id is None) == (args.labels is None):

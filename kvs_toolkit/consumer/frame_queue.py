@@ -30,15 +30,14 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 from kvs_toolkit.consumer.frames import DecodedFrame
+from kvs_toolkit.consumer.queue_policy import QUEUE_POLICIES, QueuePolicy
 from kvs_toolkit.mkv import Fragment
 
 __all__ = ["QUEUE_POLICIES", "FragmentDone", "FrameQueue", "QueueClosed", "QueuePolicy"]
 
-QueuePolicy = Literal["block", "drop-to-keyframe"]
-QUEUE_POLICIES: Final[tuple[QueuePolicy, ...]] = ("block", "drop-to-keyframe")
 # Bounds of the frame interval the drop policy waits two of before it drops.
 _MIN_INTERVAL_NS: Final = 1_000_000
 _MAX_INTERVAL_NS: Final = 1_000_000_000

@@ -289,6 +289,7 @@ class LiveReader:
         self.max_retries = max_retries
         self.max_element_size = max_element_size
         self._stop = stop_event or threading.Event()
+        self._next_delay: float | None = None  # the back-off the last failure announced
         self._lock = threading.Lock()
         self._payload: Any = None
         self._resume: StartSelector | None = None
@@ -410,8 +411,8 @@ class LiveReader:
         failures = 0
         while not self._stop.is_set():
             if failures:
-                delay = self.backoff.delay(failures)
-                log.info("%s: retrying in %.2f s (attempt %d)", self.name, delay, failures + 1)
+                delay = self._next_delay or self.backoff.delay(failures)
+                self._next_delay = None
                 if self._stop.wait(delay):
                     break
             try:
@@ -452,7 +453,13 @@ class LiveReader:
         attempts = failures + 1
         if self.max_retries is not None and attempts > self.max_retries:
             raise GetMediaError(give_up_text(str(exc), attempts)) from exc
-        log.warning("%s; %s", exc, attempt_text(attempts, self.max_retries))
+        self._next_delay = self.backoff.delay(attempts)
+        log.warning(
+            "%s; %s, next in %.1f s",
+            exc,
+            attempt_text(attempts, self.max_retries),
+            self._next_delay,
+        )
         return attempts
 
     def _connect(self) -> Any:

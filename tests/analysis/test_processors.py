@@ -38,8 +38,8 @@ from kvs_toolkit.analysis import (
     StreamProcessors,
     parse_frame_record,
 )
-from kvs_toolkit.analysis import processors as processors_module
 from kvs_toolkit.analysis.rekognition import RekognitionError
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
@@ -306,7 +306,8 @@ def test_cli_create_describe_and_usage_errors(
 ) -> None:
     processors, stubber = stubbed
     client = processors._client
-    monkeypatch.setattr(processors_module, "_default_rekognition", lambda *_: client)
+    # the command builds its Rekognition client through AwsAccess: hand it the stubbed one
+    monkeypatch.setattr(AwsAccess, "client", lambda *_args, **_kwargs: client)
     stubber.add_response("describe_stream_processor", describe_answer("face-search"))
     assert cli.main(["rekognition-processor", "describe", "door"]) == 0
     described = json.loads(capsys.readouterr().out)

@@ -58,28 +58,7 @@ CASES: dict[str, tuple[Callable[[], list[str]], str]] = {
     ),
 }
 
-_REKOGNITION_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="kvs rekognition-processor (kvs_toolkit/cli/rekognition_processor.py -> "
-    "kvs_toolkit/analysis/processors.py add_processor_arguments) gives its actions no global "
-    "options (--region/--endpoint-url/--profile/--max-attempts after 'list' are 'unrecognized "
-    "arguments', a usage message of 4 lines), shadows the global --region/--endpoint-url with "
-    "its own, and with no region says 'no AWS credentials found' instead of naming the region; "
-    "fix: build its clients with aws_from_args(args) and add_global_options(action, "
-    "suppress=True) on every action parser",
-)
-_CONSUME_UNREACHABLE_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="kvs consume (kvs_toolkit/consumer/readers.py) reports a dead endpoint with its own "
-    "retry line ('kvs: s: GetMedia s: connection failed (...)') instead of call_with_retry's "
-    "shared 'cannot reach URL (what): reason; attempt N/M' line, and prints a status line "
-    "before the error; fix: the readers' reconnect loop through kvs_toolkit.aws.call_with_retry "
-    "(or its message) and no status line before the first fragment",
-)
-XFAILS: dict[tuple[str, str], pytest.MarkDecorator] = {
-    **{("rekognition-processor", case): _REKOGNITION_XFAIL for case in CASES},
-    ("consume", "unreachable-endpoint"): _CONSUME_UNREACHABLE_XFAIL,
-}
+XFAILS: dict[tuple[str, str], pytest.MarkDecorator] = {}
 
 
 def test_the_table_covers_every_command() -> None:

@@ -14,13 +14,6 @@ from kvs_toolkit.emulator import Emulator
 from tests.cli.conftest import Kvs
 
 HEAVY = ("av", "cv2", "numpy", "kvs_toolkit.analysis")
-_CONSUME_HELP_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="kvs_toolkit/cli/consume.py imports kvs_toolkit.consumer.frame_queue at module "
-    "level (for QUEUE_POLICIES), which imports kvs_toolkit.consumer.frames and with it numpy; "
-    "fix: define QUEUE_POLICIES in a module without numpy (or import frames lazily in "
-    "frame_queue)",
-)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +54,7 @@ def test_version(kvs: Kvs) -> None:
     [
         (),
         ("produce",),
-        pytest.param(("consume",), marks=_CONSUME_HELP_XFAIL),
+        ("consume",),
         ("streams",),
         ("clip",),
         ("images",),
