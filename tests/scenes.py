@@ -216,10 +216,12 @@ def moving_scenes(width: int = 640, height: int = 360, frames: int = 150) -> lis
 
 
 def static_scenes(width: int = 640, height: int = 360, frames: int = 150) -> list[Scene]:
-    """Nothing moves: noise, the light change and the clock only."""
+    """Nothing moves: noise, the clock and a light change of 35% over the scene (6 s at
+    the defaults: a cloud over the sun on the bright scenes, lights coming up on the dark
+    ones)."""
     return [
         Scene(f"static-{tone}-{kind}", width, height, frames, bright=bright, textured=textured,
-              seed=20 + n)
+              light_change=-0.35 if bright else 0.35, seed=20 + n)
         for n, (tone, bright, kind, textured) in enumerate(
             [("dark", False, "flat", False), ("dark", False, "textured", True),
              ("bright", True, "flat", False), ("bright", True, "textured", True)]

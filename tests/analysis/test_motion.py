@@ -240,3 +240,19 @@ def test_parse_ignore_zone() -> None:
             parse_ignore_zone(bad)
     with pytest.raises(ValueError, match="ignore zone"):
         MotionDetector(ignore_zones=[(0, 0, -1, 5)])
+
+
+def test_the_demo_ignores_its_clock_and_still_finds_the_squares() -> None:
+    from kvs_toolkit.demo import ANALYSIS_FPS, CLOCK_ZONE
+
+    frames = list(sample_frames(SPEC, 100))[:: round(SPEC.fps / ANALYSIS_FPS)]
+
+    def on_clock(found: list[list[Detection]]) -> list[Detection]:
+        return [d for boxes in found for d in boxes if d.box.y2 > CLOCK_ZONE[1]]
+
+    assert on_clock(MotionDetector(warmup=10).detect(frames))  # as the demo was
+    found = MotionDetector(track=True, warmup=10, ignore_zones=[CLOCK_ZONE]).detect(frames)
+    assert not on_clock(found)
+    for index, boxes in zip(range(0, 100, 5), found, strict=False):
+        if index >= 50:
+            assert (best_ious(SPEC, index, boxes) >= 0.5).all(), index
