@@ -416,6 +416,7 @@ class MotionDetector:
         self._keep_for: tuple[int, int, int, int] = (0, 0, 0, 0)
         self.tracker = tracker if tracker is not None else (IouTracker() if track else None)
         self.frames_seen = 0
+        self._time_origin: float | None = None
 
     @property
     def name(self) -> str:
@@ -471,7 +472,14 @@ class MotionDetector:
             self._ready = True
             log.debug("motion background built from %d frames", self.warmup)
             return None
-        now = self.frames_seen / self.assumed_fps if timestamp_s is None else timestamp_s
+        if timestamp_s is None:
+            now = self.frames_seen / self.assumed_fps
+        else:
+            # Seconds since the first frame, to the microsecond: the model keeps times in
+            # float32, which would round an epoch time to minutes.
+            if self._time_origin is None:
+                self._time_origin = timestamp_s
+            now = round(timestamp_s - self._time_origin, 6)
         mask = self._model.mask(gray, self.learning_rate)
         keep = self._keep_mask((image.shape[1], image.shape[0]), gray.shape)
         if keep is not None:

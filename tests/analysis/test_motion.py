@@ -142,11 +142,12 @@ def test_on_real_h264_fragments(tmp_path: Path) -> None:
 
 
 # --- generated ground truth (tests/scenes.py) ----------------------------------------------
-def run_scene(detector: MotionDetector, scene: Scene) -> list[list[Box]]:
+def run_scene(detector: MotionDetector, scene: Scene, start_s: float = 0.0) -> list[list[Box]]:
     """The detector's boxes in every frame of ``scene``, timed by the frames' timestamps."""
     found = []
     for index in range(scene.frames):
-        detections = detector.detect_image(scene.render(index), timestamp_s=index / scene.fps)
+        time_s = start_s + index / scene.fps
+        detections = detector.detect_image(scene.render(index), timestamp_s=time_s)
         found.append([(round(d.box.x), round(d.box.y), round(d.box.width), round(d.box.height))
                       for d in detections])  # fmt: skip
     return found
@@ -218,6 +219,15 @@ def test_no_ghost_where_an_object_stood_and_stopped_objects_are_absorbed(
     held = round(absorb_seconds * scene.fps)
     assert all(reported(i) for i in range(stop, stop + held * 3 // 4))
     assert not any(reported(i) for i in range(stop + held + scene.fps // 2, scene.frames))
+
+
+def test_epoch_timestamps_time_absorption_as_well_as_small_ones() -> None:
+    scene = ghost_and_stop_scene(textured=False)
+    found = [
+        run_scene(MotionDetector(absorb_seconds=2.0), scene, start_s=start_s)
+        for start_s in (0.0, 1_700_000_000.0)  # a producer timestamp: float32 cannot hold it
+    ]
+    assert found[0] == found[1]
 
 
 def test_an_ignore_zone_in_frame_pixels_at_any_processing_size() -> None:
