@@ -118,8 +118,9 @@ class Scene:
             return np.full((self.height, self.width), base, dtype=np.float32)
         # Structure at several scales, as walls, grass and tarmac have: blurred noise
         # (soft shading) plus a finer grain, about +-35 grey levels in all.
-        coarse = cv2.GaussianBlur(rng.normal(0, 1, (self.height, self.width)), (0, 0), 12)
-        fine = cv2.GaussianBlur(rng.normal(0, 1, (self.height, self.width)), (0, 0), 1.5)
+        size = (self.height, self.width)
+        coarse = np.asarray(cv2.GaussianBlur(rng.normal(0, 1, size), (0, 0), 12), np.float64)
+        fine = np.asarray(cv2.GaussianBlur(rng.normal(0, 1, size), (0, 0), 1.5), np.float64)
         coarse *= 25 / max(float(coarse.std()), 1e-6)
         fine *= 10 / max(float(fine.std()), 1e-6)
         return np.asarray(base + coarse + fine, dtype=np.float32)

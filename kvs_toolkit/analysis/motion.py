@@ -145,8 +145,8 @@ class _BackgroundModel(Protocol):
     def mask(self, gray: Image, learning_rate: float) -> Image: ...
 
     def learn(
-        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32], count: int,
-        now: float, learning_rate: float,
+        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32],
+        areas: npt.NDArray[np.int32], now: float, learning_rate: float,
     ) -> None: ...  # fmt: skip
 
 
@@ -175,8 +175,8 @@ class _OpenCvSubtractor:
         return np.asarray(self._model.apply(gray, learningRate=learning_rate), dtype=np.uint8)
 
     def learn(
-        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32], count: int,
-        now: float, learning_rate: float,
+        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32],
+        areas: npt.NDArray[np.int32], now: float, learning_rate: float,
     ) -> None:  # fmt: skip
         return
 
@@ -270,9 +270,10 @@ class _SelectiveAverage:
         return np.asarray(mask, dtype=np.uint8)
 
     def learn(
-        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32], count: int,
-        now: float, learning_rate: float,
+        self, gray: Image, foreground: Image, *, labels: npt.NDArray[np.int32],
+        areas: npt.NDArray[np.int32], now: float, learning_rate: float,
     ) -> None:  # fmt: skip
+        count = len(areas)  # connected components, the background (0) included
         background, previous = self._background, self._previous
         still_since, pixel_still_since = self._still_since, self._pixel_still_since
         assert background is not None and previous is not None
@@ -291,7 +292,6 @@ class _SelectiveAverage:
         np.copyto(pixel_still_since, np.float32(now), where=changed | ~in_foreground)
         # Regions: one that has not changed at all for absorb_seconds joins the model.
         moving_pixels = np.bincount(labels[changed], minlength=count)
-        areas = np.bincount(labels.ravel(), minlength=count)
         moving = moving_pixels >= np.maximum(_MOVING_PIXELS, _MOVING_SHARE * areas)
         moving[0] = True  # the background: nothing to absorb
         region_still = ~moving[labels]
@@ -486,12 +486,14 @@ class MotionDetector:
             cv2.bitwise_and(mask, keep, dst=mask)
         opened = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._open)
         cleaned = np.asarray(cv2.morphologyEx(opened, cv2.MORPH_CLOSE, self._close), np.uint8)
-        count, found, stats, _ = cv2.connectedComponentsWithStats(cleaned, connectivity=8)
+        count, found, found_stats, _ = cv2.connectedComponentsWithStats(cleaned, connectivity=8)
         labels = np.asarray(found, dtype=np.int32)
+        stats = np.asarray(found_stats, dtype=np.int32)
+        areas = stats[:, cv2.CC_STAT_AREA]
         self._model.learn(
-            gray, cleaned, labels=labels, count=count, now=now, learning_rate=self.learning_rate
+            gray, cleaned, labels=labels, areas=areas, now=now, learning_rate=self.learning_rate
         )
-        return cleaned, count, labels, np.asarray(stats, dtype=np.int32)
+        return cleaned, count, labels, stats
 
     def foreground_mask(
         self, image: Image, format: str = "bgr24", *, timestamp_s: float | None = None
