@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from kvs_toolkit.consumer import DecodedFrame, FragmentDecoder
 from kvs_toolkit.consumer.frames import Image, PixelFormat
 from kvs_toolkit.samples import SampleSpec, ground_truth, render_frame
 from tests.consumer.media import sample_stream
-from tests.scenes import Box, Mover, Scene, iou, moving_scenes, score, static_scenes
+from tests.scenes import Box, Mover, Scene, iou, moving_scenes, scaled, score, static_scenes
 
 from .conftest import SPEC, START_NS, best_ious, make_frame, sample_frames
 
@@ -222,16 +223,19 @@ def test_no_ghost_where_an_object_stood_and_stopped_objects_are_absorbed(
 
 
 def test_epoch_timestamps_time_absorption_as_well_as_small_ones() -> None:
-    scene = ghost_and_stop_scene(textured=False)
+    scene = scaled(ghost_and_stop_scene(textured=False), 0.5)
     found = [
         run_scene(MotionDetector(absorb_seconds=2.0), scene, start_s=start_s)
         for start_s in (0.0, 1_700_000_000.0)  # a producer timestamp: float32 cannot hold it
     ]
     assert found[0] == found[1]
+    stopped = scene.positions(60)[1]  # stops at frame 60, absorbed 2 s later
+    assert [iou(box, stopped) >= 0.5 for box in found[0][100]].count(True) == 1
+    assert [iou(box, stopped) >= 0.5 for box in found[0][-1]].count(True) == 0
 
 
 def test_an_ignore_zone_in_frame_pixels_at_any_processing_size() -> None:
-    scene = moving_scenes()[0]  # the square crosses the top band
+    scene = dataclasses.replace(moving_scenes()[0], frames=60)  # the square: the top band
     zone = (0, 0, 640, 150)
     for process_width in (320, 200, None):
         detector = MotionDetector(ignore_zones=[zone, scene.clock_zone],
