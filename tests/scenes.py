@@ -156,7 +156,8 @@ class Scene:
         # OpenCV's generator is several times faster than numpy's normal; seeded per frame.
         cv2.setRNGSeed(self.seed * 100_003 + index)
         noise = np.empty((self.height, self.width, 3), dtype=np.float32)
-        cv2.randn(noise, (0.0, 0.0, 0.0), (self.noise_sigma,) * 3)  # per channel
+        sigma = np.full(3, self.noise_sigma)  # per channel (a scalar would be channel 0 only)
+        cv2.randn(noise, np.zeros(3), sigma)
         noise += picture[:, :, None]
         np.clip(noise, 0, 255, out=noise)
         image = noise.astype(np.uint8)
