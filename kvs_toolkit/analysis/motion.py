@@ -15,12 +15,23 @@ model:
     object was when it goes.
   - **Noise.** The threshold is ``threshold`` grey levels or 4.5 times the sensor
     noise measured on the background (robust MAD estimate), whichever is larger.
-  - **Absorption after ``absorb_seconds`` (default 5 s).** A foreground region (one
-    connected component) in which nothing has changed from one frame to the next for
-    ``absorb_seconds`` - an object that stopped, or the *ghost* left where an object
-    stood while the background was built - is copied into the model and disappears. A
-    region that still has moving pixels is kept whole, so the still inside of a large
-    flat object that moves slowly is not absorbed.
+  - **Stopped objects: absorbed after ``absorb_seconds`` (default 5 s).** A foreground
+    region (one connected component) in which nothing has changed from one frame to
+    the next for ``absorb_seconds`` is copied into the model and its box goes. A region
+    with moving pixels is kept whole, so the still inside of a large flat object that
+    moves slowly is not absorbed.
+  - **Ghosts: gone about 0.2 s after the object has left.** Where the model remembers
+    an object that has gone (it stood there while the background was built, or was
+    absorbed and then left), the region's outline is an edge in the model and not in
+    the picture; an object that moves or stopped shows its own outline in the picture.
+    Such a still region is absorbed at once; while it still touches the object that
+    left it, it melts from its outline, one processing pixel per frame.
+
+  Limit: the first background is the median of the warm-up frames, so an object that
+  stays in view over more than half of the warm-up is part of it. Until the object has
+  left that place, its box covers only its part outside it (and the ghost goes as
+  above); an object that walks into view after the warm-up, or crosses its own length
+  within half of it, is found from the first frame after.
 
 * ``mog2`` and ``knn`` - OpenCV's Gaussian-mixture and k-nearest-neighbour subtractors
   (``createBackgroundSubtractorMOG2`` / ``KNN``, shadows not marked). They learn every
@@ -36,7 +47,8 @@ foreground. An optional :class:`IouTracker` gives boxes stable track ids.
 
 Time (for ``absorb_seconds``) is the frames' own timestamps when frames come through
 :meth:`MotionDetector.detect`, else ``detect_image``'s ``timestamp_s``, else the frame
-count over ``assumed_fps``.
+count over ``assumed_fps``; a clock that goes back (a file played again) carries on
+from where it was.
 """
 
 from __future__ import annotations
@@ -417,6 +429,7 @@ class MotionDetector:
         self.tracker = tracker if tracker is not None else (IouTracker() if track else None)
         self.frames_seen = 0
         self._time_origin: float | None = None
+        self._last_now = 0.0
 
     @property
     def name(self) -> str:
@@ -480,6 +493,10 @@ class MotionDetector:
             if self._time_origin is None:
                 self._time_origin = timestamp_s
             now = round(timestamp_s - self._time_origin, 6)
+            if now < self._last_now:
+                self._time_origin = timestamp_s - self._last_now
+                now = self._last_now
+        self._last_now = now
         mask = self._model.mask(gray, self.learning_rate)
         keep = self._keep_mask((image.shape[1], image.shape[0]), gray.shape)
         if keep is not None:

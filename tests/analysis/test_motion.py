@@ -234,6 +234,22 @@ def test_epoch_timestamps_time_absorption_as_well_as_small_ones() -> None:
     assert [iou(box, stopped) >= 0.5 for box in found[0][-1]].count(True) == 0
 
 
+def test_a_clock_going_back_carries_on() -> None:
+    """A file played again: its timestamps restart; the stopped square is still absorbed."""
+    scene = scaled(ghost_and_stop_scene(textured=False), 0.5)
+    detector = MotionDetector(absorb_seconds=2.0)
+    stopped = scene.positions(60)[1]
+    reported = []
+    for index in range(scene.frames):
+        time_s = index / scene.fps - (100.0 if index >= 80 else 0.0)
+        found = detector.detect_image(scene.render(index), timestamp_s=time_s)
+        boxes = [(round(d.box.x), round(d.box.y), round(d.box.width), round(d.box.height))
+                 for d in found]  # fmt: skip
+        reported.append(any(iou(box, stopped) >= 0.5 for box in boxes))
+    assert all(reported[60:100])
+    assert not any(reported[125:])
+
+
 def test_an_ignore_zone_in_frame_pixels_at_any_processing_size() -> None:
     scene = dataclasses.replace(moving_scenes()[0], frames=60)  # the square: the top band
     zone = (0, 0, 640, 150)
