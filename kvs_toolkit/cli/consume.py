@@ -64,14 +64,13 @@ def _time(text: str) -> dt.datetime:
 
 
 def _zone(text: str) -> tuple[int, int, int, int]:
-    parts = text.split(",")
+    # imported only when the option is given (the analysis stack loads OpenCV)
+    from kvs_toolkit.analysis.motion import parse_ignore_zone
+
     try:
-        x, y, w, h = (int(part) for part in parts)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a zone is x,y,w,h in pixels, not {text!r}") from None
-    if min(x, y) < 0 or min(w, h) <= 0:
-        raise argparse.ArgumentTypeError(f"a zone needs x, y >= 0 and w, h > 0, not {text!r}")
-    return x, y, w, h
+        return parse_ignore_zone(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
