@@ -355,3 +355,18 @@ def test_max_frames_and_format(emulator: Emulator, aws_env: dict[str, str], tmp_
     pictures = sorted(frames_dir.glob("*.jpg"))
     assert len(pictures) == 7
     assert cv2.imread(str(pictures[0]), cv2.IMREAD_UNCHANGED).ndim == 2  # saved as gray
+
+
+def test_motion_ignore_zones_reach_the_detector(
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
+) -> None:
+    out = tmp_path / "motion.jsonl"
+    common = ("--start", "earliest", "--max-fragments", str(FRAGMENTS), "--no-progress",
+              "--model", "motion", "--out", str(out), "--overwrite")  # fmt: skip
+    assert cmd_consume(live(emulator, *common)) == 0
+    assert any(r["detections"] for r in read_jsonl(out))  # the squares move
+    assert cmd_consume(live(emulator, *common, "--motion-ignore", "0,0,4000,4000")) == 0
+    assert not any(r["detections"] for r in read_jsonl(out))  # all of the frame ignored
+    with pytest.raises(SystemExit) as usage:  # argparse: one line and exit 2
+        live(emulator, "--motion-ignore", "1,2,3")
+    assert usage.value.code == 2
