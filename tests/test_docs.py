@@ -139,6 +139,7 @@ def test_examples_run(document: Path, emulator: Emulator, tmp_path: Path) -> Non
         try:
             done = subprocess.run(
                 command,
+                check=False,
                 cwd=work,
                 env=env,
                 capture_output=True,
