@@ -16,6 +16,7 @@ botocore, PyAV) are translated at the boundary with ``raise ... from exc``.
     ├── EndpointUnreachableError  an endpoint did not answer within the retry policy
     ├── SpoolError                the producer's on-disk spool cannot be used
     ├── GetMediaError             a GetMedia read failed (HTTP status or error tags)
+    │   └── NoFragmentsError      an existing stream has no fragments in the range
     ├── CheckpointError           a consumer checkpoint could not be read or written
     │   └── LeaseLostError        another consumer took over this stream's lease
     ├── DecodeError               a track cannot be decoded (codec or CodecPrivate)
@@ -42,6 +43,7 @@ __all__ = [
     "KvsError",
     "LeaseLostError",
     "MkvError",
+    "NoFragmentsError",
     "PutMediaError",
     "SourceError",
     "SpoolError",
@@ -123,6 +125,11 @@ class GetMediaError(KvsError):
     def __init__(self, message: str, *, error_id: int | None = None) -> None:
         self.error_id = error_id
         super().__init__(message)
+
+
+class NoFragmentsError(GetMediaError):
+    """The stream exists but holds no fragments in the requested range (HLS, DASH,
+    GetClip and GetImages answer ResourceNotFoundException for it)."""
 
 
 class DecodeError(KvsError):

@@ -20,7 +20,7 @@ from kvs_toolkit.aws import (
     connection_failure_reason,
     unreachable_endpoint,
 )
-from kvs_toolkit.errors import GetMediaError
+from kvs_toolkit.errors import GetMediaError, NoFragmentsError
 
 if TYPE_CHECKING:
     from mypy_boto3_kinesis_video_archived_media import KinesisVideoArchivedMediaClient
@@ -112,6 +112,10 @@ def translate_error(exc: Exception, what: str) -> Exception:
         if status >= 500:
             return Retryable(f"{what}: service error {status} ({detail})", refresh_endpoint=True)
         if code == "ResourceNotFoundException":
+            # HLS/DASH/GetClip/GetImages answer this code for an existing stream with no
+            # fragments in the range (LIVE: none in the last 30 s): not a missing stream
+            if "fragment" in message.lower():
+                return NoFragmentsError(f"{what}: no fragments in the requested range ({detail})")
             return GetMediaError(f"{what}: the stream was not found ({detail})")
         if code in AUTH_ERRORS or status in (401, 403):
             return GetMediaError(

@@ -79,7 +79,7 @@ from kvs_toolkit.consumer.readers import (
     ReaderStats,
 )
 from kvs_toolkit.consumer.selectors import TimestampType
-from kvs_toolkit.errors import DecodeError, GetMediaError
+from kvs_toolkit.errors import DecodeError, GetMediaError, NoFragmentsError
 from kvs_toolkit.mkv import Fragment, Tag, TrackInfo
 from kvs_toolkit.mkv.model import (
     TAG_FRAGMENT_NUMBER,
@@ -562,6 +562,11 @@ class HlsReader:
             yield from self._read()
         except Stopped:
             return
+        except NoFragmentsError as exc:
+            if self.playback_mode == "LIVE":
+                raise
+            # an empty range of an existing stream is an empty read, as ArchiveReader's
+            log.warning("%s", exc)
 
     def _media_playlist_url(self) -> str:
         url = self.session_url or self.create_session()

@@ -334,3 +334,19 @@ def test_segment_size_limit_is_a_clear_error(emulator: Emulator) -> None:
     )  # fmt: skip
     with reader, pytest.raises(GetMediaError, match=r"HLS init segment: .*the limit of 200 bytes"):
         list(reader)
+
+
+def test_an_empty_range_of_an_existing_stream_is_an_empty_read_not_a_missing_stream(
+    emulator: Emulator, aws_env: None, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "empty.jsonl"
+    argv = ("--stream", "hls", "--endpoint-url", emulator.endpoint_url, "--no-progress",
+            "--hls", "--archive", "2001-01-01T00:00:00Z", "2001-01-01T00:01:00Z",
+            "--out", str(out))  # fmt: skip
+    assert run_consume(*argv) == 0
+    assert out.read_text() == ""
+    assert "no fragments in the requested range" in caplog.text
+    assert "not found" not in caplog.text
+    with pytest.raises(GetMediaError, match="the stream was not found"):
+        run_consume("--stream", "nope", "--endpoint-url", emulator.endpoint_url, "--hls",
+                    "--archive", "2001-01-01", "2001-01-02", "--out", str(tmp_path / "x"))  # fmt: skip
