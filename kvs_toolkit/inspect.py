@@ -29,6 +29,7 @@ from kvs_toolkit.errors import KvsError, MkvError, SourceError
 from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, TRACK_TYPE_VIDEO, Fragment, FragmentReader
 from kvs_toolkit.mkv.ebml import encode_id
 from kvs_toolkit.mkv.ids import EBML
+from kvs_toolkit.timestamps import epoch_seconds
 
 _CHUNK = 1 << 16
 # Every MKV stream, and every GetMedia fragment, starts with the EBML header's ID
@@ -251,10 +252,6 @@ def total_track_counts(fragments: Iterable[Fragment]) -> list[TrackCount]:
 
 
 # --- records ------------------------------------------------------------------------------
-def _epoch(value: dt.datetime | None) -> float | None:
-    return None if value is None else round(value.timestamp(), 3)
-
-
 def fragment_record(fragment: Fragment) -> dict[str, Any]:
     """The JSON shape of one fragment (documented in the README)."""
     video = fragment.video_track
@@ -263,8 +260,8 @@ def fragment_record(fragment: Fragment) -> dict[str, Any]:
     video_frames, video_keys, audio_frames = _by_kind(counts)
     return {
         "fragment_number": fragment.fragment_number,
-        "producer_timestamp": _epoch(fragment.producer_timestamp),
-        "server_timestamp": _epoch(fragment.server_timestamp),
+        "producer_timestamp": epoch_seconds(fragment.producer_timestamp, 3),
+        "server_timestamp": epoch_seconds(fragment.server_timestamp, 3),
         "cluster_timecode": fragment.cluster_timecode,
         "duration_ms": round(fragment.duration_ns / 1e6, 3),
         "video_frames": video_frames,

@@ -47,6 +47,7 @@ from kvs_toolkit.analysis.rekognition import RekognitionError
 from kvs_toolkit.analysis.sinks import AnalysisRecord
 from kvs_toolkit.aws import AwsAccess, call_with_retry
 from kvs_toolkit.errors import AnalysisError, KvsError
+from kvs_toolkit.timestamps import epoch_seconds
 
 __all__ = [
     "CONNECTED_HOME_LABELS",
@@ -101,9 +102,8 @@ def _check_percent(value: float, what: str) -> float:
 
 
 def _epoch(value: Any) -> float | None:
-    if isinstance(value, dt.datetime):
-        return round(value.timestamp(), 6)
-    return None
+    # the service's answer may lack the field or carry something else
+    return epoch_seconds(value) if isinstance(value, dt.datetime) else None
 
 
 # --- describing a processor ----------------------------------------------------------------

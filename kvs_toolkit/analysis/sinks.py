@@ -43,6 +43,7 @@ import cv2
 from kvs_toolkit.analysis.base import AnalysisError, Detection
 from kvs_toolkit.analysis.draw import draw_detections, to_bgr
 from kvs_toolkit.consumer.frames import DecodedFrame
+from kvs_toolkit.timestamps import epoch_seconds
 
 __all__ = [
     "AnalysisRecord",
@@ -72,10 +73,6 @@ KINESIS_MAX_KEY_LENGTH: Final = 256
 
 class SinkError(AnalysisError):
     """A result could not be delivered (after retries where they make sense)."""
-
-
-def _epoch(value: dt.datetime | None) -> float | None:
-    return None if value is None else round(value.timestamp(), 6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +117,8 @@ class AnalysisRecord:
         return {
             "stream_name": self.stream_name,
             "fragment_number": self.fragment_number,
-            "producer_timestamp": _epoch(self.producer_timestamp),
-            "server_timestamp": _epoch(self.server_timestamp),
+            "producer_timestamp": epoch_seconds(self.producer_timestamp),
+            "server_timestamp": epoch_seconds(self.server_timestamp),
             "timestamp": round(self.frame_timestamp, 6),
             "model": self.model,
             "latency_ms": round(self.latency_ms, 3),

@@ -27,7 +27,6 @@ keep clocks synchronised (NTP) and the lease duration much longer than their ske
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
 import logging
 import math
@@ -44,6 +43,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from kvs_toolkit.errors import CheckpointError, LeaseLostError
 from kvs_toolkit.mkv import Fragment
+from kvs_toolkit.timestamps import epoch_seconds
 
 __all__ = [
     "Checkpoint",
@@ -61,18 +61,11 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 DEFAULT_LEASE_DURATION_S: Final = 30.0
 # Worker heartbeat items share the table with stream items; '#' cannot occur in a stream
 # name ([a-zA-Z0-9_.-], docs/kvs-wire.md "Endpoints and signing"), so the keys never collide.
 _WORKER_PREFIX: Final = "#worker#"
 _KEY: Final = "stream"
-
-
-def _epoch_seconds(value: dt.datetime | None) -> float | None:
-    if value is None:
-        return None
-    return (value - _EPOCH) / dt.timedelta(seconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +92,8 @@ class Checkpoint:
         return cls(
             fragment_number=number,
             continuation_token=fragment.continuation_token,
-            producer_timestamp=_epoch_seconds(fragment.producer_timestamp),
-            server_timestamp=_epoch_seconds(fragment.server_timestamp),
+            producer_timestamp=epoch_seconds(fragment.producer_timestamp, None),
+            server_timestamp=epoch_seconds(fragment.server_timestamp, None),
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -17,14 +17,13 @@ knows its shape, not the analysis package.
 
 from __future__ import annotations
 
-import datetime as dt
 import itertools
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 from kvs_toolkit.consumer.checkpoint import Checkpoint, CheckpointStore
 from kvs_toolkit.consumer.decode import FragmentDecoder
@@ -33,6 +32,7 @@ from kvs_toolkit.consumer.frames import DecodedFrame
 from kvs_toolkit.consumer.readers import FragmentSource, LiveReader, ReaderStats
 from kvs_toolkit.errors import KvsError
 from kvs_toolkit.mkv import Fragment
+from kvs_toolkit.timestamps import epoch_seconds
 
 __all__ = [
     "ConsumeResult",
@@ -42,8 +42,6 @@ __all__ = [
     "consume",
     "frame_record",
 ]
-
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 class AnalysisRecordLike(Protocol):
@@ -62,16 +60,12 @@ class FrameAnalyzer(Protocol):
     def process(self, frames: Iterable[DecodedFrame]) -> Iterator[Any]: ...
 
 
-def _epoch(value: dt.datetime | None) -> float | None:
-    return None if value is None else round((value - _EPOCH) / dt.timedelta(seconds=1), 6)
-
-
 def frame_record(frame: DecodedFrame, jpeg: str | None = None) -> dict[str, Any]:
     """The JSON line of one decoded frame (timestamps in epoch seconds)."""
     record: dict[str, Any] = {
         "fragment_number": frame.fragment_number,
-        "producer_timestamp": _epoch(frame.producer_timestamp),
-        "server_timestamp": _epoch(frame.server_timestamp),
+        "producer_timestamp": epoch_seconds(frame.producer_timestamp),
+        "server_timestamp": epoch_seconds(frame.server_timestamp),
         "timestamp": round(frame.timestamp_ns / 1e9, 6),
         "keyframe": frame.keyframe,
         "width": frame.width,

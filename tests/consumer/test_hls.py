@@ -349,4 +349,5 @@ def test_an_empty_range_of_an_existing_stream_is_an_empty_read_not_a_missing_str
     assert "not found" not in caplog.text
     with pytest.raises(GetMediaError, match="the stream was not found"):
         run_consume("--stream", "nope", "--endpoint-url", emulator.endpoint_url, "--hls",
-                    "--archive", "2001-01-01", "2001-01-02", "--out", str(tmp_path / "x"))  # fmt: skip
+                    "--archive", "2001-01-01", "2001-01-02",
+                    "--out", str(tmp_path / "x"))  # fmt: skip
