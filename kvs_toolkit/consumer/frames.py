@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Final, Literal, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
+from kvs_toolkit.timestamps import EPOCH
+
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
     from av.video.reformatter import VideoReformatter
@@ -44,7 +46,6 @@ Samples: TypeAlias = npt.NDArray[np.float32]
 PixelFormat: TypeAlias = Literal["bgr24", "rgb24", "gray"]
 PIXEL_FORMATS: Final[frozenset[str]] = frozenset({"bgr24", "rgb24", "gray"})
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 # Decoder pixel formats whose first plane is 8-bit luma at full picture size: for these
 # ``gray`` is a view of plane 0, with no conversion and no copy.
@@ -131,7 +132,7 @@ class DecodedFrame:
     @property
     def datetime(self) -> dt.datetime:
         """Absolute timestamp as an aware UTC datetime (microsecond resolution)."""
-        return _EPOCH + dt.timedelta(microseconds=self.timestamp_ns // 1000)
+        return EPOCH + dt.timedelta(microseconds=self.timestamp_ns // 1000)
 
 
 def fit_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int]:

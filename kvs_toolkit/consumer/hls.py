@@ -87,6 +87,7 @@ from kvs_toolkit.mkv.model import (
     TAG_SERVER_TIMESTAMP,
     Frame,
 )
+from kvs_toolkit.timestamps import EPOCH
 
 __all__ = [
     "DEFAULT_MAX_SEGMENT_BYTES",
@@ -270,9 +271,7 @@ def parse_media_playlist(text: str, base_url: str) -> MediaPlaylist:
 
 # --- segments to fragments ------------------------------------------------------------------
 def _epoch_text(moment: dt.datetime) -> str:
-    micros = (moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(
-        microseconds=1
-    )
+    micros = (moment - EPOCH) // dt.timedelta(microseconds=1)
     return f"{micros // 1_000_000}.{micros % 1_000_000:06d}"
 
 

@@ -106,7 +106,6 @@ _RECENT_NUMBERS: Final = 1024
 _CHUNK: Final = 1 << 20
 
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 T = TypeVar("T")
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+from kvs_toolkit.timestamps import EPOCH
 
 if TYPE_CHECKING:
     from kvs_toolkit.consumer.checkpoint import Checkpoint
 
 __all__ = ["StartSelector", "TimestampType", "parse_timestamp"]
 
-_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 TimestampType = Literal["PRODUCER_TIMESTAMP", "SERVER_TIMESTAMP"]
 
 
@@ -21,7 +22,7 @@ def parse_timestamp(text: str) -> dt.datetime:
     """An ISO 8601 time (``2024-05-01T12:00:00Z``; no zone means UTC) or epoch seconds."""
     value = text.strip()
     try:
-        return _EPOCH + dt.timedelta(seconds=float(value))
+        return EPOCH + dt.timedelta(seconds=float(value))
     except ValueError:
         pass
     if value.endswith(("Z", "z")):
