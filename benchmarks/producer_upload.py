@@ -66,6 +66,7 @@ from benchmarks.common import (
     rss_growth,
     soak_seconds,
 )
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.producer.fragmenter import EncodedFrame
 
 if TYPE_CHECKING:
@@ -215,7 +216,9 @@ def _produce(source: FrameSource, emulator_url: str, stream: str) -> tuple[float
     from kvs_toolkit.producer.run import produce, resolve_data_endpoint
 
     data_endpoint, _ = resolve_data_endpoint(
-        stream, endpoint_url=emulator_url, credentials=_credentials(), create_stream=True
+        stream,
+        aws=AwsAccess(endpoint_url=emulator_url, credentials_override=_credentials()),
+        create_stream=True,
     )
 
     async def main() -> UploadStats:
@@ -395,7 +398,9 @@ def cpu_row(options: Options, emulator_url: str) -> Result:
     seconds = 5.0 if options.quick else 10.0
     encode_s, frames, track = encode_720p(seconds)
     data_endpoint, _ = resolve_data_endpoint(
-        "cpu", endpoint_url=emulator_url, credentials=_credentials(), create_stream=True
+        "cpu",
+        aws=AwsAccess(endpoint_url=emulator_url, credentials_override=_credentials()),
+        create_stream=True,
     )
     upload_cpu(frames[: STREAM_FPS * 2], track, data_endpoint)  # warm-up: imports, connection
     shifted = [
@@ -687,7 +692,9 @@ def run(options: Options | None = None) -> list[Result]:
         rows.append(cpu_row(options, url))
         rows += memory_rows(clip, url)
         latency_endpoint, _ = resolve_data_endpoint(
-            "latency", endpoint_url=url, credentials=_credentials(), create_stream=True
+            "latency",
+            aws=AwsAccess(endpoint_url=url, credentials_override=_credentials()),
+            create_stream=True,
         )
         rows.append(latency_row(options, clip, latency_endpoint))
         rows.append(soak_row(options, clip, url))
