@@ -48,7 +48,7 @@ def test_upload_a_file_then_read_it_back_as_frames(
     assert stats.all_acknowledged and stats.acked == 2  # 2 s fragments of a 4 s file
 
     with open_stream(
-        "cam-1", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=1.0
+        "cam-1", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=3.0
     ) as frames:
         seen = [(f.timestamp_ns, f.image.shape, f.keyframe) for f in frames]
     assert len(seen) == SPEC.frame_count
@@ -69,7 +69,7 @@ def test_put_numpy_frames_and_read_them_back_in_gray(
     assert producer.stats is not None and producer.stats.all_acknowledged
 
     with open_stream(
-        "numpy", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=1.0,
+        "numpy", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=3.0,
         format="gray",
     ) as frames:  # fmt: skip
         means = [float(frame.image.mean()) for frame in frames]
@@ -87,7 +87,7 @@ def test_put_encoded_annex_b_passes_through(
             producer.put_encoded(stream[start : start + 777], fps=SPEC.fps)
     assert producer.stats is not None and producer.stats.all_acknowledged
     with open_stream(
-        "annexb", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=1.0
+        "annexb", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=3.0
     ) as frames:
         assert sum(1 for _ in frames) == SPEC.frame_count
 
@@ -99,7 +99,7 @@ def test_pipeline_with_the_motion_detector(
     Producer("moving", endpoint_url=emulator.endpoint_url, create_stream=True).upload(str(sample))
     out = io.StringIO()
     with open_stream(
-        "moving", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=1.0
+        "moving", endpoint_url=emulator.endpoint_url, start="earliest", idle_exit_s=3.0
     ) as stream:
         analyzer = Analyzer(MotionDetector(), batch_size=1, stream_name="moving")
         result = Pipeline(stream.source, analyzer=analyzer, out=out).run()
