@@ -145,6 +145,11 @@ class SignalingClient:
     ``ca_file`` is a CA to trust for ``wss://`` (the emulator's ``signaling/tls/ca.pem``;
     found by itself when the endpoint is the local emulator and ``data_dir`` is given).
     ``clock`` (epoch seconds) is injectable for tests of clock skew.
+
+    ``GO_AWAY`` (the service ends the connection: its one-hour limit, or another master
+    took the channel) is yielded, then the client reconnects; with
+    ``reconnect_on_go_away=False`` the iteration ends there instead. Two masters that
+    both reconnect take the channel from each other, as they would on the service.
     """
 
     def __init__(
@@ -159,6 +164,7 @@ class SignalingClient:
         url_expires: int = DEFAULT_URL_EXPIRES,
         clock: Callable[[], float] = time.time,
         endpoint: ChannelEndpoint | None = None,
+        reconnect_on_go_away: bool = True,
     ) -> None:
         if (role == "VIEWER") != (client_id is not None):
             raise SignalingError("a viewer needs a client id, and a master has none")
@@ -172,6 +178,7 @@ class SignalingClient:
         self._skew = 0.0
         self._ca_file = None if ca_file is None else Path(ca_file)
         self.endpoint = endpoint
+        self.reconnect_on_go_away = reconnect_on_go_away
         self._session: aiohttp.ClientSession | None = None
         self._ws: Any = None  # aiohttp.ClientWebSocketResponse
         self._closing = False
@@ -304,15 +311,20 @@ class SignalingClient:
     async def send(self, message: OutgoingMessage, timeout: float = 10.0) -> None:
         """Send ``message``, waiting (up to ``timeout``) for a reconnect in progress."""
         text = message.encode()
-        try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError as exc:
-            raise SignalingError("signaling: not connected") from exc
-        assert self._ws is not None
-        try:
-            await self._ws.send_str(text)
-        except (ConnectionError, RuntimeError) as exc:
-            raise SignalingError(f"signaling: send failed: {exc}") from exc
+        for attempt in (1, 2):
+            try:
+                await asyncio.wait_for(self._connected.wait(), timeout)
+            except asyncio.TimeoutError as exc:
+                raise SignalingError("signaling: not connected") from exc
+            assert self._ws is not None
+            try:
+                await self._ws.send_str(text)
+                return
+            except (ConnectionError, RuntimeError) as exc:
+                if attempt == 2 or self._closing:
+                    raise SignalingError(f"signaling: send failed: {exc}") from exc
+                # The connection is going: the reader reconnects; send once more then.
+                self._connected.clear()
 
     def __aiter__(self) -> AsyncIterator[IncomingMessage]:
         return self._messages()
@@ -341,7 +353,7 @@ class SignalingClient:
                     break
             self._connected.clear()
             await ws.close()
-            if self._closing:
+            if self._closing or (go_away and not self.reconnect_on_go_away):
                 return
             log.info(
                 "signaling: connection to %s %s; reconnecting",
