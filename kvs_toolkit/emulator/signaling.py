@@ -43,7 +43,7 @@ import logging
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -215,25 +215,43 @@ def verify_presigned(
 
 @dataclass(eq=False)
 class _Peer:
-    ws: web.WebSocketResponse
+    """A connected client: a WebSocket, or (``sink``) a peer inside the emulator such
+    as the WebRTC storage session, which gets its messages as calls."""
+
+    ws: web.WebSocketResponse | None
     channel: str
     client_id: str | None  # None: the master
     connected_at: float
     buckets: dict[str, TokenBucket]
     retired: bool = False  # replaced by a newer connection; gets no more messages
+    sink: Callable[[dict[str, Any]], Awaitable[None]] | None = None
 
     @property
     def key(self) -> str:
         return "" if self.client_id is None else self.client_id
 
-    async def send(self, message: Mapping[str, Any]) -> bool:
-        if self.ws.closed:
+    @property
+    def closed(self) -> bool:
+        return self.retired if self.ws is None else self.ws.closed
+
+    async def send(self, message: dict[str, Any]) -> bool:
+        if self.sink is not None:
+            if self.retired:
+                return False
+            await self.sink(message)
+            return True
+        if self.ws is None or self.ws.closed:
             return False
         try:
             await self.ws.send_str(json.dumps(message, separators=(",", ":")))
         except (ConnectionError, RuntimeError):
             return False
         return True
+
+    async def close(self) -> None:
+        self.retired = True
+        if self.ws is not None:
+            await self.ws.close()
 
 
 class SignalingHub:
@@ -291,13 +309,20 @@ class SignalingHub:
                     f"Channel {channel} already has {self.limits.max_viewers} viewers connected."
                 )
 
-    def new_peer(self, ws: web.WebSocketResponse, channel: str, client_id: str | None) -> _Peer:
+    def new_peer(
+        self,
+        ws: web.WebSocketResponse | None,
+        channel: str,
+        client_id: str | None,
+        sink: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> _Peer:
         rates = self.limits.messages_per_second
         return _Peer(
             ws=ws,
             channel=channel,
             client_id=client_id,
             connected_at=self._clock(),
+            sink=sink,
             buckets={
                 action: TokenBucket(rate, burst=rate, clock=self._clock)
                 for action, rate in rates.items()
@@ -344,8 +369,8 @@ class SignalingHub:
     def _close_later(self, peer: _Peer, delay: float) -> None:
         async def close() -> None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(_wait_closed(peer.ws), delay)
-            await peer.ws.close()
+                await asyncio.wait_for(_wait_closed(peer), delay)
+            await peer.close()
 
         task = asyncio.get_running_loop().create_task(close())
         self._closers.add(task)
@@ -358,9 +383,8 @@ class SignalingHub:
         if master is not None:
             peers.append(master)
         for peer in peers:
-            peer.retired = True
             await peer.send(self._system(reason))
-            await peer.ws.close()
+            await peer.close()
         for key in [k for k in self._pending if k[0] == channel]:
             del self._pending[key]
 
@@ -501,8 +525,8 @@ class SignalingHub:
             self._alexa.pop(key, None)
 
 
-async def _wait_closed(ws: web.WebSocketResponse) -> None:
-    while not ws.closed:
+async def _wait_closed(peer: _Peer) -> None:
+    while not peer.closed:
         await asyncio.sleep(0.05)
 
 
@@ -679,6 +703,9 @@ def installer(
 
         app.on_startup.append(start)
         app.on_cleanup.append(stop)
+        from kvs_toolkit.emulator import webrtc_storage  # it imports this module
+
+        webrtc_storage.install(app)
         app.router.add_routes(
             [
                 web.post("/v1/get-ice-server-config", get_ice_server_config),

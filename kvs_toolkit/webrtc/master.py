@@ -249,7 +249,9 @@ class Master:
     ``await master.run()`` connects to the channel and answers viewers until the source
     ends (then returns once viewers got the last frame) or :meth:`stop` is called.
     ``ca_file``: the emulator's CA for ``wss://``. ``encode``: decode and encode again
-    with libx264 even for H.264 (the benchmark's reference).
+    with libx264 even for H.264 (the benchmark's reference). ``storage``: once connected,
+    call JoinStorageSession so the service records the media into the channel's stream
+    (WebRTC ingestion; the channel's media storage must be ENABLED).
     ``reconnect_on_go_away=False``: stop when the service says GO_AWAY (another master
     took the channel) instead of reconnecting (see :class:`SignalingClient`).
     """
@@ -263,12 +265,14 @@ class Master:
         ca_file: str | Path | None = None,
         encode: bool = False,
         retry: RetryPolicy | None = None,
+        storage: bool = False,
         reconnect_on_go_away: bool = True,
     ) -> None:
         self.aws = aws
         self.channel_name = channel_name
         self.fanout = SourceFanout(source)
         self.encode = encode
+        self.storage = storage
         self.signaling = SignalingClient(
             aws,
             channel_name,
@@ -291,6 +295,12 @@ class Master:
         ended = asyncio.ensure_future(self.fanout.ended.wait())
         stopped = asyncio.ensure_future(self._stopped.wait())
         try:
+            if self.storage:
+                from kvs_toolkit.webrtc.storage import join_storage_session
+
+                endpoint = self.signaling.endpoint
+                assert endpoint is not None
+                await asyncio.to_thread(join_storage_session, self.aws, endpoint)
             done, _ = await asyncio.wait(
                 {reader, ended, stopped}, return_when=asyncio.FIRST_COMPLETED
             )

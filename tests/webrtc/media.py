@@ -73,21 +73,24 @@ def decode_clip(path: Path) -> list[npt.NDArray[np.uint8]]:
 INSIDE = "KVS_WEBRTC_NETNS"
 
 
-def run_in_loopback_namespace(nodeid: str, timeout: float = 240) -> None:
+def run_in_loopback_namespace(nodeid: str, timeout: float = 100) -> None:
     """Run the pytest ``nodeid`` again inside a new network namespace with only ``lo``
     (up): whatever it does, no packet can leave the machine. Needs root (``unshare``)."""
     env = dict(os.environ, **{INSIDE: "1"})
     command = (
         f"ip link set lo up && exec {sys.executable} -m pytest -q -x -p no:cacheprovider {nodeid}"
     )
-    done = subprocess.run(
-        ["unshare", "--net", "sh", "-c", command],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        done = subprocess.run(
+            ["unshare", "--net", "sh", "-c", command],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"{nodeid} timed out in the namespace:\n{exc.stdout!r}") from exc
     assert done.returncode == 0, f"{nodeid} in the namespace:\n{done.stdout}\n{done.stderr}"
 
 

@@ -13,17 +13,20 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import av
 import numpy as np
 import pytest
 
 from kvs_toolkit.emulator import Emulator, server
 from kvs_toolkit.emulator.signaling import HUB, SignalingLimits, installer
+from kvs_toolkit.emulator.webrtc_storage import SESSIONS
 from kvs_toolkit.errors import SignalingError
 from kvs_toolkit.producer.sources import FileSource, SourceOptions
 from kvs_toolkit.retry import RetryPolicy
 from kvs_toolkit.webrtc.ice import LOOPBACK, use_host_addresses
 from kvs_toolkit.webrtc.master import Master
 from kvs_toolkit.webrtc.viewer import Viewer, ViewerFrame
+from tests.media import read_fragments
 from tests.webrtc.conftest import ACCESS_KEY, SECRET, aws_for, client
 from tests.webrtc.media import (
     decode_clip,
@@ -191,3 +194,51 @@ def test_viewer_limit(request: pytest.FixtureRequest, tmp_path: Path) -> None:
         assert len(frames) == 60
 
     _run(body, SignalingLimits(max_viewers=1))
+
+
+def test_ingestion_records_the_master_into_the_stream(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """WebRTC ingestion: the emulator joins as a peer and stores the master's H.264 as
+    received, key-frame aligned; GetMedia returns every frame."""
+    if not _isolated(request):
+        return
+    clip = write_clip(tmp_path / "clip.mp4", 60, gop=30)
+    reference = decode_clip(clip)
+
+    async def body(emulator: Emulator, ca: Path) -> None:
+        kv = client("kinesisvideo", emulator)
+        # boto3 blocks: off the loop, which serves the emulator too
+        created = await asyncio.to_thread(
+            kv.create_stream, StreamName="recorded", DataRetentionInHours=1
+        )
+        info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="cam")
+        await asyncio.to_thread(
+            kv.update_media_storage_configuration,
+            ChannelARN=info["ChannelInfo"]["ChannelARN"],
+            MediaStorageConfiguration={"StreamARN": created["StreamARN"], "Status": "ENABLED"},
+        )
+        kv.close()
+        master = _master(emulator, ca, clip, storage=True)
+        await master.run()  # the storage session is its only viewer
+        sessions = emulator._runner.app[SESSIONS]  # type: ignore[union-attr]
+        await _until(lambda: not sessions)  # the session stored its last fragment
+        media = client("kinesis-video-media", emulator)
+        fragments = await asyncio.to_thread(read_fragments, media, "recorded", 2)
+        media.close()
+        # key-frame aligned: each fragment starts on a key frame, 30 frames each
+        assert [len(f.frames) for f in fragments] == [30, 30]
+        assert all(f.frames[0].keyframe for f in fragments)
+        decoder = av.CodecContext.create("h264", "r")
+        decoder.extradata = fragments[0].tracks[0].codec_private
+        pictures = []
+        for fragment in fragments:
+            for frame in fragment.frames:
+                pictures += decoder.decode(av.Packet(bytes(frame.data)))
+        pictures += decoder.decode(None)
+        images = [p.to_ndarray(format="bgr24") for p in pictures]
+        assert [read_index(i) for i in images] == list(range(60))
+        for image, expected in zip(images, reference, strict=True):
+            assert np.array_equal(image, expected)
+
+    _run(body)
