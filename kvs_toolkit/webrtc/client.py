@@ -35,7 +35,15 @@ if TYPE_CHECKING:
 
     from kvs_toolkit.aws import AwsAccess
 
-__all__ = ["ChannelEndpoint", "Role", "SignalingClient", "presign_url", "resolve_channel"]
+__all__ = [
+    "ChannelEndpoint",
+    "Role",
+    "SignalingClient",
+    "kvs_stun_uri",
+    "presign_url",
+    "resolve_channel",
+    "service_ice_servers",
+]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +98,37 @@ def resolve_channel(aws: AwsAccess, channel_name: str, role: Role) -> ChannelEnd
         storage_enabled=enabled,
         webrtc_url=by_protocol.get("WEBRTC"),
     )
+
+
+def kvs_stun_uri(region: str) -> str:
+    """The region's KVS STUN server (as the official SDKs use it)."""
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"stun:stun.kinesisvideo.{region}.{suffix}:443"
+
+
+def service_ice_servers(
+    aws: AwsAccess, endpoint: ChannelEndpoint, client_id: str | None = None
+) -> list[dict[str, Any]]:
+    """The ICE servers for a peer of ``endpoint``'s channel (blocking), in
+    GetIceServerConfig's shape: the region's STUN server (not for a local endpoint:
+    the emulator's peers are on this machine) and GetIceServerConfig's TURN servers
+    (an empty list from the emulator)."""
+    import botocore.exceptions
+
+    servers: list[dict[str, Any]] = [] if aws.local else [{"Uris": [kvs_stun_uri(aws.region)]}]
+    if endpoint.https_url is None:
+        return servers
+    signaling = aws.client("kinesis-video-signaling", endpoint_url=endpoint.https_url)
+    request: dict[str, str] = {"ChannelARN": endpoint.arn, "Service": "TURN"}
+    if client_id is not None:
+        request["ClientId"] = client_id
+    try:
+        servers += signaling.get_ice_server_config(**request)["IceServerList"]
+    except (botocore.exceptions.ClientError, botocore.exceptions.BotoCoreError) as exc:
+        raise SignalingError(f"channel {endpoint.name}: GetIceServerConfig: {exc}") from exc
+    finally:
+        signaling.close()
+    return servers
 
 
 def presign_url(

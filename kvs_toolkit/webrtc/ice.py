@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from aiortc import RTCConfiguration, RTCIceServer
 
-__all__ = ["LOOPBACK", "rtc_configuration", "use_host_addresses"]
+__all__ = ["LOOPBACK", "ice_servers_from_service", "rtc_configuration", "use_host_addresses"]
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any, Final
 
 from kvs_toolkit import bitstream
 from kvs_toolkit.errors import SignalingError
-from kvs_toolkit.webrtc.client import SignalingClient
-from kvs_toolkit.webrtc.ice import rtc_configuration
+from kvs_toolkit.webrtc.client import SignalingClient, service_ice_servers
+from kvs_toolkit.webrtc.ice import ice_servers_from_service, rtc_configuration
 from kvs_toolkit.webrtc.messages import IncomingMessage, OutgoingMessage, SessionDescription
 
 if TYPE_CHECKING:
-    from aiortc import RTCPeerConnection
+    from aiortc import RTCIceServer, RTCPeerConnection
 
     from kvs_toolkit.aws import AwsAccess
     from kvs_toolkit.mkv import TrackInfo
@@ -254,6 +254,8 @@ class Master:
     (WebRTC ingestion; the channel's media storage must be ENABLED).
     ``reconnect_on_go_away=False``: stop when the service says GO_AWAY (another master
     took the channel) instead of reconnecting (see :class:`SignalingClient`).
+    ``ice_servers``: default the service's (the region's STUN server and
+    GetIceServerConfig's TURN servers; none from the emulator).
     """
 
     def __init__(
@@ -267,12 +269,14 @@ class Master:
         retry: RetryPolicy | None = None,
         storage: bool = False,
         reconnect_on_go_away: bool = True,
+        ice_servers: Sequence[RTCIceServer] | None = None,
     ) -> None:
         self.aws = aws
         self.channel_name = channel_name
         self.fanout = SourceFanout(source)
         self.encode = encode
         self.storage = storage
+        self.ice_servers = None if ice_servers is None else list(ice_servers)
         self.signaling = SignalingClient(
             aws,
             channel_name,
@@ -290,6 +294,11 @@ class Master:
 
     async def run(self) -> None:
         await self.signaling.open()
+        if self.ice_servers is None:
+            endpoint = self.signaling.endpoint
+            assert endpoint is not None
+            found = await asyncio.to_thread(service_ice_servers, self.aws, endpoint)
+            self.ice_servers = ice_servers_from_service(found)
         self.connected.set()
         reader = asyncio.ensure_future(self._read_signaling())
         ended = asyncio.ensure_future(self.fanout.ended.wait())
@@ -362,7 +371,7 @@ class Master:
         old = self.sessions.pop(viewer, None)
         if old is not None:
             await old.pc.close()
-        pc = RTCPeerConnection(rtc_configuration())
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
         track = _make_track(self.fanout, self.encode)
         session = _Session(pc, track)
         self.sessions[viewer] = session

@@ -12,19 +12,20 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from kvs_toolkit.errors import SignalingError
-from kvs_toolkit.webrtc.client import SignalingClient
-from kvs_toolkit.webrtc.ice import rtc_configuration
+from kvs_toolkit.webrtc.client import SignalingClient, service_ice_servers
+from kvs_toolkit.webrtc.ice import ice_servers_from_service, rtc_configuration
 from kvs_toolkit.webrtc.messages import OutgoingMessage, SessionDescription
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+    from aiortc import RTCIceServer
 
     from kvs_toolkit.aws import AwsAccess
     from kvs_toolkit.retry import RetryPolicy
@@ -72,8 +73,10 @@ class ViewerFrame:
 class Viewer:
     """A viewer of ``channel_name``; see the module docstring.
 
-    ``client_id`` defaults to a random one. ``connected_at`` / ``first_frame_at``
-    (``time.monotonic()``) measure connect-to-first-frame.
+    ``client_id`` defaults to a random one. ``ice_servers``: default the service's
+    (the region's STUN server and GetIceServerConfig's TURN; none from the emulator).
+    ``connected_at`` / ``first_frame_at`` (``time.monotonic()``) measure
+    connect-to-first-frame.
     """
 
     def __init__(
@@ -85,9 +88,12 @@ class Viewer:
         ca_file: str | Path | None = None,
         retry: RetryPolicy | None = None,
         pixel_format: str = "bgr24",
+        ice_servers: Sequence[RTCIceServer] | None = None,
     ) -> None:
         self.client_id = client_id or f"viewer-{uuid.uuid4().hex[:12]}"
         self.pixel_format = pixel_format
+        self.aws = aws
+        self.ice_servers = None if ice_servers is None else list(ice_servers)
         self.signaling = SignalingClient(
             aws, channel_name, role="VIEWER", client_id=self.client_id, ca_file=ca_file, retry=retry
         )
@@ -142,7 +148,12 @@ class Viewer:
         from aiortc import RTCPeerConnection, RTCSessionDescription
 
         loop = asyncio.get_running_loop()
-        pc = RTCPeerConnection(rtc_configuration())
+        if self.ice_servers is None:
+            endpoint = self.signaling.endpoint
+            assert endpoint is not None
+            found = await asyncio.to_thread(service_ice_servers, self.aws, endpoint, self.client_id)
+            self.ice_servers = ice_servers_from_service(found)
+        pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
         self._pc = pc
         self._track = loop.create_future()
         failed: asyncio.Future[str] = loop.create_future()

@@ -175,3 +175,15 @@ def test_channels_survive_a_restart(tmp_path: Any) -> None:
             made.describe_signaling_channel(ChannelName="kept")["ChannelInfo"]["ChannelARN"] == arn
         )
         made.close()
+
+
+def test_service_ice_servers_from_the_emulator(emulator: Emulator, kv: Any) -> None:
+    """A local endpoint: no STUN server, and the emulator's (empty) TURN list."""
+    from kvs_toolkit.webrtc.client import resolve_channel, service_ice_servers
+    from tests.webrtc.conftest import aws_for
+
+    kv.create_signaling_channel(ChannelName="ice")
+    aws = aws_for(emulator)
+    endpoint = resolve_channel(aws, "ice", "VIEWER")
+    assert endpoint.https_url == emulator.endpoint_url
+    assert service_ice_servers(aws, endpoint, "viewer-1") == []
