@@ -110,8 +110,9 @@ class SignalingLimits:
     max_connection_seconds: float = 3600.0
     idle_timeout_seconds: float = 600.0
     go_away_grace_seconds: float = 60.0
-    #: Not a service figure: bounds what waits for an absent peer.
+    #: Not service figures: they bound what waits for absent peers.
     max_pending_per_recipient: int = 200
+    max_pending_recipients: int = 100
     max_frame_bytes: int = 64 * 1024
     alexa_answer_timeout_seconds: float = 10.0
 
@@ -496,13 +497,32 @@ class SignalingHub:
         )
         if target is not None and not target.retired and await target.send(message):
             return
-        queue = self._pending.setdefault((peer.channel, target_key), deque())
+        key = (peer.channel, target_key)
+        if key not in self._pending:
+            waiting = sum(1 for k in self._pending if k[0] == peer.channel)
+            if waiting >= self.limits.max_pending_recipients:
+                self._drop_expired(peer.channel)
+                waiting = sum(1 for k in self._pending if k[0] == peer.channel)
+            if waiting >= self.limits.max_pending_recipients:
+                raise _WsLimitError(
+                    f"Messages already wait for {waiting} absent clients of this channel."
+                )
+        queue = self._pending.setdefault(key, deque())
         now = self._clock()
         while queue and queue[0][0] <= now:
             queue.popleft()
         if len(queue) >= self.limits.max_pending_per_recipient:
             raise _WsLimitError(f"Too many messages are waiting for client {target_key!r}.")
         queue.append((now + ttl_seconds, message))
+
+    def _drop_expired(self, channel: str) -> None:
+        now = self._clock()
+        for key in [k for k in self._pending if k[0] == channel]:
+            queue = self._pending[key]
+            while queue and queue[0][0] <= now:
+                queue.popleft()
+            if not queue:
+                del self._pending[key]
 
     async def alexa_offer(self, channel: ChannelRecord, sender: str, payload: str) -> str:
         """Give an offer to the master as from ``sender``; the master's answer (base64)."""

@@ -284,3 +284,25 @@ def _hub(emulator: Emulator) -> Any:
     runner = emulator._runner
     assert runner is not None
     return runner.app[HUB]
+
+
+def test_messages_for_absent_clients_are_bounded() -> None:
+    clock = FakeClock()
+
+    async def body(emulator: Emulator, ca: Path) -> None:
+        async with _client(emulator, ca) as master:
+            messages = aiter(master)
+            hub = _hub(emulator)
+            for name in ("a", "b"):
+                await master.send(_answer("x", recipient_client_id=name))
+            await master.send(_answer("x", recipient_client_id="c", correlation_id="third"))
+            refused = await _next(messages)
+            assert refused.status is not None
+            assert refused.status.correlation_id == "third"
+            assert refused.status.error_type == "ClientLimitExceededException"
+            clock.now += 61  # the waiting messages expire: room again
+            await master.send(_answer("x", recipient_client_id="c"))
+            await _until(lambda: hub.pending("chan", "c") == 1)
+            assert hub.pending("chan", "a") == 0
+
+    _run(body, limits=SignalingLimits(max_pending_recipients=2), clock=clock)
