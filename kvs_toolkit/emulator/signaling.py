@@ -698,16 +698,25 @@ def installer(
             await runner.setup()
             runners.append(runner)
             data_dir = Path(app[EMULATOR].store.sync.data_dir)
-            ca = await asyncio.to_thread(ensure_local_ca, data_dir / "signaling" / "tls")
-            secure = web.TCPSite(runner, host, 0, ssl_context=ca.server_context())
-            plain = web.TCPSite(runner, host, 0)
-            await secure.start()
-            await plain.start()
             shown = f"[{host}]" if ":" in host else host
-            ports = [address[1] for address in runner.addresses]
             endpoints = app[SIGNALING_ENDPOINTS]
-            endpoints.wss_url = f"wss://{shown}:{ports[0]}"
-            endpoints.ws_url = f"ws://{shown}:{ports[1]}"
+            plain = web.TCPSite(runner, host, 0)
+            await plain.start()
+            endpoints.ws_url = f"ws://{shown}:{runner.addresses[-1][1]}"
+            try:
+                ca = await asyncio.to_thread(ensure_local_ca, data_dir / "signaling" / "tls")
+            except ImportError:
+                # The certificate is made with 'cryptography' (installed with aiortc, the
+                # 'webrtc' extra); without it only ws:// is served, and answered.
+                endpoints.wss_url = endpoints.ws_url
+                logger.warning(
+                    "WebRTC signaling at %s only: wss:// needs the 'cryptography' package",
+                    endpoints.ws_url,
+                )
+                return
+            secure = web.TCPSite(runner, host, 0, ssl_context=ca.server_context())
+            await secure.start()
+            endpoints.wss_url = f"wss://{shown}:{runner.addresses[-1][1]}"
             endpoints.ca_file = ca.ca_file
             logger.info(
                 "WebRTC signaling at %s (CA certificate %s) and %s",

@@ -306,3 +306,26 @@ def test_messages_for_absent_clients_are_bounded() -> None:
             assert hub.pending("chan", "a") == 0
 
     _run(body, limits=SignalingLimits(max_pending_recipients=2), clock=clock)
+
+
+def test_plain_ws_without_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without 'cryptography' the emulator answers (and serves) a ws:// endpoint."""
+    import kvs_toolkit.emulator.signaling as signaling
+
+    def no_cryptography(directory: Path) -> Any:
+        raise ImportError("No module named 'cryptography'")
+
+    monkeypatch.setattr(signaling, "ensure_local_ca", no_cryptography)
+
+    async def body(emulator: Emulator, ca: Path) -> None:
+        assert not ca.exists()
+        async with (
+            SignalingClient(aws_for(emulator), "chan", role="MASTER") as master,
+            SignalingClient(aws_for(emulator), "chan", role="VIEWER", client_id="v") as viewer,
+        ):
+            assert master.endpoint is not None
+            assert master.endpoint.wss_url.startswith("ws://127.0.0.1:")
+            await viewer.send(_offer("plain"))
+            assert (await _next(aiter(master))).description().sdp == "plain"
+
+    _run(body)
