@@ -310,7 +310,7 @@ def test_messages_for_absent_clients_are_bounded() -> None:
 
 def test_plain_ws_without_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without 'cryptography' the emulator answers (and serves) a ws:// endpoint."""
-    import kvs_toolkit.emulator.signaling as signaling
+    from kvs_toolkit.emulator import signaling
 
     def no_cryptography(directory: Path) -> Any:
         raise ImportError("No module named 'cryptography'")
