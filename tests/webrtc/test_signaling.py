@@ -329,3 +329,60 @@ def test_plain_ws_without_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
             assert (await _next(aiter(master))).description().sdp == "plain"
 
     _run(body)
+
+
+def test_send_alexa_offer_to_master() -> None:
+    async def body(emulator: Emulator, ca: Path) -> None:
+        signaling = client("kinesis-video-signaling", emulator)
+        kv = client("kinesisvideo", emulator)
+        info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="chan")
+        arn = info["ChannelInfo"]["ChannelARN"]
+        kv.close()
+        offer = SessionDescription("offer", "v=0 alexa").to_payload()
+        with pytest.raises(signaling.exceptions.ResourceNotFoundException):  # no master yet
+            await asyncio.to_thread(
+                signaling.send_alexa_offer_to_master,
+                ChannelARN=arn,
+                SenderClientId="alexa-1",
+                MessagePayload=offer,
+            )
+        async with _client(emulator, ca) as master:
+            asking = asyncio.ensure_future(
+                asyncio.to_thread(
+                    signaling.send_alexa_offer_to_master,
+                    ChannelARN=arn,
+                    SenderClientId="alexa-1",
+                    MessagePayload=offer,
+                )
+            )
+            message = await _next(aiter(master))
+            assert (message.message_type, message.sender_client_id) == ("SDP_OFFER", "alexa-1")
+            assert message.description().sdp == "v=0 alexa"
+            answer = SessionDescription("answer", "v=0 master")
+            await master.send(OutgoingMessage.answer(answer, recipient_client_id="alexa-1"))
+            result = await asking
+            assert SessionDescription.from_payload(result["Answer"]) == answer
+        signaling.close()
+
+    _run(body)
+
+
+def test_deleted_channel_sends_go_away_and_system_messages() -> None:
+    async def body(emulator: Emulator, ca: Path) -> None:
+        viewer = _client(emulator, ca, "v1", reconnect_on_go_away=False)
+        await viewer.open()
+        messages = aiter(viewer)
+        assert await _hub(emulator).notify("chan", "RECONNECT_ICE_SERVER") == 1
+        assert (await _next(messages)).message_type == "RECONNECT_ICE_SERVER"
+        kv = client("kinesisvideo", emulator)
+        info = await asyncio.to_thread(kv.describe_signaling_channel, ChannelName="chan")
+        await asyncio.to_thread(
+            kv.delete_signaling_channel, ChannelARN=info["ChannelInfo"]["ChannelARN"]
+        )
+        kv.close()
+        assert (await _next(messages)).message_type == "GO_AWAY"
+        with pytest.raises(StopAsyncIteration):
+            await _next(messages)
+        await viewer.close()
+
+    _run(body)
