@@ -78,6 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             command.add_argument("--frames-dir", help="write each frame as a JPEG here")
             command.add_argument("--count", type=int, help="stop after this many frames")
             command.add_argument("--client-id", help="the viewer's client id (default: random)")
+            command.add_argument(
+                "--model",
+                metavar="SPEC",
+                help="analyse every frame as 'kvs consume --model' does (motion, haar-faces, "
+                "onnx:PATH, ...); --out then gets its records, with detections",
+            )
+            command.add_argument(
+                "--min-confidence", type=float, metavar="C", help="drop detections below C"
+            )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,10 +196,11 @@ async def _viewer(aws: AwsAccess, args: argparse.Namespace) -> int:
     frames_dir = Path(args.frames_dir) if args.frames_dir else None
     if frames_dir is not None:
         frames_dir.mkdir(parents=True, exist_ok=True)
+    analysis = _Analysis(args, aws) if args.model else None
     out: TextIO | None = None
-    if args.out == "-":
+    if analysis is None and args.out == "-":
         out = sys.stdout
-    elif args.out:
+    elif analysis is None and args.out:
         out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     viewer = Viewer(aws, args.channel, client_id=args.client_id, ca_file=args.ca_file)
     stop = asyncio.Event()
@@ -203,6 +213,8 @@ async def _viewer(aws: AwsAccess, args: argparse.Namespace) -> int:
             record = frame.record()
             if frames_dir is not None:
                 record["jpeg"] = await asyncio.to_thread(_write_jpeg, frames_dir, frame)
+            if analysis is not None:
+                await asyncio.to_thread(analysis.put, frame)
             if out is not None:
                 out.write(json.dumps(record) + "\n")
                 out.flush()
@@ -222,10 +234,95 @@ async def _viewer(aws: AwsAccess, args: argparse.Namespace) -> int:
         stopping.cancel()
         if out is not None and out is not sys.stdout:
             out.close()
+        if analysis is not None:
+            summary = await asyncio.to_thread(analysis.finish)
+            print(f"kvs webrtc viewer: {summary}", file=sys.stderr)
     print(f"kvs webrtc viewer: {count} frames", file=sys.stderr)
     if args.count is not None and count < args.count:
         return EXIT_INCOMPLETE
     return EXIT_OK
+
+
+class _Analysis:
+    """``--model``: the consumer's analysis pipeline in a thread, fed the viewer's frames
+    as :class:`~kvs_toolkit.consumer.frames.DecodedFrame` s (timestamps: arrival time of
+    the first frame plus the sender's offsets)."""
+
+    def __init__(self, args: argparse.Namespace, aws: AwsAccess) -> None:
+        import queue
+        import threading
+
+        from kvs_toolkit.analysis import Analyzer
+        from kvs_toolkit.consumer.run import model_detector
+
+        detector = model_detector(
+            args.model, min_confidence=args.min_confidence, region=aws.region_name
+        )
+        sinks = [f"jsonl:{args.out}"] if args.out and args.out != "-" else []
+        if args.out == "-":
+            sinks = ["jsonl"]
+        self.analyzer = Analyzer(detector, sinks, batch_size=1, stream_name=args.channel)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=30)
+        self._origin: float | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="webrtc-analysis", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.analyzer.run(iter(self._queue.get, None))
+        except BaseException as exc:  # reported by finish()
+            self._error = exc
+
+    def put(self, frame: Any) -> None:
+        import datetime as dt
+
+        from kvs_toolkit.consumer.frames import DecodedFrame
+
+        if self._origin is None:
+            self._origin = frame.received_at - frame.timestamp
+        received = dt.datetime.fromtimestamp(frame.received_at, dt.timezone.utc)
+        self._put(
+            DecodedFrame(
+                image=frame.image,
+                format="bgr24",
+                track_number=1,
+                fragment_number=None,
+                producer_timestamp=None,
+                server_timestamp=received,
+                timestamp_ns=round((self._origin + frame.timestamp) * 1e9),
+                mkv_timestamp_ns=round(frame.timestamp * 1e9),
+                keyframe=False,
+                index=frame.index,
+            )
+        )
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        from kvs_toolkit.errors import AnalysisError
+
+        while True:
+            if self._error is not None or not self._thread.is_alive():
+                raise AnalysisError(f"the analysis stopped: {self._error}") from self._error
+            try:
+                self._queue.put(item, timeout=0.5)
+            except queue.Full:
+                continue
+            return
+
+    def finish(self) -> str:
+        with contextlib.suppress(Exception):  # a failed analysis is reported below
+            self._put(None)
+        self._thread.join()
+        self.analyzer.close()
+        if self._error is not None:
+            raise self._error
+        stats = self.analyzer.stats
+        return (
+            f"{self.analyzer.detector.name}: {stats.frames_analysed} frames analysed, "
+            f"{stats.detections} detections"
+        )
 
 
 def _write_jpeg(folder: Path, frame: Any) -> str:

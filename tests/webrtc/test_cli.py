@@ -50,7 +50,10 @@ def test_channel_commands(
     assert _kvs(emulator, "channel", "create", "x", "--ttl", "500") == 2
 
 
-def test_master_and_viewer_commands(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+@pytest.mark.parametrize("model", [None, "motion"])
+def test_master_and_viewer_commands(
+    request: pytest.FixtureRequest, tmp_path: Path, model: str | None
+) -> None:
     if not inside_namespace():
         run_in_loopback_namespace(request.node.nodeid)
         return
@@ -88,6 +91,7 @@ def test_master_and_viewer_commands(request: pytest.FixtureRequest, tmp_path: Pa
                     str(out),
                     "--frames-dir",
                     str(frames),
+                    *([] if model is None else ["--model", model]),
                 ],
                 env=env,
                 capture_output=True,
@@ -102,6 +106,15 @@ def test_master_and_viewer_commands(request: pytest.FixtureRequest, tmp_path: Pa
         assert master.returncode == 0, master_err
         assert "60 frames read" in master_err
     records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 60
+    if model is not None:
+        # the consumer's analysis records: the moving gradient is motion in the frames
+        # after the detector's background warm-up (about 25 frames)
+        assert {r["model"] for r in records} == {"motion-average"}
+        assert all(r["stream_name"] == "cam" for r in records)
+        assert sum(bool(r["detections"]) for r in records) >= 25
+        assert "60 frames analysed" in viewer.stderr
+        return
     assert [r["index"] for r in records] == list(range(60))
     assert records[0]["width"] == 320 and records[0]["height"] == 240
     indexes = [read_index(cv2.imread(str(frames / r["jpeg"]))) for r in records]
