@@ -80,6 +80,11 @@ def _viewer(emulator: Emulator, ca: Path, client_id: str | None = None) -> Viewe
     return Viewer(aws_for(emulator), "cam", ca_file=ca, client_id=client_id, retry=FAST_RETRY)
 
 
+def _decode_count(url: str) -> int:
+    with av.open(url) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 20) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -226,6 +231,23 @@ def test_ingestion_records_the_master_into_the_stream(
         media = client("kinesis-video-media", emulator)
         fragments = await asyncio.to_thread(read_fragments, media, "recorded", 2)
         media.close()
+        # HLS plays it too (ON_DEMAND over the recorded fragments)
+        archived = client("kinesis-video-archived-media", emulator)
+        start = fragments[0].frames[0].timestamp_ns / 1e9 - 1
+        hls_url = (
+            await asyncio.to_thread(
+                archived.get_hls_streaming_session_url,
+                StreamName="recorded",
+                PlaybackMode="ON_DEMAND",
+                HLSFragmentSelector={
+                    "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                    "TimestampRange": {"StartTimestamp": start, "EndTimestamp": start + 60},
+                },
+            )
+        )["HLSStreamingSessionURL"]
+        archived.close()
+        hls_frames = await asyncio.to_thread(_decode_count, hls_url)
+        assert hls_frames == 60
         # key-frame aligned: each fragment starts on a key frame, 30 frames each
         assert [len(f.frames) for f in fragments] == [30, 30]
         assert all(f.frames[0].keyframe for f in fragments)
