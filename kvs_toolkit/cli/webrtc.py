@@ -21,7 +21,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kvs_toolkit.cli.common import EXIT_INCOMPLETE, EXIT_OK, aws_from_args, fail
+from kvs_toolkit.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    add_global_options,
+    aws_from_args,
+    fail,
+)
 
 if TYPE_CHECKING:
     from kvs_toolkit.aws import AwsAccess
@@ -42,12 +48,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     listing.add_argument("--prefix", help="only channels whose name begins with this")
     delete = actions.add_parser("delete", help="delete a channel")
     delete.add_argument("name")
+    for action in (create, describe, listing, delete):
+        # global options after the action too (kvs webrtc channel list --region ...)
+        add_global_options(action, suppress=True)
 
     for name, help_text in (
         ("master", "serve a source (file, camera:N, rtsp://..., -) to the channel's viewers"),
         ("viewer", "watch the channel's master: frames as JSON lines and images"),
     ):
         command = sub.add_parser(name, help=help_text)
+        add_global_options(command, suppress=True)
         command.add_argument("--channel", required=True, help="the signaling channel's name")
         command.add_argument(
             "--ca-file",

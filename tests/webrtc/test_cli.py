@@ -41,7 +41,9 @@ def test_channel_commands(
     assert described["ChannelARN"] == arn
     assert described["SingleMasterConfiguration"] == {"MessageTtlSeconds": 30}
     assert described["MediaStorageConfiguration"] == {"Status": "DISABLED"}
-    assert _kvs(emulator, "channel", "list", "--prefix", "fr") == 0
+    # global options are taken after the action too
+    words = ["webrtc", "channel", "list", "--prefix", "fr", "--endpoint-url"]
+    assert main([*words, emulator.endpoint_url, "--region", REGION]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [c["ChannelName"] for c in listed] == ["front"]
     assert _kvs(emulator, "channel", "delete", "front") == 0
