@@ -6,6 +6,8 @@ viewer's track (:class:`SourceFanout`). H.264 frames are passed through without
 re-encoding (AVCC turned back into Annex-B with the parameter sets in front of each
 key frame, then packetised by aiortc); other codecs (H.265) are decoded and encoded
 again by aiortc's H.264 encoder (libx264), as is everything when ``encode=True``.
+The source's audio (AAC, G.711) is decoded and sent as Opus to viewers that offer to
+receive audio. A data channel a viewer opens is answered by echoing its messages.
 
 A viewer joining late starts at the next key frame. Each viewer's offer is answered
 with H.264 only; aiortc gathers its candidates before answering, so the master sends
@@ -45,6 +47,12 @@ log = logging.getLogger(__name__)
 
 _CODEC_H264: Final = "V_MPEG4/ISO/AVC"
 _CODEC_H265: Final = "V_MPEGH/ISO/HEVC"
+_CODEC_AAC: Final = "A_AAC"
+_CODEC_ACM: Final = "A_MS/ACM"
+_WAVE_ALAW: Final = 6
+_WAVE_MULAW: Final = 7
+_OPUS_RATE: Final = 48_000
+_OPUS_FRAME: Final = 960  # 20 ms
 #: Frames a viewer may fall behind before it skips to the next key frame (about 4 s).
 _QUEUE_FRAMES: Final = 120
 _TIME_BASE: Final = Fraction(1, 1000)
@@ -56,17 +64,19 @@ _DELIMITER: Final = b"\x00\x00\x00\x01\x09\xf0"
 @dataclass(eq=False)
 class _Subscriber:
     queue: asyncio.Queue[EncodedFrame | None]
+    track_number: int = 1
     waiting_for_keyframe: bool = True
 
 
 class SourceFanout:
-    """One :class:`FrameSource` read in a thread, its video frames handed to every
-    subscriber's queue on the event loop.
+    """One :class:`FrameSource` read in a thread, its frames handed to every
+    subscriber's queue on the event loop (video: track 1, audio: track 2).
 
     Reading starts with the first subscription (so a file plays from its start to the
-    first viewer). A subscriber gets frames from the next key frame on; one that falls
-    :data:`_QUEUE_FRAMES` behind drops what it has and waits for the next key frame.
-    ``None`` in a queue means the source ended.
+    first viewer). A video subscriber gets frames from the next key frame on; one that
+    falls :data:`_QUEUE_FRAMES` behind drops what it has and waits for the next key
+    frame (an audio one just drops what waits). ``None`` in a queue means the source
+    ended.
     """
 
     def __init__(self, source: FrameSource) -> None:
@@ -83,8 +93,14 @@ class SourceFanout:
     def video_track(self) -> TrackInfo:
         return next(t for t in self.source.tracks if t.number == 1)
 
-    def subscribe(self) -> asyncio.Queue[EncodedFrame | None]:
-        subscriber = _Subscriber(asyncio.Queue(_QUEUE_FRAMES))
+    @property
+    def audio_track(self) -> TrackInfo | None:
+        return next((t for t in self.source.tracks if t.number == 2), None)
+
+    def subscribe(self, track_number: int = 1) -> asyncio.Queue[EncodedFrame | None]:
+        subscriber = _Subscriber(
+            asyncio.Queue(_QUEUE_FRAMES), track_number, waiting_for_keyframe=track_number == 1
+        )
         self._subscribers.append(subscriber)
         if self.ended.is_set():
             subscriber.queue.put_nowait(None)
@@ -103,9 +119,8 @@ class SourceFanout:
             for frame in self.source:
                 if self._stop.is_set():
                     break
-                if frame.track_number != 1:
-                    continue  # audio: not sent yet (see the module docstring)
-                self.frames_read += 1
+                if frame.track_number == 1:
+                    self.frames_read += 1
                 self._loop.call_soon_threadsafe(self._deliver, frame)
         except BaseException as exc:  # reported to the master, not lost in the thread
             self.error = exc
@@ -116,6 +131,8 @@ class SourceFanout:
 
     def _deliver(self, frame: EncodedFrame) -> None:
         for subscriber in self._subscribers:
+            if subscriber.track_number != frame.track_number:
+                continue
             if subscriber.waiting_for_keyframe:
                 if not frame.keyframe:
                     continue
@@ -123,12 +140,10 @@ class SourceFanout:
             try:
                 subscriber.queue.put_nowait(frame)
             except asyncio.QueueFull:
-                log.warning(
-                    "a viewer fell %d frames behind: skipping to a key frame", _QUEUE_FRAMES
-                )
+                log.warning("a viewer fell %d frames behind: dropping them", _QUEUE_FRAMES)
                 while not subscriber.queue.empty():
                     subscriber.queue.get_nowait()
-                subscriber.waiting_for_keyframe = True
+                subscriber.waiting_for_keyframe = subscriber.track_number == 1
 
     def _finish(self) -> None:
         self.ended.set()
@@ -237,10 +252,92 @@ def _make_track(fanout: SourceFanout, encode: bool) -> Any:
     return SourceTrack()
 
 
+def _audio_decoder(info: TrackInfo) -> Any:
+    """A PyAV decoder for the source's audio track: AAC, or G.711 in A_MS/ACM."""
+    import av
+
+    decoder: Any
+    if info.codec_id == _CODEC_AAC:
+        decoder = av.CodecContext.create("aac", "r")
+        decoder.extradata = info.codec_private
+        return decoder
+    if info.codec_id == _CODEC_ACM and len(info.codec_private) >= 2:
+        tag = int.from_bytes(info.codec_private[:2], "little")
+        name = {_WAVE_ALAW: "pcm_alaw", _WAVE_MULAW: "pcm_mulaw"}.get(tag)
+        if name is not None:
+            decoder = av.CodecContext.create(name, "r")
+            decoder.sample_rate = int(info.sampling_frequency or 8000)
+            decoder.layout = "stereo" if info.channels == 2 else "mono"
+            return decoder
+    return None
+
+
+def _make_audio_track(fanout: SourceFanout) -> Any:
+    """An audio track of ``fanout`` for one viewer, or None when the source has no audio
+    this master can decode. Frames go to aiortc as 20 ms of s16 48 kHz (its Opus
+    encoder's input, one RTP packet each)."""
+    import av
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    info = fanout.audio_track
+    if info is None:
+        return None
+    decoder = _audio_decoder(info)
+    if decoder is None:
+        log.warning("audio %s is not sent: only AAC and G.711 are decoded", info.codec_id)
+        return None
+    queue = fanout.subscribe(2)
+    layout = "stereo" if info.channels == 2 else "mono"
+
+    class SourceAudioTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self._resampler = av.AudioResampler(
+                format="s16", layout=layout, rate=_OPUS_RATE, frame_size=_OPUS_FRAME
+            )
+            self._pending: list[Any] = []
+            self._pts = 0
+
+        async def recv(self) -> Any:
+            while not self._pending:
+                frame = await queue.get()
+                if frame is None:
+                    fanout.unsubscribe(queue)
+                    self.stop()
+                    raise MediaStreamError
+                self._pending = await asyncio.to_thread(self._decode, frame)
+            return self._pending.pop(0)
+
+        def _decode(self, frame: EncodedFrame) -> list[Any]:
+            out = []
+            try:
+                decoded = decoder.decode(av.Packet(bytes(frame.data)))
+            except av.FFmpegError as exc:  # a corrupt frame is skipped, not fatal
+                log.warning("audio frame not decoded: %s", exc)
+                return []
+            for samples in decoded:
+                samples.pts = None
+                for chunk in self._resampler.resample(samples):
+                    chunk.pts = self._pts
+                    chunk.time_base = Fraction(1, _OPUS_RATE)
+                    self._pts += chunk.samples
+                    out.append(chunk)
+            return out
+
+        def stop(self) -> None:
+            fanout.unsubscribe(queue)
+            super().stop()
+
+    return SourceAudioTrack()
+
+
 @dataclass(eq=False)
 class _Session:
     pc: RTCPeerConnection
     track: Any
+    audio: Any = None
 
 
 class Master:
@@ -373,7 +470,9 @@ class Master:
             await old.pc.close()
         pc = RTCPeerConnection(rtc_configuration(self.ice_servers))
         track = _make_track(self.fanout, self.encode)
-        session = _Session(pc, track)
+        # audio when the source has it and the viewer asks for it
+        audio = _make_audio_track(self.fanout) if "\nm=audio " in offer.sdp else None
+        session = _Session(pc, track, audio)
         self.sessions[viewer] = session
 
         @pc.on("connectionstatechange")
@@ -381,6 +480,8 @@ class Master:
             log.info("viewer %s: %s", viewer, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
                 track.stop()
+                if audio is not None:
+                    audio.stop()
                 if self.sessions.get(viewer) is session:
                     del self.sessions[viewer]
                 await pc.close()
@@ -403,6 +504,8 @@ class Master:
                 if c.mimeType.lower() in ("video/h264", "video/rtx")
             ]
         )
+        if audio is not None:
+            pc.addTransceiver(audio, direction="sendonly")
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         except Exception as exc:  # aiortc raises its own errors for unusable offers

@@ -3,7 +3,8 @@
 ``async for frame in Viewer(aws, "cam").frames()`` connects to the channel as a viewer,
 offers to receive video (H.264 or VP8, whichever the master answers), and yields each
 decoded picture as a :class:`ViewerFrame`. It ends when the master stops sending (its
-track ends) or the connection fails.
+track ends) or the connection fails. With ``on_audio`` it also asks for the master's
+audio and calls ``on_audio`` with each decoded :class:`ViewerAudio` chunk.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from kvs_toolkit.aws import AwsAccess
     from kvs_toolkit.retry import RetryPolicy
 
-__all__ = ["Viewer", "ViewerFrame"]
+__all__ = ["Viewer", "ViewerAudio", "ViewerFrame"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,16 @@ class ViewerFrame:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class ViewerAudio:
+    """20 ms or so of the master's audio: ``samples`` int16, shape ``(n, channels)``,
+    at ``sample_rate`` (48 kHz from Opus); ``timestamp`` as for :class:`ViewerFrame`."""
+
+    samples: npt.NDArray[np.int16]
+    sample_rate: int
+    timestamp: float
+
+
 class Viewer:
     """A viewer of ``channel_name``; see the module docstring.
 
@@ -89,9 +100,12 @@ class Viewer:
         retry: RetryPolicy | None = None,
         pixel_format: str = "bgr24",
         ice_servers: Sequence[RTCIceServer] | None = None,
+        on_audio: Callable[[ViewerAudio], None] | None = None,
     ) -> None:
         self.client_id = client_id or f"viewer-{uuid.uuid4().hex[:12]}"
         self.pixel_format = pixel_format
+        self.on_audio = on_audio
+        self._audio_task: asyncio.Task[None] | None = None
         self.aws = aws
         self.ice_servers = None if ice_servers is None else list(ice_servers)
         self.signaling = SignalingClient(
@@ -139,6 +153,10 @@ class Viewer:
             await self.close()
 
     async def close(self) -> None:
+        if self._audio_task is not None:
+            self._audio_task.cancel()
+            await asyncio.gather(self._audio_task, return_exceptions=True)
+            self._audio_task = None
         if self._pc is not None:
             await self._pc.close()
             self._pc = None
@@ -162,6 +180,8 @@ class Viewer:
         def on_track(track: Any) -> None:
             if track.kind == "video" and self._track is not None and not self._track.done():
                 self._track.set_result(track)
+            elif track.kind == "audio" and self.on_audio is not None:
+                self._audio_task = asyncio.ensure_future(self._read_audio(track, self.on_audio))
 
         @pc.on("connectionstatechange")
         def on_state() -> None:
@@ -170,6 +190,8 @@ class Viewer:
                 failed.set_result(pc.connectionState)
 
         pc.addTransceiver("video", direction="recvonly")
+        if self.on_audio is not None:
+            pc.addTransceiver("audio", direction="recvonly")
         pc.createDataChannel("kvsDataChannel")
         await pc.setLocalDescription(await pc.createOffer())
         local = pc.localDescription
@@ -204,6 +226,27 @@ class Viewer:
         if self._track not in done:
             raise SignalingError(f"viewer {self.client_id}: the connection to the master failed")
         return self._track.result()
+
+    @staticmethod
+    async def _read_audio(track: Any, on_audio: Callable[[ViewerAudio], None]) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        origin: int | None = None
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if origin is None:
+                origin = frame.pts
+            channels = len(frame.layout.channels)
+            on_audio(
+                ViewerAudio(
+                    samples=frame.to_ndarray().reshape(-1, channels),
+                    sample_rate=frame.sample_rate,
+                    timestamp=float((frame.pts - origin) * frame.time_base),
+                )
+            )
 
     async def _read_signaling(self) -> None:
         from aiortc.sdp import candidate_from_sdp

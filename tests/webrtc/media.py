@@ -47,20 +47,43 @@ def read_index(image: npt.NDArray[np.uint8]) -> int:
 
 
 def write_clip(
-    path: Path, count: int, *, width: int = 320, height: int = 240, fps: int = 30, gop: int = 30
+    path: Path,
+    count: int,
+    *,
+    width: int = 320,
+    height: int = 240,
+    fps: int = 30,
+    gop: int = 30,
+    tone_hz: float | None = None,
 ) -> Path:
-    """An MP4 of ``count`` indexed H.264 frames (libx264, no B-frames)."""
+    """An MP4 of ``count`` indexed H.264 frames (libx264, no B-frames); with
+    ``tone_hz`` also an AAC track (48 kHz mono) of that sine, as long as the video."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.time_base = Fraction(1, fps)
         stream.codec_context.gop_size = gop
         stream.codec_context.options = {"preset": "ultrafast", "tune": "zerolatency", "bf": "0"}
+        audio = None
+        if tone_hz is not None:
+            audio = container.add_stream("aac", rate=48_000)
+            audio.layout = "mono"
         for index in range(count):
             frame = av.VideoFrame.from_ndarray(indexed_picture(index, width, height), "rgb24")
             frame.pts = index
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
+        if audio is not None and tone_hz is not None:
+            total = count * 48_000 // fps
+            t = np.arange(total) / 48_000
+            tone = (0.5 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)
+            for start in range(0, total, 1024):
+                chunk = tone[start : start + 1024]
+                samples = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+                samples.sample_rate = 48_000
+                samples.pts = start
+                container.mux(audio.encode(samples))
+            container.mux(audio.encode(None))
     return path
 
 

@@ -25,7 +25,7 @@ from kvs_toolkit.producer.sources import FileSource, SourceOptions
 from kvs_toolkit.retry import RetryPolicy
 from kvs_toolkit.webrtc.ice import LOOPBACK, use_host_addresses
 from kvs_toolkit.webrtc.master import Master
-from kvs_toolkit.webrtc.viewer import Viewer, ViewerFrame
+from kvs_toolkit.webrtc.viewer import Viewer, ViewerAudio, ViewerFrame
 from tests.media import read_fragments
 from tests.webrtc.conftest import ACCESS_KEY, SECRET, aws_for, client
 from tests.webrtc.media import (
@@ -262,5 +262,34 @@ def test_ingestion_records_the_master_into_the_stream(
         assert [read_index(i) for i in images] == list(range(60))
         for image, expected in zip(images, reference, strict=True):
             assert np.array_equal(image, expected)
+
+    _run(body)
+
+
+def test_audio_and_video(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """A source with AAC: the viewer that asks for audio gets the tone as Opus, and
+    every video frame as before."""
+    if not _isolated(request):
+        return
+    clip = write_clip(tmp_path / "tone.mp4", 60, tone_hz=440.0)
+
+    async def body(emulator: Emulator, ca: Path) -> None:
+        master = _master(emulator, ca, clip)
+        serving = asyncio.ensure_future(master.run())
+        await asyncio.wait_for(master.connected.wait(), 10)
+        chunks: list[ViewerAudio] = []
+        viewer = Viewer(
+            aws_for(emulator), "cam", ca_file=ca, retry=FAST_RETRY, on_audio=chunks.append
+        )
+        frames = await _watch(viewer)
+        await serving
+        assert [read_index(f.image) for f in frames] == list(range(60))
+        assert chunks and chunks[0].sample_rate == 48_000
+        samples = np.concatenate([c.samples[:, 0] for c in chunks]).astype(np.float64)
+        # about the clip's 2 s (the last packets may still be in flight when video ends)
+        assert 1.5 <= len(samples) / 48_000 <= 2.3
+        spectrum = np.abs(np.fft.rfft(samples[4800:]))  # past the codec's start-up
+        peak_hz = np.argmax(spectrum) * 48_000 / (len(samples) - 4800)
+        assert abs(peak_hz - 440.0) < 5
 
     _run(body)
