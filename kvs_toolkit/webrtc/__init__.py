@@ -23,7 +23,7 @@ from kvs_toolkit.webrtc.messages import (
     SessionDescription,
     StatusResponse,
 )
-from kvs_toolkit.webrtc.viewer import Viewer, ViewerFrame
+from kvs_toolkit.webrtc.viewer import Viewer, ViewerAudio, ViewerFrame
 
 __all__ = [
     "LOOPBACK",
@@ -37,6 +37,7 @@ __all__ = [
     "SourceFanout",
     "StatusResponse",
     "Viewer",
+    "ViewerAudio",
     "ViewerFrame",
     "presign_url",
     "rtc_configuration",
