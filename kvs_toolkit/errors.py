@@ -45,6 +45,7 @@ __all__ = [
     "MkvError",
     "NoFragmentsError",
     "PutMediaError",
+    "SignalingError",
     "SourceError",
     "SpoolError",
 ]
@@ -162,3 +163,8 @@ class AnalysisError(KvsError):
 
 class EmulatorError(KvsError):
     """The local KVS emulator could not start, or was used wrongly."""
+
+
+class SignalingError(KvsError):
+    """KVS WebRTC signaling failed: the channel or endpoint was refused, the connection
+    could not be (re)opened within the retry policy, or a peer connection failed."""

@@ -55,6 +55,7 @@ COMMANDS: Final = (
         "rekognition_processor",
         "manage Rekognition Video stream processors and read their results",
     ),
+    Command("webrtc", "webrtc", "WebRTC: signaling channels, a master and a viewer"),
 )
 _BY_NAME: Final = {command.name: command for command in COMMANDS}
 

@@ -36,7 +36,7 @@ from types import TracebackType
 
 from aiohttp import web
 
-from kvs_toolkit.emulator import archived, clip, control, dataplane, hls
+from kvs_toolkit.emulator import archived, clip, control, dataplane, hls, signaling
 from kvs_toolkit.emulator import web as web_page
 from kvs_toolkit.emulator.context import (
     EMULATOR,
@@ -76,6 +76,7 @@ DEFAULT_ROUTE_INSTALLERS: list[RouteInstaller] = [
     hls.install,
     clip.install,
     web_page.install,
+    signaling.install,
 ]
 
 
