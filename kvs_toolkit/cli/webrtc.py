@@ -263,7 +263,7 @@ class _Analysis:
         import threading
 
         from kvs_toolkit.analysis import Analyzer
-        from kvs_toolkit.consumer.run import model_detector
+        from kvs_toolkit.analysis.models import model_detector
 
         detector = model_detector(
             args.model, min_confidence=args.min_confidence, region=aws.region_name
