@@ -42,6 +42,12 @@ COMMANDS: Final = (
         "consume", "consume", "read a stream (live, archive, HLS or a file), decode and analyse"
     ),
     Command("inspect", "inspect", "show the fragments, frames and tags of an MKV/GetMedia file"),
+    Command(
+        "fleet",
+        "fleet",
+        "read many streams in one process, shared with other processes through DynamoDB "
+        "leases (run, status)",
+    ),
     Command("emulator", "emulator", "run the local KVS emulator in the foreground"),
     Command("demo", "demo", "run the end-to-end demo on the embedded emulator"),
     Command(
