@@ -495,8 +495,9 @@ class DynamoDBCheckpointStore:
         not the Kinesis Video endpoint; default ``AWS_ENDPOINT_URL_DYNAMODB`` or AWS).
 
         Calls time out after ``timeout_s`` (default a sixth of the lease) and are tried
-        at most twice: a lease holder must learn that DynamoDB is unreachable while its
-        leases are still valid, not after botocore's default minute of retries.
+        once: a lease holder must learn that DynamoDB is unreachable while its leases
+        are still valid, not after botocore's retries; the callers retry (the lease
+        rounds come again, checkpoint saves back off with a RetryPolicy).
         """
         from botocore.config import Config
 
@@ -504,7 +505,7 @@ class DynamoDBCheckpointStore:
         config = Config(
             connect_timeout=timeout,
             read_timeout=timeout,
-            retries={"mode": "standard", "total_max_attempts": 2},
+            retries={"mode": "standard", "total_max_attempts": 1},
         )
         client = aws.client("dynamodb", endpoint_url=endpoint_url, config=config)
         return cls(

@@ -598,6 +598,7 @@ class FleetWorker:
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self.lease_errors = 0
+        self._round_retry = RetryPolicy(max_attempts=None, base_s=0.2, max_s=2.0)
 
     # --- public -----------------------------------------------------------------------
     def start(self) -> None:
@@ -687,6 +688,7 @@ class FleetWorker:
 
     def _control_loop(self) -> None:
         next_balance = self._monotonic()
+        failures = 0
         while not self._stopping.is_set():
             now = self._monotonic()
             if self._listed_at is None or now - self._listed_at >= self.relist_interval_s:
@@ -694,12 +696,18 @@ class FleetWorker:
             if self.coordinator is None:
                 held = set(self._wanted)
             elif now >= next_balance:
-                next_balance = now + self.balance_interval_s
                 try:
                     self.coordinator.balance(self._wanted)
                 except CheckpointError as exc:
                     self.lease_errors += 1
+                    failures += 1
+                    # Soon again (renewals are due), but not in a tight loop.
+                    delay = min(self.balance_interval_s, self._round_retry.delay(failures))
+                    next_balance = self._monotonic() + delay
                     log.warning("lease round failed (the watchdog guards the leases): %s", exc)
+                else:
+                    failures = 0
+                    next_balance = now + self.balance_interval_s
                 held = self._trusted_leases()
             else:
                 held = self._trusted_leases()
