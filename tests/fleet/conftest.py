@@ -167,9 +167,7 @@ def kvs_client(url: str) -> Any:
 
 
 def sample_file(folder: Path, seconds: float) -> Path:
-    spec = SampleSpec(
-        width=160, height=96, fps=FPS, seconds=seconds, codec="h264", gop_seconds=0.5
-    )
+    spec = SampleSpec(width=160, height=96, fps=FPS, seconds=seconds, codec="h264", gop_seconds=0.5)
     return write_sample(folder / f"sample-{seconds:g}s.mkv", spec)
 
 

@@ -48,7 +48,9 @@ def owners(moto: MotoServer) -> dict[str, str]:
     store = DynamoDBCheckpointStore(TABLE, client=moto.client())
     state = store.table_state()
     now = store.clock()
-    return {s: lease.owner for s, lease in state.leases.items() if lease.held_at(now) and lease.owner}
+    return {
+        s: lease.owner for s, lease in state.leases.items() if lease.held_at(now) and lease.owner
+    }
 
 
 def balanced(moto: MotoServer, workers: list[str]) -> bool:
