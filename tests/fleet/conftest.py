@@ -122,14 +122,26 @@ class MotoServer:
         self._log.close()
 
 
-@pytest.fixture
-def moto_server(tmp_path: Path) -> Iterator[MotoServer]:
-    server = MotoServer(tmp_path / "moto.log")
+@pytest.fixture(scope="session")
+def moto_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
     try:
-        DynamoDBCheckpointStore.create_table(server.client(), TABLE)
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def moto_server(moto_process: MotoServer) -> Iterator[MotoServer]:
+    """The moto server with an empty ``TABLE`` (dropped again after the test)."""
+    moto_process.resume()
+    client = moto_process.client()
+    DynamoDBCheckpointStore.create_table(client, TABLE)
+    try:
+        yield moto_process
+    finally:
+        moto_process.resume()
+        client.delete_table(TableName=TABLE)
 
 
 @pytest.fixture
