@@ -481,6 +481,12 @@ class FleetWorker:
     :class:`CheckpointStore`) or none. A stream without a checkpoint starts at
     ``start_at`` (default NOW).
 
+    Leases: ``lease_duration_s`` (balanced every quarter of it); a stream is stopped
+    ``safety_margin_s`` (default a sixth of the lease) before its lease could run out
+    unless renewed; DynamoDB calls time out after ``dynamodb_timeout_s`` (default the
+    same sixth). A call that hangs longer does not delay giving streams up: a watchdog
+    thread does that on its own.
+
     :meth:`start` returns at once; :meth:`stop` stops reading, finishes and checkpoints
     the fragments being delivered, and releases every lease (others take them on their
     next round). :meth:`stats` gives per-stream progress and lag.
@@ -495,6 +501,7 @@ class FleetWorker:
         aws: AwsAccess | None = None,
         lease_table: str | None = None,
         dynamodb_endpoint_url: str | None = None,
+        dynamodb_timeout_s: float | None = None,
         owner_id: str | None = None,
         lease_duration_s: float = DEFAULT_LEASE_DURATION_S,
         safety_margin_s: float | None = None,
@@ -572,6 +579,7 @@ class FleetWorker:
                 aws,
                 lease_table,
                 endpoint_url=dynamodb_endpoint_url,
+                timeout_s=dynamodb_timeout_s,
                 owner_id=owner_id or LeaseCoordinator.new_owner_id(),
                 lease_duration_s=lease_duration_s,
                 clock=clock,
@@ -635,10 +643,13 @@ class FleetWorker:
         for strand in strands:
             strand.wait_idle(max(0.0, deadline - time.monotonic()))
         if self.coordinator is not None:
-            try:
-                self.coordinator.release_all()
-            except CheckpointError as exc:
-                log.warning("leases not all released (they expire instead): %s", exc)
+            # Bounded by the timeout even when DynamoDB hangs: leases not released by
+            # then simply expire.
+            releasing = threading.Thread(
+                target=self._release_all, name="fleet-release", daemon=True
+            )
+            releasing.start()
+            releasing.join(max(0.1, deadline - time.monotonic()))
         with self._lock:
             for strand in self._strands.values():
                 strand.close()
@@ -767,7 +778,10 @@ class FleetWorker:
             strands = dict(self._strands)
         for stream, strand in strands.items():
             if stream not in held and strand.alive:
-                strand.stop()
+                if self.coordinator is not None and stream in self.coordinator.owned:
+                    strand.revoke()  # ours, but not renewed in time: not one more frame
+                else:
+                    strand.stop()  # no longer selected: finish the fragment in progress
             if not strand.alive and not strand.busy and not strand.scheduled:
                 failed_at = strand.failed_at
                 if stream in held and failed_at is not None and now - failed_at < _RESTART_DELAY_S:
@@ -788,6 +802,13 @@ class FleetWorker:
             with self._lock:
                 self._strands[stream] = strand
             strand.start()
+
+    def _release_all(self) -> None:
+        assert self.coordinator is not None
+        try:
+            self.coordinator.release_all()
+        except CheckpointError as exc:
+            log.warning("leases not all released (they expire instead): %s", exc)
 
     def _drop(self, stream: str) -> None:
         """Before a voluntary release: stop the stream and let its fragment in progress

@@ -2,6 +2,9 @@
 stopped with SIGSTOP and continued with SIGCONT: its state survives, the worker's calls
 time out meanwhile).
 
+Its calls are given a timeout longer than the outage, so they hang meanwhile (the worst
+case: an endpoint that accepts connections but does not answer).
+
 Short outage: the worker renews in time and keeps every stream, reading on without a
 restart. Long outage: it stops delivering each stream before that stream's lease could
 expire (so no successor could ever overlap with it), and once DynamoDB answers again it
@@ -60,6 +63,9 @@ def test_worker_keeps_streams_through_a_short_outage_and_gives_them_up_in_a_long
         dynamodb_endpoint_url=moto_server.url,
         owner_id="w",
         lease_duration_s=LEASE_S,
+        # Calls to the stopped server hang for the whole outage: only the watchdog can
+        # give the streams up in time (the control thread waits in its call).
+        dynamodb_timeout_s=30.0,
         start_at="earliest",
         decode_threads=1,
     )
@@ -123,6 +129,7 @@ def test_worker_keeps_streams_through_a_short_outage_and_gives_them_up_in_a_long
 
         wait_until(everything_delivered, 30, "last fragments delivered")
     finally:
+        moto_server.resume()
         worker.stop()
     for stream in STREAMS:
         frames = [(n, ts) for (s, n, ts, _t) in delivered if s == stream]
