@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Any
 
 from kvs_toolkit.cli.common import (
@@ -199,25 +200,57 @@ class _Output:
             self._out.close()
 
 
+@dataclass
+class _RunOptions:
+    """The options of ``kvs fleet run``, with its defaults for any a parser lacks."""
+
+    streams: list[str] = field(default_factory=list)
+    lease_table: str | None = None
+    checkpoint: str | None = None
+    start: str = "now"
+    out: str | None = None
+    keyframes_only: bool = False
+    fps: float | None = None
+    format: str = "bgr24"
+    model: str = "none"
+    decode_threads: int | None = None
+    lease_duration: float = 30.0
+    relist_interval: float = 60.0
+    worker_id: str | None = None
+    create_table: bool = False
+    progress: bool = True
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> _RunOptions:
+        names = [f.name for f in fields(cls)]
+        return cls(**{name: getattr(args, name) for name in names if hasattr(args, name)})
+
+
 def run_fleet(args: argparse.Namespace) -> int:
-    """``kvs fleet run`` (and ``kvs consume --streams``): runs until SIGINT/SIGTERM."""
+    """``kvs fleet run`` (and ``kvs consume --streams``): runs until SIGINT/SIGTERM.
+
+    Reads the options :func:`add_run_arguments` defines; a parser that defines only
+    some of them (plus ``--streams``) gets the defaults for the others."""
+    opt = _RunOptions.of(args)
     from kvs_toolkit.consumer.checkpoint import open_checkpoint_store
     from kvs_toolkit.consumer.fleet import FleetWorker, StreamSelection, summarize
     from kvs_toolkit.consumer.readers import StartSelector
 
     try:
-        selection = StreamSelection.parse(args.streams)
-        start = StartSelector.parse(args.start)
+        selection = StreamSelection.parse(opt.streams)
+        # Checkpoints are always used when there are any; "checkpoint" (kvs consume's
+        # spelling of that) starts the others at NOW.
+        start = StartSelector.parse("now" if opt.start == "checkpoint" else opt.start)
     except ValueError as exc:
         return fail("fleet", exc)
-    if args.lease_table and args.checkpoint:
+    if opt.lease_table and opt.checkpoint:
         return fail("fleet", "--checkpoint and --lease-table exclude each other")
     aws = aws_from_args(args)
     aws.check()
-    out = _Output(args.out)
+    out = _Output(opt.out)
     on_frame = None
     factory = None
-    if args.model == "motion":
+    if opt.model == "motion":
         from kvs_toolkit.analysis.motion import MotionDetector
 
         def factory(stream: str) -> Callable[[DecodedFrame], None]:
@@ -239,24 +272,24 @@ def run_fleet(args: argparse.Namespace) -> int:
             on_frame=on_frame,
             handler_factory=factory,
             aws=aws,
-            lease_table=args.lease_table,
+            lease_table=opt.lease_table,
             dynamodb_endpoint_url=_dynamodb_endpoint(args),
-            owner_id=args.worker_id,
-            lease_duration_s=args.lease_duration,
-            checkpoint_store=open_checkpoint_store(args.checkpoint) if args.checkpoint else None,
-            create_table=args.create_table,
+            owner_id=opt.worker_id,
+            lease_duration_s=opt.lease_duration,
+            checkpoint_store=open_checkpoint_store(opt.checkpoint) if opt.checkpoint else None,
+            create_table=opt.create_table,
             start_at=start,
-            relist_interval_s=args.relist_interval,
-            decode_threads=args.decode_threads,
-            keyframes_only=args.keyframes_only,
-            fps=args.fps,
-            format=args.format,
+            relist_interval_s=opt.relist_interval,
+            decode_threads=opt.decode_threads,
+            keyframes_only=opt.keyframes_only,
+            fps=opt.fps,
+            format=opt.format,
         )
     except ValueError as exc:
         out.close()
         return fail("fleet", exc)
     stop = threading.Event()
-    status = StatusLine() if args.progress else None
+    status = StatusLine() if opt.progress else None
     graceful = GracefulStop("fleet", stop.set, "handing the leases back (at most a few seconds)")
     with graceful.installed():
         worker.start()
