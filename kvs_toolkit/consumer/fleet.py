@@ -858,14 +858,23 @@ class FleetWorker:
         }
 
 
-def summarize(stats: Mapping[str, StreamStats], streams: Sequence[str] | None = None) -> str:
-    """``9 streams, 1234 frames, lag max 180 ms (cam-3)`` for status lines."""
+def summarize(
+    stats: Mapping[str, StreamStats], streams: Sequence[str] | None = None, *, each: int = 4
+) -> str:
+    """``9 streams, 1234 frames, lag max 180 ms (cam-3)`` for status lines; with at most
+    ``each`` streams, every stream's lag: ``2 streams, 40 frames, lag cam-1 80 ms, cam-2 -``."""
     chosen = [stats[s] for s in streams if s in stats] if streams is not None else stats.values()
-    items = list(chosen)
+    items = sorted(chosen, key=lambda s: s.stream)
     frames = sum(s.frames for s in items)
-    lags = [(s.delivery_lag_ms, s.stream) for s in items if s.delivery_lag_ms is not None]
     text = f"{len(items)} streams, {frames} frames"
-    if lags:
-        worst = max(lags)
+    if items and len(items) <= each:
+        lags = (
+            f"{s.stream} {'-' if s.delivery_lag_ms is None else f'{s.delivery_lag_ms:.0f} ms'}"
+            for s in items
+        )
+        return text + ", lag " + ", ".join(lags)
+    lagging = [(s.delivery_lag_ms, s.stream) for s in items if s.delivery_lag_ms is not None]
+    if lagging:
+        worst = max(lagging)
         text += f", lag max {worst[0]:.0f} ms ({worst[1]})"
     return text
