@@ -48,6 +48,12 @@ COMMANDS: Final = (
     Command("clip", "clip", "save a time range of a stream as an MP4 file (GetClip)"),
     Command("images", "images", "save JPEG/PNG images of a time range of a stream (GetImages)"),
     Command("inspect", "inspect", "show the fragments, frames and tags of an MKV/GetMedia file"),
+    Command(
+        "fleet",
+        "fleet",
+        "read many streams in one process, shared with other processes through DynamoDB "
+        "leases (run, status)",
+    ),
     Command("emulator", "emulator", "run the local KVS emulator in the foreground"),
     Command("demo", "demo", "run the end-to-end demo on the embedded emulator"),
     Command(

@@ -39,11 +39,14 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
 
 from kvs_toolkit.errors import CheckpointError, LeaseLostError
 from kvs_toolkit.mkv import Fragment
 from kvs_toolkit.timestamps import epoch_seconds
+
+if TYPE_CHECKING:
+    from kvs_toolkit.aws import AwsAccess
 
 __all__ = [
     "Checkpoint",
@@ -55,6 +58,8 @@ __all__ = [
     "LeaseInfo",
     "LeaseLostError",
     "SqliteCheckpointStore",
+    "TableState",
+    "WorkerInfo",
     "default_checkpoint_path",
     "open_checkpoint_store",
 ]
@@ -355,15 +360,71 @@ def open_checkpoint_store(
 # --- DynamoDB -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class LeaseInfo:
-    """Who holds a stream's lease and until when (epoch seconds of the owner's clock)."""
+    """Who holds a stream's lease and until when (epoch seconds of the owner's clock).
+
+    ``renewed`` / ``acquired``: when the owner last renewed / first took it;
+    ``checkpoint``: the stream's checkpoint in the same item, if any.
+    """
 
     stream: str
     owner: str | None
     expires: float | None
     counter: int
+    renewed: float | None = None
+    acquired: float | None = None
+    checkpoint: Checkpoint | None = None
 
     def held_at(self, now: float) -> bool:
         return self.owner is not None and self.expires is not None and self.expires >= now
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker's heartbeat item: alive until ``expires``; ``status`` is what it last
+    reported about itself (its streams and their lags, see ``heartbeat(status=...)``)."""
+
+    owner: str
+    expires: float | None
+    beat: float | None
+    status: Mapping[str, Any]
+
+    def alive_at(self, now: float) -> bool:
+        return self.expires is not None and self.expires >= now
+
+
+@dataclass(frozen=True, slots=True)
+class TableState:
+    """Every lease and heartbeat of a table, read with one (paginated) Scan."""
+
+    leases: dict[str, LeaseInfo]
+    workers: dict[str, WorkerInfo]
+
+    def live_workers(self, now: float) -> set[str]:
+        return {w.owner for w in self.workers.values() if w.alive_at(now)}
+
+
+def _checkpoint_of(item: Mapping[str, Any]) -> Checkpoint | None:
+    if "fragment_number" not in item:
+        return None
+    return Checkpoint(
+        fragment_number=item["fragment_number"]["S"],
+        continuation_token=item.get("continuation_token", {}).get("S"),
+        producer_timestamp=_number(item.get("producer_timestamp")),
+        server_timestamp=_number(item.get("server_timestamp")),
+        updated_at=_number(item.get("updated_at")) or 0.0,
+    )
+
+
+def _lease_of(stream: str, item: Mapping[str, Any]) -> LeaseInfo:
+    return LeaseInfo(
+        stream=stream,
+        owner=item.get("lease_owner", {}).get("S"),
+        expires=_number(item.get("lease_expires")),
+        counter=int(_number(item.get("lease_counter")) or 0),
+        renewed=_number(item.get("lease_renewed")),
+        acquired=_number(item.get("lease_acquired")),
+        checkpoint=_checkpoint_of(item),
+    )
 
 
 def _is_conditional_failure(exc: Exception) -> bool:
@@ -411,6 +472,43 @@ class DynamoDBCheckpointStore:
         self.lease_duration_s = lease_duration_s
         self.clock = clock
 
+    @classmethod
+    def from_aws(
+        cls,
+        aws: AwsAccess,
+        table_name: str,
+        *,
+        endpoint_url: str | None = None,
+        owner_id: str | None = None,
+        lease_duration_s: float = DEFAULT_LEASE_DURATION_S,
+        timeout_s: float | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> DynamoDBCheckpointStore:
+        """A store whose client comes from ``aws`` (``endpoint_url``: DynamoDB's, which is
+        not the Kinesis Video endpoint; default ``AWS_ENDPOINT_URL_DYNAMODB`` or AWS).
+
+        Calls time out after ``timeout_s`` (default a sixth of the lease) and are tried
+        once: a lease holder must learn that DynamoDB is unreachable while its leases
+        are still valid, not after botocore's retries; the callers retry (the lease
+        rounds come again, checkpoint saves back off with a RetryPolicy).
+        """
+        from botocore.config import Config
+
+        timeout = timeout_s if timeout_s is not None else max(0.5, lease_duration_s / 6)
+        config = Config(
+            connect_timeout=timeout,
+            read_timeout=timeout,
+            retries={"mode": "standard", "total_max_attempts": 1},
+        )
+        client = aws.client("dynamodb", endpoint_url=endpoint_url, config=config)
+        return cls(
+            table_name,
+            client=client,
+            owner_id=owner_id,
+            lease_duration_s=lease_duration_s,
+            clock=clock,
+        )
+
     @staticmethod
     def create_table(client: Any, table_name: str, *, wait: bool = True) -> None:
         """Create the table (on-demand capacity); no-op if it exists."""
@@ -439,15 +537,7 @@ class DynamoDBCheckpointStore:
 
     def load(self, stream: str) -> Checkpoint | None:
         item = self._get(stream)
-        if item is None or "fragment_number" not in item:
-            return None
-        return Checkpoint(
-            fragment_number=item["fragment_number"]["S"],
-            continuation_token=item.get("continuation_token", {}).get("S"),
-            producer_timestamp=_number(item.get("producer_timestamp")),
-            server_timestamp=_number(item.get("server_timestamp")),
-            updated_at=_number(item.get("updated_at")) or 0.0,
-        )
+        return None if item is None else _checkpoint_of(item)
 
     def save(self, stream: str, checkpoint: Checkpoint) -> None:
         names = {"#n": "fragment_number", "#u": "updated_at"}
@@ -514,12 +604,15 @@ class DynamoDBCheckpointStore:
         now = self.clock()
         acquired = self._conditional_update(
             stream,
-            UpdateExpression="SET #o = :me, #e = :exp, #c = if_not_exists(#c, :zero) + :one",
+            UpdateExpression="SET #o = :me, #e = :exp, #r = :now, #a = :now,"
+            " #c = if_not_exists(#c, :zero) + :one",
             ConditionExpression="attribute_not_exists(#o) OR #o = :me OR #e < :now",
             ExpressionAttributeNames={
                 "#o": "lease_owner",
                 "#e": "lease_expires",
                 "#c": "lease_counter",
+                "#r": "lease_renewed",
+                "#a": "lease_acquired",
             },
             ExpressionAttributeValues={
                 ":me": {"S": me},
@@ -534,16 +627,24 @@ class DynamoDBCheckpointStore:
         return acquired
 
     def renew_lease(self, stream: str) -> bool:
-        """Extend our lease; False when another owner holds it now (we lost it)."""
+        """Extend our lease; False when another owner holds it now (we lost it).
+
+        The new expiry counts from the clock read before the request is sent."""
         me = self._require_owner()
+        now = self.clock()
         return self._conditional_update(
             stream,
-            UpdateExpression="SET #e = :exp",
+            UpdateExpression="SET #e = :exp, #r = :now",
             ConditionExpression="#o = :me",
-            ExpressionAttributeNames={"#o": "lease_owner", "#e": "lease_expires"},
+            ExpressionAttributeNames={
+                "#o": "lease_owner",
+                "#e": "lease_expires",
+                "#r": "lease_renewed",
+            },
             ExpressionAttributeValues={
                 ":me": {"S": me},
-                ":exp": {"N": repr(self.clock() + self.lease_duration_s)},
+                ":exp": {"N": repr(now + self.lease_duration_s)},
+                ":now": {"N": repr(now)},
             },
         )
 
@@ -563,23 +664,61 @@ class DynamoDBCheckpointStore:
 
     def lease(self, stream: str) -> LeaseInfo:
         """The stream's lease as stored now."""
-        item = self._get(stream) or {}
-        return LeaseInfo(
-            stream=stream,
-            owner=item.get("lease_owner", {}).get("S"),
-            expires=_number(item.get("lease_expires")),
-            counter=int(_number(item.get("lease_counter")) or 0),
-        )
+        return _lease_of(stream, self._get(stream) or {})
 
-    def heartbeat(self) -> None:
-        """Announce this worker as alive for one lease duration (for fair shares)."""
+    def heartbeat(self, status: Mapping[str, Any] | None = None) -> None:
+        """Announce this worker as alive for one lease duration (for fair shares), with
+        an optional JSON-able ``status`` (its streams and lags, for ``kvs fleet status``;
+        an item holds at most 400 KB, so keep it to a few hundred bytes per stream)."""
         me = self._require_owner()
+        now = self.clock()
+        names = {"#e": "lease_expires", "#b": "heartbeat_at"}
+        values: dict[str, Any] = {
+            ":exp": {"N": repr(now + self.lease_duration_s)},
+            ":now": {"N": repr(now)},
+        }
+        expression = "SET #e = :exp, #b = :now"
+        if status is not None:
+            names["#s"] = "status"
+            values[":s"] = {"S": json.dumps(status, separators=(",", ":"), default=str)}
+            expression += ", #s = :s"
         self._conditional_update(
             _WORKER_PREFIX + me,
-            UpdateExpression="SET #e = :exp",
-            ExpressionAttributeNames={"#e": "lease_expires"},
-            ExpressionAttributeValues={":exp": {"N": repr(self.clock() + self.lease_duration_s)}},
+            UpdateExpression=expression,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
         )
+
+    def table_state(self) -> TableState:
+        """Every stream's lease (and checkpoint) and every worker's heartbeat: one
+        consistent, paginated Scan instead of a GetItem per stream."""
+        leases: dict[str, LeaseInfo] = {}
+        workers: dict[str, WorkerInfo] = {}
+        request: dict[str, Any] = {"TableName": self.table_name, "ConsistentRead": True}
+        try:
+            while True:
+                page = self.client.scan(**request)
+                for item in page.get("Items", ()):
+                    key = item[_KEY]["S"]
+                    if key.startswith(_WORKER_PREFIX):
+                        owner = key[len(_WORKER_PREFIX) :]
+                        try:
+                            status = json.loads(item.get("status", {}).get("S", "{}"))
+                        except ValueError:
+                            status = {}
+                        workers[owner] = WorkerInfo(
+                            owner=owner,
+                            expires=_number(item.get("lease_expires")),
+                            beat=_number(item.get("heartbeat_at")),
+                            status=status if isinstance(status, dict) else {},
+                        )
+                    else:
+                        leases[key] = _lease_of(key, item)
+                if "LastEvaluatedKey" not in page:
+                    return TableState(leases, workers)
+                request["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except Exception as exc:
+            raise CheckpointError(f"DynamoDB Scan of {self.table_name} failed: {exc}") from exc
 
     def leave(self) -> None:
         """Withdraw this worker's heartbeat (a clean shutdown)."""
@@ -627,8 +766,10 @@ class LeaseCoordinator:
     """Shares a set of streams among the workers using one :class:`DynamoDBCheckpointStore`.
 
     Call :meth:`balance` periodically (well within the lease duration, e.g. every third
-    of it). Each round it announces this worker (heartbeat), renews the leases it
-    holds, and moves towards a fair share, ``ceil(streams / live workers)``:
+    of it). Each round it announces this worker (heartbeat, with ``status()`` if
+    given), renews the leases it holds, reads the table once (one Scan: every lease and
+    heartbeat) and moves towards a fair share, ``ceil(streams / live workers)`` (never
+    more than the exact fair share + 1):
 
     * leases that are free or expired (their owner stopped renewing: crashed or cut
       off) are taken until the share is reached;
@@ -637,10 +778,12 @@ class LeaseCoordinator:
 
     A stream is never taken from a live owner: it changes hands only after its owner
     released it or its lease expired, so two workers never read one stream at the same
-    time (as long as each stops reading a stream whose renewal failed, which
-    :attr:`on_lost` is for). ``on_acquired(stream)`` / ``on_released(stream)`` /
-    ``on_lost(stream)`` are called from :meth:`balance`; ``before_release(stream)`` runs
-    before a voluntary release, to stop the stream's reader and save its checkpoint.
+    time as long as each stops reading a stream by :meth:`deadline` (its last renewal
+    request plus the lease duration) unless renewed. ``on_acquired(stream)`` /
+    ``on_released(stream)`` / ``on_lost(stream)`` are called from :meth:`balance`;
+    ``before_release(stream)`` runs before a voluntary release, to stop the stream's
+    reader and save its checkpoint. Not thread-safe: one thread calls :meth:`balance`
+    and :meth:`release_all`; :meth:`deadline` and :attr:`owned` may be read from others.
     """
 
     def __init__(
@@ -651,14 +794,19 @@ class LeaseCoordinator:
         on_released: Callable[[str], None] | None = None,
         on_lost: Callable[[str], None] | None = None,
         before_release: Callable[[str], None] | None = None,
+        status: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.owner_id = store._require_owner()
         self.store = store
         self.owned: set[str] = set()
+        self.workers: set[str] = {self.owner_id}  # live workers seen in the last round
+        self.share = 0
+        self._renewed: dict[str, float] = {}
         self._on_acquired = on_acquired
         self._on_released = on_released
         self._on_lost = on_lost
         self._before_release = before_release
+        self._status = status
 
     @classmethod
     def new_owner_id(cls) -> str:
@@ -667,47 +815,82 @@ class LeaseCoordinator:
 
         return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
+    def deadline(self, stream: str) -> float | None:
+        """When our lease of ``stream`` runs out (store clock) unless renewed; None if
+        we do not hold it."""
+        renewed = self._renewed.get(stream)
+        return None if renewed is None else renewed + self.store.lease_duration_s
+
     def balance(self, streams: Iterable[str]) -> set[str]:
-        """One round of heartbeat, renewal, release and acquisition; the streams now held."""
+        """One round of heartbeat, renewal, release and acquisition; the streams now held.
+
+        A DynamoDB failure raises :class:`CheckpointError` part-way; the leases renewed
+        so far keep their new deadlines and the next round goes on from there."""
         wanted = sorted(set(streams))
         store = self.store
-        store.heartbeat()
+        store.heartbeat(self._status() if self._status is not None else None)
         for stream in sorted(self.owned):
             if stream not in wanted:
                 self._release(stream)
-            elif not store.renew_lease(stream):
-                self.owned.discard(stream)
-                log.warning("%s lost the lease of stream %s", self.owner_id, stream)
-                if self._on_lost is not None:
-                    self._on_lost(stream)
-        workers = store.live_workers() | {self.owner_id}
-        share = math.ceil(len(wanted) / len(workers)) if wanted else 0
-        for stream in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - share)]:
-            self._release(stream)
+                continue
+            sent = store.clock()
+            if store.renew_lease(stream):
+                self._renewed[stream] = sent
+            else:
+                self._lost(stream)
+        state = store.table_state()
         now = store.clock()
+        self.workers = state.live_workers(now) | {self.owner_id}
+        self.share = math.ceil(len(wanted) / len(self.workers)) if wanted else 0
+        for stream in sorted(self.owned, reverse=True)[: max(0, len(self.owned) - self.share)]:
+            self._release(stream)
         for stream in wanted:
-            if len(self.owned) >= share:
+            if len(self.owned) >= self.share:
                 break
             if stream in self.owned:
                 continue
-            if store.lease(stream).held_at(now):
+            lease = state.leases.get(stream)
+            if lease is not None and lease.owner != self.owner_id and lease.held_at(now):
                 continue
+            sent = store.clock()
             if store.acquire_lease(stream):
                 self.owned.add(stream)
+                self._renewed[stream] = sent
                 if self._on_acquired is not None:
                     self._on_acquired(stream)
         return set(self.owned)
 
+    def _lost(self, stream: str) -> None:
+        self.owned.discard(stream)
+        self._renewed.pop(stream, None)
+        log.warning("%s lost the lease of stream %s", self.owner_id, stream)
+        if self._on_lost is not None:
+            self._on_lost(stream)
+
     def _release(self, stream: str) -> None:
         if self._before_release is not None:
             self._before_release(stream)
-        self.store.release_lease(stream)
-        self.owned.discard(stream)
+        try:
+            self.store.release_lease(stream)
+        finally:
+            # Released or not (DynamoDB unreachable: it then expires), we stop using it.
+            self.owned.discard(stream)
+            self._renewed.pop(stream, None)
         if self._on_released is not None:
             self._on_released(stream)
 
     def release_all(self) -> None:
-        """Release every lease and withdraw the heartbeat (a clean shutdown)."""
+        """Release every lease and withdraw the heartbeat (a clean shutdown). Every lease
+        is tried; the first DynamoDB failure is raised at the end."""
+        failure: CheckpointError | None = None
         for stream in sorted(self.owned):
-            self._release(stream)
-        self.store.leave()
+            try:
+                self._release(stream)
+            except CheckpointError as exc:
+                failure = failure or exc
+        try:
+            self.store.leave()
+        except CheckpointError as exc:
+            failure = failure or exc
+        if failure is not None:
+            raise failure
