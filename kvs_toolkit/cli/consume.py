@@ -77,6 +77,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The arguments of ``kvs consume`` (the global options come from the main parser)."""
     parser.add_argument("--stream", help="stream name (not needed with --from-file)")
     parser.add_argument(
+        "--streams",
+        nargs="+",
+        metavar="NAME|PREFIX*|@FILE",
+        help="read many live streams in this process (names, prefixes ending in '*', @FILE), "
+        "shared with other processes through --lease-table; the same as 'kvs fleet run'",
+    )
+    parser.add_argument(
+        "--lease-table",
+        metavar="dynamodb:TABLE",
+        help="with --streams: share the streams with other processes on DynamoDB leases",
+    )
+    parser.add_argument(
         "--start",
         type=_start,
         default=StartSelector.now(),
@@ -386,6 +398,10 @@ def run(args: argparse.Namespace) -> int:
     from kvs_toolkit.consumer.pipeline import Pipeline, Progress
     from kvs_toolkit.consumer.readers import LiveReader
 
+    if args.streams:
+        return _consume_many(args)
+    if args.lease_table:
+        return fail("consume", "--lease-table applies to --streams")
     if args.max_fragments is not None and args.max_fragments < 0:
         return fail("consume", "--max-fragments must not be negative")
     model_options = (args.to_kinesis, args.to_s3, args.webhook, args.annotate_to)
@@ -520,3 +536,28 @@ def run(args: argparse.Namespace) -> int:
     if closing_errors:
         raise closing_errors[0]
     return EXIT_OK if result is not None else EXIT_INVALID
+
+
+def _consume_many(args: argparse.Namespace) -> int:
+    """``kvs consume --streams ...``: the fleet runner (:mod:`kvs_toolkit.cli.fleet`),
+    with kvs consume's spelling of the options it shares."""
+    from kvs_toolkit.cli.fleet import run_fleet
+
+    if args.stream or args.from_file or args.archive or args.hls or args.hls_url:
+        return fail("consume", "--streams reads live streams: leave out --stream, --from-file, "
+                    "--archive, --hls and --hls-url")  # fmt: skip
+    if args.model not in (None, "motion"):
+        return fail("consume", "--streams takes --model motion (or no model)")
+    unsupported = [name for name, given in (
+        ("--max-fragments", args.max_fragments), ("--max-frames", args.max_frames),
+        ("--duration", args.duration), ("--frames-dir", args.frames_dir),
+        ("--queue-size", args.queue_size), ("--idle-exit", args.idle_exit),
+    ) if given is not None]  # fmt: skip
+    if unsupported:
+        return fail("consume", f"--streams runs until SIGINT/SIGTERM: {unsupported[0]} "
+                    "does not apply")  # fmt: skip
+    fleet_args = argparse.Namespace(**vars(args))
+    fleet_args.start = args.start if isinstance(args.start, str) else args.start.spec()
+    fleet_args.model = args.model or "none"
+    fleet_args.out = None if args.out == "-" else args.out
+    return run_fleet(fleet_args)

@@ -155,24 +155,13 @@ def _dynamodb_endpoint(args: argparse.Namespace) -> str | None:
 
 
 def _record(frame: DecodedFrame, stream: str, detections: Any = None) -> str:
-    record: dict[str, Any] = {
-        "stream": stream,
-        "fragment_number": frame.fragment_number,
-        "timestamp": round(frame.timestamp_ns / 1e9, 6),
-        "keyframe": frame.keyframe,
-        "index": frame.index,
-        "width": frame.width,
-        "height": frame.height,
-    }
+    """The same JSON record as ``kvs consume``'s (one name per field, see
+    docs/consumer.md), with the stream's name."""
+    from kvs_toolkit.consumer.pipeline import frame_record
+
+    record: dict[str, Any] = {**frame_record(frame), "stream_name": stream}
     if detections is not None:
-        record["detections"] = [
-            {
-                "label": d.label,
-                "confidence": round(d.confidence, 3),
-                "box": [round(v, 1) for v in (d.box.x, d.box.y, d.box.width, d.box.height)],
-            }
-            for d in detections
-        ]
+        record["detections"] = [d.to_json() for d in detections]
     return json.dumps(record, separators=(",", ":")) + "\n"
 
 
@@ -247,6 +236,17 @@ def run_fleet(args: argparse.Namespace) -> int:
         return fail("fleet", "--checkpoint and --lease-table exclude each other")
     aws = aws_from_args(args)
     aws.check()
+    # The first listing follows the shared dead-endpoint rule (retried up to
+    # --max-attempts, then one line and exit 2); later listings keep the worker running
+    # through outages of the control plane.
+    from kvs_toolkit.aws import call_with_retry
+    from kvs_toolkit.consumer.fleet import list_matching_streams
+
+    control = aws.client("kinesisvideo")
+    try:
+        call_with_retry(aws, "ListStreams", lambda: list_matching_streams(control, selection))
+    finally:
+        control.close()
     out = _Output(opt.out)
     on_frame = None
     factory = None

@@ -19,7 +19,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 from kvs_toolkit.cli.common import (
     EXIT_INCOMPLETE,
@@ -104,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
 
     aws = aws_from_args(args)
     try:
+        aws.check()  # region, then credentials: one line before any work
         if args.webrtc_command == "channel":
             return _channel(aws, args)
         if args.ca_file is not None and not Path(args.ca_file).is_file():
@@ -119,47 +120,64 @@ def run(args: argparse.Namespace) -> int:
         return fail("webrtc", exc)
 
 
+_CHANNEL_APIS: Final = {
+    "create": "CreateSignalingChannel",
+    "describe": "DescribeSignalingChannel",
+    "list": "ListSignalingChannels",
+    "delete": "DeleteSignalingChannel",
+}
+
+
 def _channel(aws: AwsAccess, args: argparse.Namespace) -> int:
     import botocore.exceptions
 
+    from kvs_toolkit.aws import call_with_retry
+
     kv = aws.client("kinesisvideo")
     try:
-        if args.channel_action == "create":
-            tags = []
-            for pair in args.tag:
-                key, sep, value = pair.partition("=")
-                if not sep or not key:
-                    return fail("webrtc", f"--tag {pair!r}: use KEY=VALUE")
-                tags.append({"Key": key, "Value": value})
-            arn = kv.create_signaling_channel(
-                ChannelName=args.name,
-                ChannelType="SINGLE_MASTER",
-                SingleMasterConfiguration={"MessageTtlSeconds": args.ttl},
-                Tags=tags,
-            )["ChannelARN"]
-            print(arn)
-        elif args.channel_action == "describe":
-            info = kv.describe_signaling_channel(ChannelName=args.name)["ChannelInfo"]
-            storage = kv.describe_media_storage_configuration(ChannelARN=info["ChannelARN"])
-            info["MediaStorageConfiguration"] = storage["MediaStorageConfiguration"]
-            print(json.dumps(info, default=str, indent=2))
-        elif args.channel_action == "list":
-            kwargs: dict[str, Any] = {}
-            if args.prefix:
-                kwargs["ChannelNameCondition"] = {
-                    "ComparisonOperator": "BEGINS_WITH",
-                    "ComparisonValue": args.prefix,
-                }
-            for page in kv.get_paginator("list_signaling_channels").paginate(**kwargs):
-                for info in page["ChannelInfoList"]:
-                    print(json.dumps(info, default=str))
-        else:
-            arn = kv.describe_signaling_channel(ChannelName=args.name)["ChannelInfo"]["ChannelARN"]
-            kv.delete_signaling_channel(ChannelARN=arn)
+        # an unreachable endpoint: retried and reported as every command does
+        return call_with_retry(
+            aws, _CHANNEL_APIS[args.channel_action], lambda: _channel_action(kv, args)
+        )
     except botocore.exceptions.ClientError as exc:
         return fail("webrtc", exc)
     finally:
         kv.close()
+
+
+def _channel_action(kv: Any, args: argparse.Namespace) -> int:
+    if args.channel_action == "create":
+        tags = []
+        for pair in args.tag:
+            key, sep, value = pair.partition("=")
+            if not sep or not key:
+                return fail("webrtc", f"--tag {pair!r}: use KEY=VALUE")
+            tags.append({"Key": key, "Value": value})
+        arn = kv.create_signaling_channel(
+            ChannelName=args.name,
+            ChannelType="SINGLE_MASTER",
+            SingleMasterConfiguration={"MessageTtlSeconds": args.ttl},
+            Tags=tags,
+        )["ChannelARN"]
+        print(arn)
+    elif args.channel_action == "describe":
+        info = kv.describe_signaling_channel(ChannelName=args.name)["ChannelInfo"]
+        storage = kv.describe_media_storage_configuration(ChannelARN=info["ChannelARN"])
+        info["MediaStorageConfiguration"] = storage["MediaStorageConfiguration"]
+        print(json.dumps(info, default=str, indent=2))
+    elif args.channel_action == "list":
+        kwargs: dict[str, Any] = {}
+        if args.prefix:
+            kwargs["ChannelNameCondition"] = {
+                "ComparisonOperator": "BEGINS_WITH",
+                "ComparisonValue": args.prefix,
+            }
+        for page in kv.get_paginator("list_signaling_channels").paginate(**kwargs):
+            for info in page["ChannelInfoList"]:
+                print(json.dumps(info, default=str))
+    else:
+        arn = kv.describe_signaling_channel(ChannelName=args.name)["ChannelInfo"]["ChannelARN"]
+        kv.delete_signaling_channel(ChannelARN=arn)
     return EXIT_OK
 
 

@@ -121,6 +121,20 @@ class StartSelector:
             selector["StartTimestamp"] = self.timestamp
         return selector
 
+    def spec(self) -> str:
+        """The text :meth:`parse` reads back into this selector (``fragment:N``, ...)."""
+        prefix = {
+            "FRAGMENT_NUMBER": "fragment",
+            "CONTINUATION_TOKEN": "token",
+            "PRODUCER_TIMESTAMP": "producer",
+            "SERVER_TIMESTAMP": "server",
+        }.get(self.kind)
+        if prefix is None:
+            return self.kind.lower()  # now, earliest
+        if self.timestamp is not None:
+            return f"{prefix}:{self.timestamp.isoformat()}"
+        return f"{prefix}:{self.value}"
+
     def __str__(self) -> str:
         if self.value is not None:
             return f"{self.kind} {self.value}"

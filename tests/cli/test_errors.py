@@ -39,6 +39,8 @@ AWS_COMMANDS: dict[str, Args] = {
     "clip": _range("clip", "c.mp4"),
     "images": _range("images", "images"),
     "rekognition-processor": lambda _d, _s: ["rekognition-processor", "list"],
+    "webrtc": lambda _d, _s: ["webrtc", "channel", "list"],
+    "fleet": lambda cwd, _s: ["fleet", "run", "--streams", "s", "--checkpoint", str(cwd / "c")],
 }
 #: The commands that never reach AWS: what they do instead is tested elsewhere
 #: (``inspect`` below; the emulator and the demo in tests/emulator, tests/test_demo.py).

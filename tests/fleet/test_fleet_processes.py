@@ -87,7 +87,9 @@ def test_three_workers_share_nine_streams_through_kill_and_term(
         # All three share the nine streams, at most fair share + 1 each, and deliver.
         wait_until(lambda: balanced(moto_server, names), 40, "3 workers balanced")
         wait_until(
-            lambda: all(len({r["stream"] for r in read_lines(outputs[n])}) >= 2 for n in names),
+            lambda: all(
+                len({r["stream_name"] for r in read_lines(outputs[n])}) >= 2 for n in names
+            ),
             20,
             "every worker delivering",
         )
@@ -100,7 +102,7 @@ def test_three_workers_share_nine_streams_through_kill_and_term(
 
         def successors_delivering() -> bool:
             lines = read_lines(outputs["b"]) + read_lines(outputs["c"])
-            return held_by_a <= {r["stream"] for r in lines}
+            return held_by_a <= {r["stream_name"] for r in lines}
 
         wait_until(successors_delivering, 15, "a's streams delivered by b and c")
         # b stops: it hands every lease back at once, and c takes them all.
@@ -114,7 +116,7 @@ def test_three_workers_share_nine_streams_through_kill_and_term(
         expected = {s: fragment_numbers(url, s) for s in STREAMS}
 
         def everything_delivered() -> bool:
-            done = {(r["stream"], r["fragment_number"]) for r in read_lines(outputs["c"])}
+            done = {(r["stream_name"], r["fragment_number"]) for r in read_lines(outputs["c"])}
             return all((s, expected[s][-1]) in done for s in STREAMS)
 
         wait_until(everything_delivered, 30, "c delivered the last fragments")
@@ -135,7 +137,7 @@ def test_three_workers_share_nine_streams_through_kill_and_term(
     lines = {name: read_lines(outputs[name]) for name in names}
     frames_per_stream = int(SECONDS * FPS)
     for stream in STREAMS:
-        by_worker = {n: [r for r in lines[n] if r["stream"] == stream] for n in names}
+        by_worker = {n: [r for r in lines[n] if r["stream_name"] == stream] for n in names}
         everything = [r for n in names for r in by_worker[n]]
         # Every frame of every stream was delivered...
         timestamps = Counter(r["timestamp"] for r in everything)
@@ -152,5 +154,5 @@ def test_three_workers_share_nine_streams_through_kill_and_term(
             assert max(own.values(), default=1) == 1, (stream, name)
     per_worker = defaultdict(set)
     for name in names:
-        per_worker[name] = {r["stream"] for r in lines[name]}
+        per_worker[name] = {r["stream_name"] for r in lines[name]}
     assert per_worker["c"] == set(STREAMS)
