@@ -43,6 +43,7 @@ if TYPE_CHECKING:
         register_codec,
         registered_codecs,
     )
+    from kvs_toolkit.consumer.fleet import FleetWorker, StreamSelection
     from kvs_toolkit.consumer.frame_queue import (
         FrameQueue,
         QueuePolicy,
@@ -95,6 +96,8 @@ if TYPE_CHECKING:
 # Names resolve on first use (PEP 562): importing one submodule (e.g. the frame queue
 # for `kvs consume --help`) must not load PyAV, boto3 and every reader.
 _EXPORTS: Final = {
+    "FleetWorker": "kvs_toolkit.consumer.fleet",
+    "StreamSelection": "kvs_toolkit.consumer.fleet",
     "ArchiveReader": "kvs_toolkit.consumer.readers",
     "AudioDecoder": "kvs_toolkit.consumer.decode",
     "Backoff": "kvs_toolkit.consumer.readers",
@@ -169,6 +172,7 @@ __all__ = [
     "DuplicateFilter",
     "DynamoDBCheckpointStore",
     "FileReader",
+    "FleetWorker",
     "FragmentDecoder",
     "FragmentInfo",
     "FragmentSource",
@@ -191,6 +195,7 @@ __all__ = [
     "ReaderStats",
     "SqliteCheckpointStore",
     "StartSelector",
+    "StreamSelection",
     "audio_frame_to_float",
     "codec_setup",
     "default_checkpoint_path",
