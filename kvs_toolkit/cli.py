@@ -50,6 +50,8 @@ def _cmd_emulator(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir) if args.data_dir else None,
         credentials=credentials or None,
         rate_limits=args.rate_limits,
+        advertised_url=args.advertised_url,
+        region=args.region,
     )
     return 0
 
@@ -107,6 +109,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         action="store_true",
         help="refuse calls over the service's per-stream TPS limits (PutMedia and "
         "GetMedia 5/s, GetClip 1/s) with ClientLimitExceededException",
+    )
+    emulator.add_argument(
+        "--advertised-url",
+        help="the URL GetDataEndpoint and HLS/DASH session URLs answer (behind a proxy, "
+        "in a container; default: the bound address and port)",
+    )
+    emulator.add_argument(
+        "--region",
+        default="us-east-1",
+        help="the emulator's region; with --verify-sigv4 the credential scope must name it",
     )
     emulator.set_defaults(handler=_cmd_emulator)
 

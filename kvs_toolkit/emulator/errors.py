@@ -17,6 +17,7 @@ from typing import ClassVar
 from kvs_toolkit.errors import EmulatorError
 
 __all__ = [
+    "AccessDeniedError",
     "AccountStreamLimitExceededError",
     "ClientLimitExceededError",
     "InvalidArgumentError",
@@ -100,3 +101,10 @@ class UnknownOperationError(ServiceError):
     code = "UnknownOperationException"
     status = 404
     message_key = "message"
+
+
+class AccessDeniedError(ServiceError):
+    """A request the emulator will not serve (a page request under a foreign Host name)."""
+
+    code = "AccessDeniedException"
+    status = 403

@@ -48,6 +48,7 @@ from kvs_toolkit.emulator.errors import ServiceError, UnknownOperationError
 from kvs_toolkit.emulator.events import StreamEvents
 from kvs_toolkit.emulator.sigv4 import (
     EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
     InvalidSignatureError,
     is_hex_sha256,
     verify,
@@ -100,6 +101,18 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return error_response(ServiceError("The emulator failed to process the request."))
 
 
+# Paths a browser loads (the page, its API, HLS/DASH players): answered only under the
+# emulator's own Host names, so a page elsewhere cannot read streams by DNS rebinding.
+_BROWSER_PREFIXES = ("/hls/", "/dash/")
+
+
+@web.middleware
+async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if web_page.is_page_request(request) or request.path.startswith(_BROWSER_PREFIXES):
+        request.app[EMULATOR].check_host(request)
+    return await handler(request)
+
+
 @web.middleware
 async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
@@ -108,13 +121,21 @@ async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.Strea
     if credentials is None or web_page.is_page_request(request):
         return await handler(request)
     declared = request.headers.get("x-amz-content-sha256")
-    if request.path in ctx.streaming_paths:
+    streaming = request.path in ctx.streaming_paths
+    # UNSIGNED-PAYLOAD only where the service takes it: the streamed PutMedia body.
+    unsigned_ok = streaming and declared == UNSIGNED_PAYLOAD
+    if declared is not None and not is_hex_sha256(declared) and not unsigned_ok:
+        raise InvalidSignatureError(
+            "The 'x-amz-content-sha256' header must be the hex SHA-256 of the payload"
+            + (" or UNSIGNED-PAYLOAD." if streaming else ".")
+        )
+    if streaming:
         # A streaming body is not hashed: the signer used the header, or the hash of
         # the empty string as the C producer does for PutMedia.
         payload_hash = declared or EMPTY_SHA256
     else:
         actual = hashlib.sha256(await request.read()).hexdigest()
-        if declared is not None and is_hex_sha256(declared) and declared != actual:
+        if declared is not None and declared != actual:
             raise InvalidSignatureError(
                 "The provided 'x-amz-content-sha256' header does not match what was computed."
             )
@@ -127,6 +148,7 @@ async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.Strea
         headers=list(request.headers.items()),
         payload_hash=payload_hash,
         credentials=credentials,
+        region=ctx.config.default_region,
     )
     return await handler(request)
 
@@ -139,7 +161,7 @@ def create_app(
     context: EmulatorContext, route_installers: Sequence[RouteInstaller] | None = None
 ) -> web.Application:
     """The aiohttp application of an emulator over ``context``."""
-    app = web.Application(middlewares=[_errors_middleware, _sigv4_middleware])
+    app = web.Application(middlewares=[_errors_middleware, _host_middleware, _sigv4_middleware])
     app[EMULATOR] = context
     app.on_response_prepare.append(_add_request_id)
     for install in DEFAULT_ROUTE_INSTALLERS if route_installers is None else route_installers:
@@ -413,6 +435,8 @@ def run_forever(
     credentials: Mapping[str, str] | None = None,
     *,
     rate_limits: bool = False,
+    advertised_url: str | None = None,
+    region: str = "us-east-1",
 ) -> None:
     """Serve until SIGINT or SIGTERM (for the CLI).
 
@@ -427,6 +451,8 @@ def run_forever(
             port=port,
             credentials=credentials,
             rate_limits=rate_limits,
+            advertised_url=advertised_url,
+            default_region=region,
         )
         await emulator.start()
         loop = asyncio.get_running_loop()

@@ -171,6 +171,9 @@ class FragmentMeta:
     handler may pass the time the fragment arrived instead. ``size`` is the
     FragmentSizeInBytes reported by ListFragments (default: the payload length).
     ``tags`` are the fragment's metadata items in order (name, value).
+    ``fragment_number``: one from :meth:`Store.reserve_fragment_number` (PutMedia
+    reserves it when the fragment's first byte arrives, to put it in BUFFERING and
+    RECEIVED acks); default: assigned at commit.
     """
 
     producer_timestamp_ms: int
@@ -178,6 +181,7 @@ class FragmentMeta:
     server_timestamp_ms: int | None = None
     size: int | None = None
     tags: tuple[tuple[str, str], ...] = ()
+    fragment_number: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -326,6 +330,7 @@ class Store:
         )
         self._closed = False
         self._close_called = False
+        self._number_lock = threading.Lock()
         conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         try:
@@ -504,11 +509,20 @@ class Store:
         else:
             op.future.set_result(result)
 
-    def _next_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
-        micros = max(server_ts_ms * 1000, self._last_us + 1)
-        self._last_us = micros
+    def reserve_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
+        """A new fragment number, larger than every one given out before (thread-safe).
+
+        Pass it back in :attr:`FragmentMeta.fragment_number`; a reserved number that is
+        never used leaves a gap, which fragment numbers may have.
+        """
+        with self._number_lock:
+            micros = max(server_ts_ms * 1000, self._last_us + 1)
+            self._last_us = micros
         head = f"{_FRAGMENT_NUMBER_PREFIX}{micros:016d}{stream_id % 10**10:010d}"
         return f"{head}{zlib.crc32(head.encode()) % 10**10:010d}"
+
+    def _next_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
+        return self.reserve_fragment_number(stream_id, server_ts_ms)
 
     def _load_last_us(self) -> int:
         row = self._conn.execute("SELECT MAX(fragment_number) FROM fragments").fetchone()
@@ -546,7 +560,7 @@ class Store:
 
     def _commit_appends(self, ops: list[_Append]) -> None:
         ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
-        records: list[tuple[_Append, FragmentRecord]] = []
+        records: list[tuple[_Append, FragmentRecord, int]] = []
         dirty: dict[int, None] = {}
         for op in ops:
             try:
@@ -561,7 +575,7 @@ class Store:
                 server_ts = op.meta.server_timestamp_ms
                 if server_ts is None:
                     server_ts = _now_ms()
-                number = self._next_fragment_number(stream_id, server_ts)
+                number = op.meta.fragment_number or self._next_fragment_number(stream_id, server_ts)
                 rel_path = f"media/{stream_id}/{_segment_name(server_ts)}"
                 fd = self._segment_fd(rel_path)
                 offset = os.fstat(fd).st_size
@@ -586,6 +600,7 @@ class Store:
                         length=len(op.payload),
                         tags=tuple(op.meta.tags),
                     ),
+                    fd,
                 )
             )
         if not records:
@@ -595,54 +610,77 @@ class Store:
         # answered, at about the cost of one sync instead of two in a row. A crash
         # between the two leaves index rows past the end of a segment; they are
         # dropped when the store opens (_drop_rows_past_segment_ends).
-        syncs = [self._fsync_pool.submit(os.fsync, fd) for fd in dirty]
+        syncs = {fd: self._fsync_pool.submit(os.fsync, fd) for fd in dirty}
+        committed: list[tuple[_Append, FragmentRecord, int]] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    f"INSERT INTO fragments ({_FRAGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            r.stream_id,
-                            r.fragment_number,
-                            r.producer_timestamp_ms,
-                            r.server_timestamp_ms,
-                            r.duration_ms,
-                            r.size,
-                            r.path,
-                            r.offset,
-                            r.length,
-                        )
-                        for _, r in records
-                    ],
-                )
-                self._conn.executemany(
-                    "INSERT INTO fragment_tags (stream_id, fragment_number, seq, name, value) "
-                    "VALUES (?,?,?,?,?)",
-                    [
-                        (r.stream_id, r.fragment_number, seq, name, value)
-                        for _, r in records
-                        for seq, (name, value) in enumerate(r.tags)
-                    ],
-                )
+                for op, record, fd in records:
+                    # One savepoint per fragment: a row SQLite refuses (a number out of
+                    # its range, say) fails that fragment alone, never the others
+                    # committed with it, which may be other streams' uploads.
+                    self._conn.execute("SAVEPOINT fragment")
+                    try:
+                        self._insert_rows(record)
+                    except (sqlite3.Error, OverflowError, ValueError) as exc:
+                        self._conn.execute("ROLLBACK TO fragment")
+                        self._conn.execute("RELEASE fragment")
+                        logger.warning("fragment of %s not indexed: %s", op.stream_name, exc)
+                        op.future.set_exception(EmulatorError(f"cannot index the fragment: {exc}"))
+                        continue
+                    self._conn.execute("RELEASE fragment")
+                    committed.append((op, record, fd))
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            for sync in syncs:
-                sync.result()
         except BaseException as exc:
-            logger.exception("persisting %d fragment(s) failed", len(records))
-            for op, _ in records:
+            logger.exception("persisting %d fragment(s) failed", len(committed))
+            for op, _, _ in committed:
                 op.future.set_exception(exc)
+            for sync in syncs.values():
+                with contextlib.suppress(OSError):
+                    sync.result()
             return
-        for op, record in records:
+        for op, record, fd in committed:
+            try:
+                syncs[fd].result()
+            except OSError as exc:
+                # The index has the row but its bytes may not be durable: do not
+                # acknowledge it (a restart drops rows past a segment's end).
+                logger.error("fsync of %s failed: %s", record.path, exc)
+                op.future.set_exception(exc)
+                continue
             op.future.set_result(record)
             for listener in self._listeners:
                 try:
                     listener(record)
                 except Exception:
                     logger.exception("fragment listener failed")
+
+    def _insert_rows(self, r: FragmentRecord) -> None:
+        self._conn.execute(
+            f"INSERT INTO fragments ({_FRAGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                r.stream_id,
+                r.fragment_number,
+                r.producer_timestamp_ms,
+                r.server_timestamp_ms,
+                r.duration_ms,
+                r.size,
+                r.path,
+                r.offset,
+                r.length,
+            ),
+        )
+        self._conn.executemany(
+            "INSERT INTO fragment_tags (stream_id, fragment_number, seq, name, value) "
+            "VALUES (?,?,?,?,?)",
+            [
+                (r.stream_id, r.fragment_number, seq, name, value)
+                for seq, (name, value) in enumerate(r.tags)
+            ],
+        )
 
     def _drop_rows_past_segment_ends(self) -> None:
         # Index rows may commit before their segment bytes were synced (see

@@ -12,6 +12,10 @@ How it stays linear and bounded (the habits of h11's receive buffer):
   ``max_element_size`` is an error before anything is allocated.
 * Elements it does not need (SeekHead, Cues, Void, unknown IDs) are skipped by size
   without being buffered, however large they claim to be.
+* Tags are bounded on their own: a Tags element larger than ``max_tags_size``, more
+  than ``max_tags`` SimpleTags in one fragment, or SimpleTags nested deeper than
+  ``max_depth`` are errors. Nested SimpleTags are walked with an explicit stack, never
+  by recursion, so depth costs no Python frames.
 * Segments and Clusters are descended into, so their size (known or unknown) costs
   nothing; an unknown-size one ends where an element that cannot be its child starts
   (RFC 8794 section 6.2; only Segment and Cluster may have unknown size in Matroska).
@@ -46,6 +50,12 @@ from kvs_toolkit.mkv.model import (
 # 64 MiB: above the service's 50 MB fragment limit (KVS-WIRE.md "Limits"), so any single
 # frame KVS accepts fits, while a garbage size cannot make us allocate gigabytes.
 DEFAULT_MAX_ELEMENT_SIZE: Final = 64 * 1024 * 1024
+# Tags: the service keeps 10 metadata items per fragment (KVS-WIRE.md "Limits"), and
+# GetMedia adds a handful; a producer's header tags are dozens. These bounds leave
+# room for any real stream while a tag flood costs bounded memory and time.
+DEFAULT_MAX_TAGS_SIZE: Final = 1024 * 1024
+DEFAULT_MAX_TAGS: Final = 4096
+DEFAULT_MAX_DEPTH: Final = 32
 # A Matroska EBML header is a few dozen bytes; anything huge is not an MKV stream.
 _MAX_EBML_HEADER_SIZE: Final = 4096
 # Drop consumed bytes once this many have piled up at the front of the buffer.
@@ -173,8 +183,18 @@ class MkvReader:
     error is raised by the next call (and is visible at once as :attr:`error`).
     """
 
-    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+        max_tags_size: int = DEFAULT_MAX_TAGS_SIZE,
+        max_tags: int = DEFAULT_MAX_TAGS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self.max_element_size = max_element_size
+        self.max_tags_size = max_tags_size
+        self.max_tags = max_tags
+        self.max_depth = max_depth
         self._buf = bytearray()
         self._pos = 0  # read position inside _buf
         self._base = 0  # absolute offset of _buf[0]
@@ -196,6 +216,15 @@ class MkvReader:
     def buffered(self) -> int:
         """Bytes held but not yet parsed (bounded by one element plus one chunk)."""
         return len(self._buf) - self._pos
+
+    @property
+    def skipping(self) -> int:
+        """Bytes of a skipped element (Void, unknown ID, ...) still to come.
+
+        Non-zero at the end of input means an element claimed more bytes than the
+        input held.
+        """
+        return self._skip
 
     @property
     def error(self) -> MkvError | None:
@@ -340,7 +369,12 @@ class MkvReader:
                 continue
 
             if element_id in _READ_WHOLE and self._in_place_for(element_id):
-                limit = _MAX_EBML_HEADER_SIZE if element_id == ids.EBML else self.max_element_size
+                if element_id == ids.EBML:
+                    limit = _MAX_EBML_HEADER_SIZE
+                elif element_id == ids.TAGS:
+                    limit = min(self.max_tags_size, self.max_element_size)
+                else:
+                    limit = self.max_element_size
                 if size > limit:
                     raise MkvError(
                         f"element 0x{element_id:X} claims {size} bytes, over the "
@@ -445,7 +479,8 @@ class MkvReader:
             events.append(TracksRead(offset, _parse_tracks(payload, data_offset)))
         elif element_id == ids.TAGS:
             end = data_offset + len(payload)
-            events.append(TagsRead(offset, _parse_tags(payload, data_offset), end))
+            tags = _parse_tags(payload, data_offset, self.max_tags, self.max_depth)
+            events.append(TagsRead(offset, tags, end))
 
     def _block(
         self,
@@ -609,34 +644,47 @@ def _parse_tracks(payload: bytes, data_offset: int) -> tuple[TrackInfo, ...]:
     return tuple(tracks)
 
 
-def _parse_tags(payload: bytes, data_offset: int) -> tuple[Tag, ...]:
+def _parse_tags(payload: bytes, data_offset: int, max_tags: int, max_depth: int) -> tuple[Tag, ...]:
     tags: list[Tag] = []
     for child_id, tag, tag_offset in iter_children(payload, data_offset):
         if child_id != ids.TAG:
             continue
         for tag_child_id, simple, simple_offset in iter_children(tag, tag_offset):
             if tag_child_id == ids.SIMPLE_TAG:
-                _collect_simple_tag(simple, simple_offset, tags)
+                _collect_simple_tags(simple, simple_offset, tags, max_tags, max_depth)
     return tuple(tags)
 
 
-def _collect_simple_tag(payload: memoryview, offset: int, out: list[Tag]) -> None:
-    name = ""
-    value = ""
-    binary: bytes | None = None
-    nested: list[tuple[memoryview, int]] = []
-    for child_id, child, child_offset in iter_children(payload, offset):
-        if child_id == ids.TAG_NAME:
-            name = decode_string(child)
-        elif child_id == ids.TAG_STRING:
-            value = decode_string(child)
-        elif child_id == ids.TAG_BINARY:
-            binary = bytes(child)
-        elif child_id == ids.SIMPLE_TAG:
-            nested.append((child, child_offset))
-    out.append(Tag(name, value, binary))
-    for child, child_offset in nested:
-        _collect_simple_tag(child, child_offset, out)
+def _collect_simple_tags(
+    payload: memoryview, offset: int, out: list[Tag], max_tags: int, max_depth: int
+) -> None:
+    """A SimpleTag and its nested SimpleTags, depth first in document order.
+
+    An explicit stack instead of recursion: 5,000 nested SimpleTags are an MkvError at
+    ``max_depth``, not a RecursionError.
+    """
+    stack: list[tuple[memoryview, int, int]] = [(payload, offset, 1)]
+    while stack:
+        data, at, depth = stack.pop()
+        if depth > max_depth:
+            raise MkvError(f"SimpleTags nested deeper than {max_depth} levels", at)
+        if len(out) >= max_tags:
+            raise MkvError(f"more than {max_tags} SimpleTags in one Tags element", at)
+        name = ""
+        value = ""
+        binary: bytes | None = None
+        nested: list[tuple[memoryview, int, int]] = []
+        for child_id, child, child_offset in iter_children(data, at):
+            if child_id == ids.TAG_NAME:
+                name = decode_string(child)
+            elif child_id == ids.TAG_STRING:
+                value = decode_string(child)
+            elif child_id == ids.TAG_BINARY:
+                binary = bytes(child)
+            elif child_id == ids.SIMPLE_TAG:
+                nested.append((child, child_offset, depth + 1))
+        out.append(Tag(name, value, binary))
+        stack.extend(reversed(nested))
 
 
 # --- fragments ----------------------------------------------------------------------------
@@ -655,8 +703,21 @@ class FragmentReader:
     writes them last), or when the next Cluster or document starts, or at ``close()``.
     """
 
-    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
-        self._reader = MkvReader(max_element_size=max_element_size)
+    def __init__(
+        self,
+        *,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+        max_tags_size: int = DEFAULT_MAX_TAGS_SIZE,
+        max_tags: int = DEFAULT_MAX_TAGS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self._reader = MkvReader(
+            max_element_size=max_element_size,
+            max_tags_size=max_tags_size,
+            max_tags=max_tags,
+            max_depth=max_depth,
+        )
+        self._max_tags = max_tags
         self._tracks: tuple[TrackInfo, ...] = ()
         self._scale = 1_000_000
         self._document = -1
@@ -713,6 +774,9 @@ class FragmentReader:
             if isinstance(event, FrameRead):
                 self._frames.append(event.frame)
             elif isinstance(event, TagsRead):
+                if len(self._tags) + len(self._trailing) + len(event.tags) > self._max_tags:
+                    # Many small Tags elements add up: the bound is per fragment.
+                    raise MkvError(f"more than {self._max_tags} tags in one fragment", event.offset)
                 if self._has_cluster:
                     self._trailing.extend(event.tags)
                     if any(t.name == TAG_CONTINUATION_TOKEN for t in event.tags):
