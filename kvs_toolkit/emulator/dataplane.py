@@ -342,9 +342,10 @@ class _Upload:
     def _handle(self, events: list[FragmentStarted | FragmentComplete | FragmentRejected]) -> None:
         for event in events:
             if isinstance(event, FragmentStarted):
-                now_ms = time.time_ns() // 1_000_000
-                number = self.ctx.store.sync.reserve_fragment_number(self.stream.stream_id, now_ms)
-                self._numbers[event.index] = (number, now_ms)
+                number, server_ms = self.ctx.store.sync.reserve_fragment_number(
+                    self.stream.stream_id, time.time_ns() // 1_000_000
+                )
+                self._numbers[event.index] = (number, server_ms)
                 self.sender.queue.put_nowait(Ack(AckEventType.BUFFERING, event.timecode, number))
             elif isinstance(event, FragmentComplete):
                 reserved = self._numbers.get(event.index)

@@ -673,8 +673,9 @@ def _requested_number(request: web.Request, session: PlaybackSession) -> str:
     number = request.query.get("FragmentNumber")
     sequence_text = request.query.get("SequenceNumber")
     if number is None and sequence_text is not None:
-        sequence = query_int(sequence_text, "SequenceNumber", 0, 2**63 - 1)
-        entry = session.index.by_sequence(sequence)
+        if not (sequence_text.isascii() and sequence_text.isdigit()) or len(sequence_text) > 18:
+            raise InvalidArgumentError(f"SequenceNumber {sequence_text[:40]!r} is not a number.")
+        entry = session.index.by_sequence(int(sequence_text))
         if entry is None:
             raise ResourceNotFoundError(f"No fragment with sequence number {sequence_text}.")
         number = entry.fragment_number

@@ -109,7 +109,10 @@ _BROWSER_PREFIXES = ("/hls/", "/dash/")
 @web.middleware
 async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     if web_page.is_page_request(request) or request.path.startswith(_BROWSER_PREFIXES):
-        request.app[EMULATOR].check_host(request)
+        try:
+            request.app[EMULATOR].check_host(request)
+        except ServiceError as exc:  # outermost middleware: answer here
+            return error_response(exc)
     return await handler(request)
 
 
@@ -161,11 +164,13 @@ def create_app(
     context: EmulatorContext, route_installers: Sequence[RouteInstaller] | None = None
 ) -> web.Application:
     """The aiohttp application of an emulator over ``context``."""
-    app = web.Application(middlewares=[_errors_middleware, _host_middleware, _sigv4_middleware])
+    app = web.Application(middlewares=[_errors_middleware, _sigv4_middleware])
     app[EMULATOR] = context
     app.on_response_prepare.append(_add_request_id)
     for install in DEFAULT_ROUTE_INSTALLERS if route_installers is None else route_installers:
         install(app)
+    # First of all, before any installer's middleware (HLS checks session tokens).
+    app.middlewares.insert(0, _host_middleware)
     return app
 
 

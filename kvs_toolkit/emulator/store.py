@@ -509,20 +509,28 @@ class Store:
         else:
             op.future.set_result(result)
 
-    def reserve_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
-        """A new fragment number, larger than every one given out before (thread-safe).
+    def reserve_fragment_number(self, stream_id: int, server_ts_ms: int) -> tuple[str, int]:
+        """A new fragment number and its server timestamp in ms (thread-safe).
 
-        Pass it back in :attr:`FragmentMeta.fragment_number`; a reserved number that is
-        never used leaves a gap, which fragment numbers may have.
+        Both grow strictly: the timestamp by at least 1 ms from the previous reservation,
+        so fragments that arrive in one burst still have distinct server timestamps.
+        Pass them back in :class:`FragmentMeta`; a number never used leaves a gap, which
+        fragment numbers may have.
         """
         with self._number_lock:
-            micros = max(server_ts_ms * 1000, self._last_us + 1)
+            micros = max(server_ts_ms * 1000, (self._last_us // 1000 + 1) * 1000)
             self._last_us = micros
+        return self._format_number(stream_id, micros), micros // 1000
+
+    def _format_number(self, stream_id: int, micros: int) -> str:
         head = f"{_FRAGMENT_NUMBER_PREFIX}{micros:016d}{stream_id % 10**10:010d}"
         return f"{head}{zlib.crc32(head.encode()) % 10**10:010d}"
 
     def _next_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
-        return self.reserve_fragment_number(stream_id, server_ts_ms)
+        with self._number_lock:
+            micros = max(server_ts_ms * 1000, self._last_us + 1)
+            self._last_us = micros
+        return self._format_number(stream_id, micros)
 
     def _load_last_us(self) -> int:
         row = self._conn.execute("SELECT MAX(fragment_number) FROM fragments").fetchone()

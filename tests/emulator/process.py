@@ -11,8 +11,10 @@ import contextlib
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -171,6 +173,91 @@ def request(
         conn.close()
 
 
+def stream_request(
+    url: str,
+    path: str,
+    pieces: Iterable[bytes],
+    headers: dict[str, str],
+    *,
+    host: str | None = None,
+    timeout: float = 60,
+) -> Reply:
+    """A chunked POST whose body is sent by another thread while the answer is read.
+
+    Unlike :func:`request`, the answer is read as it comes, so a server that answers
+    and stops reading early (a refused flood) is still heard; send errors after that
+    are ignored.
+    """
+    parts = urlsplit(url)
+    assert parts.hostname is not None and parts.port is not None
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=timeout)
+    head = [f"POST {path} HTTP/1.1", f"Host: {host or parts.netloc}",
+            "Transfer-Encoding: chunked", "Connection: close"]  # fmt: skip
+    head += [f"{name}: {value}" for name, value in headers.items()]
+    sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+
+    def send() -> None:
+        with contextlib.suppress(OSError):
+            for piece in pieces:
+                if piece:
+                    sock.sendall(b"%x\r\n%s\r\n" % (len(piece), piece))
+            sock.sendall(b"0\r\n\r\n")
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    received = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            received += data
+            if _complete(received):
+                break
+    finally:
+        sock.close()
+        sender.join(timeout)
+    return _parse_response(bytes(received))
+
+
+def _complete(data: bytes) -> bool:
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    if b"transfer-encoding: chunked" in head.lower():
+        return body.endswith(b"0\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return False
+
+
+def _parse_response(data: bytes) -> Reply:
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding") == "chunked":
+        out = bytearray()
+        pos = 0
+        while True:
+            eol = body.index(b"\r\n", pos)
+            size = int(body[pos:eol].split(b";")[0], 16)
+            if size == 0:
+                break
+            out += body[eol + 2 : eol + 2 + size]
+            pos = eol + 2 + size + 2
+        body = bytes(out)
+    return Reply(status, headers, body)
+
+
 def put_media(
     url: str,
     stream: str,
@@ -194,7 +281,7 @@ def put_media(
             payload_hash=EMPTY_SHA256,
         )  # fmt: skip
         headers = {k: v for k, v in headers.items() if k.lower() != "host"}
-    return request(url, "/putMedia", iter(pieces), headers, host=host)
+    return stream_request(url, "/putMedia", pieces, headers, host=host)
 
 
 def call(url: str, path: str, payload: dict[str, Any], *, sign: bool = False,
