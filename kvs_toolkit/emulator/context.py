@@ -25,6 +25,7 @@ from kvs_toolkit.emulator.errors import (
     AccessDeniedError,
     ClientLimitExceededError,
     InvalidArgumentError,
+    RequestTimeoutError,
     SerializationError,
     ServiceError,
 )
@@ -63,6 +64,8 @@ class EmulatorConfig:
     credential scope must name it. ``rate_limits``: refuse calls over the service's
     per-stream TPS limits (:data:`TPS_LIMITS`) with ClientLimitExceededException, so a
     client's back-off can be tried locally; off by default (tests would be throttled).
+    ``idle_timeout_s``: a connection that sends nothing (or half a request head) for
+    this long is closed, and a request body that stalls this long is refused.
     """
 
     account_id: str = "123456789012"
@@ -71,6 +74,7 @@ class EmulatorConfig:
     state_delay: float = 0.0
     advertised_url: str | None = None
     rate_limits: bool = False
+    idle_timeout_s: float = 30.0
 
 
 #: Calls per second per stream (KVS-WIRE.md "Limits": PutMedia and GetMedia 5 TPS per
@@ -254,9 +258,19 @@ def _json_constant(text: str) -> Any:
     raise ValueError(f"{text} is not JSON")
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The whole request body, refused when it stalls (a half-sent request holds no
+    handler for ever)."""
+    timeout = request.app[EMULATOR].config.idle_timeout_s
+    try:
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError as exc:
+        raise RequestTimeoutError(f"The request body did not arrive within {timeout:g} s.") from exc
+
+
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The request body as a JSON object (an empty body counts as ``{}``)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         return {}
     try:

@@ -22,6 +22,7 @@ __all__ = [
     "ClientLimitExceededError",
     "InvalidArgumentError",
     "NotAuthorizedError",
+    "RequestTimeoutError",
     "ResourceInUseError",
     "ResourceNotFoundError",
     "SerializationError",
@@ -108,3 +109,10 @@ class AccessDeniedError(ServiceError):
 
     code = "AccessDeniedException"
     status = 403
+
+
+class RequestTimeoutError(ServiceError):
+    """A request whose body stopped arriving (the AWS front end's RequestTimeout)."""
+
+    code = "RequestTimeoutException"
+    status = 408

@@ -43,6 +43,7 @@ from kvs_toolkit.emulator.context import (
     EmulatorConfig,
     EmulatorContext,
     error_response,
+    read_body,
 )
 from kvs_toolkit.emulator.errors import ServiceError, UnknownOperationError
 from kvs_toolkit.emulator.events import StreamEvents
@@ -137,7 +138,7 @@ async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.Strea
         # the empty string as the C producer does for PutMedia.
         payload_hash = declared or EMPTY_SHA256
     else:
-        actual = hashlib.sha256(await request.read()).hexdigest()
+        actual = hashlib.sha256(await read_body(request)).hexdigest()
         if declared is not None and declared != actual:
             raise InvalidSignatureError(
                 "The provided 'x-amz-content-sha256' header does not match what was computed."
@@ -181,8 +182,9 @@ class Emulator:
     thread; ``async with Emulator() as emu`` (or ``await emu.start()`` /
     ``await emu.stop()``) runs it on the current loop. ``data_dir=None`` uses a
     temporary directory removed on stop; a path keeps everything across restarts.
-    ``rate_limits=True`` refuses calls over the service's per-stream TPS limits (see
-    :class:`EmulatorConfig`).
+    ``rate_limits=True`` refuses calls over the service's per-stream TPS limits;
+    ``idle_timeout`` closes idle and half-sent connections (see :class:`EmulatorConfig`).
+    ``default_region`` is the emulator's region (checked in SigV4 credential scopes).
 
     ``emu.store`` is the :class:`AsyncStore` (on the emulator's loop; ``emu.store.sync``
     is the blocking, thread-safe store), ``emu.events`` the :class:`StreamEvents` that
@@ -201,6 +203,7 @@ class Emulator:
         state_delay: float = 0.0,
         advertised_url: str | None = None,
         rate_limits: bool = False,
+        idle_timeout: float = 30.0,
         retention_sweep_interval: float = 60.0,
         max_streams: int | None = None,
         route_installers: Sequence[RouteInstaller] | None = None,
@@ -214,6 +217,7 @@ class Emulator:
             state_delay=state_delay,
             advertised_url=advertised_url,
             rate_limits=rate_limits,
+            idle_timeout_s=idle_timeout,
         )
         self._data_dir_arg = None if data_dir is None else Path(data_dir)
         self._retention_sweep_interval = retention_sweep_interval
@@ -296,8 +300,14 @@ class Emulator:
         app = create_app(context, self._route_installers)
         # handler_cancellation: a long-lived GetMedia handler is cancelled as soon as its
         # client disconnects, which frees the stream's connection slot at once.
+        # keepalive_timeout: aiohttp closes a connection idle (or stuck in a half-sent
+        # request head) this long; stalled bodies are refused by read_body.
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+            app,
+            access_log=None,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
+            keepalive_timeout=self.config.idle_timeout_s,
         )
         try:
             await runner.setup()

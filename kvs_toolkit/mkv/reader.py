@@ -29,6 +29,7 @@ from typing import Final, TypeAlias
 
 from kvs_toolkit.errors import MkvError
 from kvs_toolkit.mkv import ids
+from kvs_toolkit.mkv.blocks import BlockFrames, parse_block, parse_block_group
 from kvs_toolkit.mkv.ebml import (
     UNKNOWN_SIZE,
     decode_float,
@@ -37,7 +38,6 @@ from kvs_toolkit.mkv.ebml import (
     iter_children,
     read_element_id,
     read_size,
-    read_vint,
 )
 from kvs_toolkit.mkv.model import (
     TAG_CONTINUATION_TOKEN,
@@ -441,28 +441,16 @@ class MkvReader:
         self, events: list[Event], element_id: int, payload: bytes, offset: int, data_offset: int
     ) -> None:
         if element_id == ids.SIMPLE_BLOCK:
-            self._block(events, payload, offset, data_offset, simple=True, has_reference=False)
+            self._block(events, parse_block(payload, self._cluster_timecode, offset))
         elif element_id == ids.TIMECODE:
             self._cluster_timecode = decode_uint(payload, offset)
             events.append(ClusterTimecode(offset, self._cluster_timecode))
         elif element_id == ids.BLOCK_GROUP:
-            block: memoryview | None = None
-            block_offset = offset
-            has_reference = False
-            for child_id, child, child_offset in iter_children(payload, data_offset):
-                if child_id == ids.BLOCK:
-                    block, block_offset = child, child_offset
-                elif child_id == ids.REFERENCE_BLOCK:
-                    has_reference = True
+            if self._cluster_timecode is None:
+                raise MkvError("block before the Cluster's Timecode", offset)
+            block = parse_block_group(payload, self._cluster_timecode, data_offset)
             if block is not None:
-                self._block(
-                    events,
-                    block,
-                    block_offset,
-                    block_offset,
-                    simple=False,
-                    has_reference=has_reference,
-                )
+                self._block(events, block)
         elif element_id == ids.EBML:
             doc_type = "matroska"
             for child_id, child, _ in iter_children(payload, data_offset):
@@ -482,101 +470,23 @@ class MkvReader:
             tags = _parse_tags(payload, data_offset, self.max_tags, self.max_depth)
             events.append(TagsRead(offset, tags, end))
 
-    def _block(
-        self,
-        events: list[Event],
-        payload: bytes | memoryview,
-        offset: int,
-        data_offset: int,
-        *,
-        simple: bool,
-        has_reference: bool,
-    ) -> None:
-        if self._cluster_timecode is None:
-            raise MkvError("block before the Cluster's Timecode", offset)
-        end = len(payload)
-        track, track_len = read_vint(payload, 0, end, data_offset)
-        header_end = track_len + 3
-        if header_end > end:
-            raise MkvError("truncated block header", offset)
-        relative = int.from_bytes(payload[track_len : track_len + 2], "big", signed=True)
-        flags = payload[track_len + 2]
-        timecode = self._cluster_timecode + relative
-        if simple:
-            keyframe = bool(flags & 0x80)
-            discardable = bool(flags & 0x01)
-        else:
-            keyframe = not has_reference
-            discardable = False
-        invisible = bool(flags & 0x08)
-        timestamp_ns = timecode * self._timecode_scale
-        view = memoryview(payload)
-        lacing = (flags >> 1) & 0x03
-        if lacing == 0:
-            laces = [view[header_end:]]
-        else:
-            laces = _split_laces(view, header_end, lacing, data_offset)
-        for lace in laces:
+    def _block(self, events: list[Event], block: BlockFrames) -> None:
+        timestamp_ns = block.timecode * self._timecode_scale
+        for lace in block.frames:
             events.append(
                 FrameRead(
                     Frame(
-                        track_number=track,
-                        timecode=timecode,
+                        track_number=block.track_number,
+                        timecode=block.timecode,
                         timestamp_ns=timestamp_ns,
-                        keyframe=keyframe,
+                        keyframe=block.keyframe,
                         data=lace,
-                        invisible=invisible,
-                        discardable=discardable,
-                        offset=offset,
+                        invisible=block.invisible,
+                        discardable=block.discardable,
+                        offset=block.offset,
                     )
                 )
             )
-
-
-def _split_laces(view: memoryview, pos: int, lacing: int, offset: int) -> list[memoryview]:
-    """Split a laced block (Matroska 10.3: Xiph=1, fixed=2, EBML=3) into frames."""
-    end = len(view)
-    if pos >= end:
-        raise MkvError("truncated lacing header", offset)
-    count = view[pos] + 1
-    pos += 1
-    sizes: list[int] = []
-    if lacing == 1:  # Xiph: each size is a run of 255s plus a final byte
-        for _ in range(count - 1):
-            size = 0
-            while True:
-                if pos >= end:
-                    raise MkvError("truncated Xiph lace sizes", offset)
-                byte = view[pos]
-                pos += 1
-                size += byte
-                if byte != 255:
-                    break
-            sizes.append(size)
-    elif lacing == 3:  # EBML: first size unsigned, then signed differences
-        size, length = read_vint(view, pos, end, offset)
-        pos += length
-        sizes.append(size)
-        for _ in range(count - 2):
-            raw, length = read_vint(view, pos, end, offset)
-            pos += length
-            size += raw - ((1 << (7 * length - 1)) - 1)
-            if size < 0:
-                raise MkvError("negative EBML lace size", offset)
-            sizes.append(size)
-    else:  # fixed-size lacing
-        total = end - pos
-        if total % count:
-            raise MkvError(f"fixed lacing: {total} bytes do not split into {count} frames", offset)
-        sizes = [total // count] * (count - 1)
-    laces: list[memoryview] = []
-    for size in sizes:
-        if pos + size > end:
-            raise MkvError("lace sizes overrun the block", offset)
-        laces.append(view[pos : pos + size])
-        pos += size
-    laces.append(view[pos:end])
-    return laces
 
 
 def _parse_info(payload: bytes, data_offset: int, offset: int) -> SegmentInfo:
