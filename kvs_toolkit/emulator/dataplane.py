@@ -42,8 +42,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from kvs_toolkit.acks import Ack, AckEventType
-from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, read_json
+from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, error_response, read_json
 from kvs_toolkit.emulator.errors import (
+    ClientLimitExceededError,
     InvalidArgumentError,
     ResourceNotFoundError,
     ServiceError,
@@ -110,11 +111,45 @@ class DataPlaneConfig:
     getmedia_stall_timeout_s: float = GETMEDIA_STALL_TIMEOUT_S
 
 
+class RefusalLimiter:
+    """Per stream, PutMedia uploads refused with a fatal error: a burst of
+    :data:`REFUSAL_BURST`, then :data:`REFUSAL_RATE` per second (the service's PutMedia
+    limit of 5 per second per stream); over that, new PutMedia calls on the stream are
+    ClientLimitExceededException before any parsing. Well-behaved producers never see
+    it; a client that floods a stream with bad uploads costs bounded work per second.
+    """
+
+    def __init__(self, rate: float = 5.0, burst: float = 10.0, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._tokens: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
+
+    def _current(self, key: str, now: float) -> float:
+        tokens, updated = self._tokens.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - updated) * self.rate)
+
+    def check(self, key: str, now: float) -> None:
+        if key in self._tokens and self._current(key, now) < 1:
+            raise ClientLimitExceededError(
+                f"Too many refused PutMedia calls on stream {key[:256]}; retry later."
+            )
+
+    def count(self, key: str, now: float) -> None:
+        if len(self._tokens) >= self.max_keys:
+            # Forget the streams that are back to a full bucket (bounded memory).
+            self._tokens = {
+                k: v for k, v in self._tokens.items() if self._current(k, now) < self.burst
+            }
+        self._tokens[key] = (max(0.0, self._current(key, now) - 1), now)
+
+
 @dataclass
 class DataPlaneState:
     """Open connections per stream id, for the service's per-stream limits."""
 
     config: DataPlaneConfig = field(default_factory=DataPlaneConfig)
+    refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
     putmedia: dict[int, list[_Upload]] = field(default_factory=dict)
     getmedia: dict[int, int] = field(default_factory=dict)
 
@@ -219,6 +254,19 @@ class _AckSender:
 async def put_media(request: web.Request) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
     state = request.app[DATAPLANE]
+    # Checked first, before any work: a stream whose uploads keep being refused.
+    refusal_key = (
+        request.headers.get("x-amzn-stream-name") or request.headers.get("x-amzn-stream-arn") or ""
+    )
+    try:
+        state.refusals.check(refusal_key, time.monotonic())
+    except ClientLimitExceededError as exc:
+        # Answered and closed at once: no reading (and discarding) of the body.
+        refused = error_response(exc)
+        await refused.prepare(request)
+        await refused.write_eof()
+        request.protocol.force_close()
+        return refused
     stream = await _stream_from_headers(ctx, request)
     ctx.check_rate(stream, "PutMedia")
     timecode_type = request.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE")
@@ -241,10 +289,17 @@ async def put_media(request: web.Request) -> web.StreamResponse:
         try:
             await upload.run(request)
         finally:
+            if upload.session.failed:
+                state.refusals.count(refusal_key, time.monotonic())
             sender.queue.put_nowait(None)
             await sender_task
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.write_eof()
+        if not request.content.at_eof():
+            # The upload was refused or ended early: close now rather than read and
+            # discard the rest of its body (aiohttp's lingering close would keep a
+            # flooding client's bytes coming for seconds).
+            request.protocol.force_close()
         return response
 
 

@@ -56,12 +56,15 @@ MAX_FRAGMENT_DURATION_MS: Final = 10_000
 # datetime can hold); a later one would be stored and then break ListFragments.
 MAX_PRODUCER_TIMESTAMP_MS: Final = 253_402_300_799_999
 # Pending tags between Clusters (header tags are dozens; a fragment keeps 10 items).
-MAX_PENDING_TAGS: Final = 1000
-MAX_PENDING_TAG_BYTES: Final = 256 * 1024
+# Small on purpose: the tags parsed before a flood is refused are what it costs.
+MAX_PENDING_TAGS: Final = 200
+MAX_PENDING_TAG_BYTES: Final = 64 * 1024
 # One Tags element; SimpleTag nesting.
-MAX_TAGS_ELEMENT_BYTES: Final = 256 * 1024
+MAX_TAGS_ELEMENT_BYTES: Final = 64 * 1024
 MAX_TAG_DEPTH: Final = 8
 _INT16_MAX: Final = 32767
+# Bytes parsed between two checks of the limits (see IngestSession.feed).
+FEED_SLICE: Final = 16 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,16 +169,33 @@ class IngestSession:
         self.bytes_received = 0
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[IngestEvent]:
+        """Parse ``data``; return the events it completed.
+
+        The reader is fed in slices of :data:`FEED_SLICE` bytes and the limits are
+        checked after each, so a chunk full of Tags costs at most one slice of parsing
+        past the point where it is refused.
+        """
+        if len(data) <= FEED_SLICE:
+            return self._feed(data)
+        view = memoryview(data)
+        out: list[IngestEvent] = []
+        for start in range(0, len(view), FEED_SLICE):
+            if self.failed:
+                break
+            out.extend(self._feed(view[start : start + FEED_SLICE]))
+        return out
+
+    def _feed(self, data: bytes | bytearray | memoryview) -> list[IngestEvent]:
         if self.failed:
             return []
         self.bytes_received += len(data)
         try:
             events = self._reader.feed(data)
         except MkvError as exc:
-            return self._fail(4006, f"invalid MKV: {exc}")
+            return self._fail(self._error_id(), f"invalid MKV: {exc}")
         out = self._handle(events)
         if self._reader.error is not None and not self.failed:
-            out.extend(self._fail(4006, f"invalid MKV: {self._reader.error}"))
+            out.extend(self._fail(self._error_id(), f"invalid MKV: {self._reader.error}"))
             return out
         if (
             self._closing is not None
@@ -238,6 +258,12 @@ class IngestSession:
         index = self._building.index if self._building else None
         self._building = None
         return [FragmentRejected(error_id, timecode, reason, fatal=True, index=index)]
+
+    def _error_id(self) -> int:
+        # Too many tags before a Cluster is the metadata limit (4009), not bad MKV.
+        if self._reader.tags_since_cluster + 1 >= self.limits.max_pending_tags:
+            return 4009
+        return 4006
 
     def _finish_closing(self) -> IngestEvent:
         closing, self._closing = self._closing, None

@@ -13,7 +13,7 @@ How it stays linear and bounded (the habits of h11's receive buffer):
 * Elements it does not need (SeekHead, Cues, Void, unknown IDs) are skipped by size
   without being buffered, however large they claim to be.
 * Tags are bounded on their own: a Tags element larger than ``max_tags_size``, more
-  than ``max_tags`` SimpleTags in one fragment, or SimpleTags nested deeper than
+  than ``max_tags`` SimpleTags between two Clusters, or SimpleTags nested deeper than
   ``max_depth`` are errors. Nested SimpleTags are walked with an explicit stack, never
   by recursion, so depth costs no Python frames.
 * Segments and Clusters are descended into, so their size (known or unknown) costs
@@ -195,6 +195,7 @@ class MkvReader:
         self.max_tags_size = max_tags_size
         self.max_tags = max_tags
         self.max_depth = max_depth
+        self._tags_since_cluster = 0
         self._buf = bytearray()
         self._pos = 0  # read position inside _buf
         self._base = 0  # absolute offset of _buf[0]
@@ -216,6 +217,11 @@ class MkvReader:
     def buffered(self) -> int:
         """Bytes held but not yet parsed (bounded by one element plus one chunk)."""
         return len(self._buf) - self._pos
+
+    @property
+    def tags_since_cluster(self) -> int:
+        """SimpleTags read since the last Cluster started (or since the start)."""
+        return self._tags_since_cluster
 
     @property
     def skipping(self) -> int:
@@ -435,6 +441,7 @@ class MkvReader:
             raise MkvError(f"Cluster claims an absurd size of {known} bytes", here)
         self._stack.append(_OpenMaster(element_id, here, end))
         self._cluster_timecode = None
+        self._tags_since_cluster = 0
         events.append(ClusterStart(here, known))
 
     def _handle(
@@ -467,7 +474,11 @@ class MkvReader:
             events.append(TracksRead(offset, _parse_tracks(payload, data_offset)))
         elif element_id == ids.TAGS:
             end = data_offset + len(payload)
-            tags = _parse_tags(payload, data_offset, self.max_tags, self.max_depth)
+            # The budget counts every Tags element since the last Cluster, so many small
+            # ones cost no more than one big one.
+            budget = self.max_tags - self._tags_since_cluster
+            tags = _parse_tags(payload, data_offset, budget, self.max_depth, self.max_tags)
+            self._tags_since_cluster += len(tags)
             events.append(TagsRead(offset, tags, end))
 
     def _block(self, events: list[Event], block: BlockFrames) -> None:
@@ -554,19 +565,23 @@ def _parse_tracks(payload: bytes, data_offset: int) -> tuple[TrackInfo, ...]:
     return tuple(tracks)
 
 
-def _parse_tags(payload: bytes, data_offset: int, max_tags: int, max_depth: int) -> tuple[Tag, ...]:
+def _parse_tags(
+    payload: bytes, data_offset: int, budget: int, max_depth: int, limit: int
+) -> tuple[Tag, ...]:
     tags: list[Tag] = []
     for child_id, tag, tag_offset in iter_children(payload, data_offset):
         if child_id != ids.TAG:
             continue
         for tag_child_id, simple, simple_offset in iter_children(tag, tag_offset):
             if tag_child_id == ids.SIMPLE_TAG:
-                _collect_simple_tags(simple, simple_offset, tags, max_tags, max_depth)
+                _collect_simple_tags(
+                    simple, simple_offset, tags, budget=budget, max_depth=max_depth, limit=limit
+                )
     return tuple(tags)
 
 
 def _collect_simple_tags(
-    payload: memoryview, offset: int, out: list[Tag], max_tags: int, max_depth: int
+    payload: memoryview, offset: int, out: list[Tag], *, budget: int, max_depth: int, limit: int
 ) -> None:
     """A SimpleTag and its nested SimpleTags, depth first in document order.
 
@@ -578,8 +593,8 @@ def _collect_simple_tags(
         data, at, depth = stack.pop()
         if depth > max_depth:
             raise MkvError(f"SimpleTags nested deeper than {max_depth} levels", at)
-        if len(out) >= max_tags:
-            raise MkvError(f"more than {max_tags} SimpleTags in one Tags element", at)
+        if len(out) >= budget:
+            raise MkvError(f"more than {limit} SimpleTags between two Clusters", at)
         name = ""
         value = ""
         binary: bytes | None = None

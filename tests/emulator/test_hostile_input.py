@@ -349,3 +349,19 @@ def test_sigv4_payload_hash_rules(signed_emu: EmulatorProcess) -> None:
     reply = request(signed_emu.url, "/putMedia", [b"\x1a\x45\xdf\xa3"], headers)
     assert reply.status == 404, reply.body
     assert EMPTY_SHA256  # the C SDK's hash is covered in test_official_clients
+
+
+def test_a_stream_flooded_with_refused_uploads_is_throttled_alone(emu: EmulatorProcess) -> None:
+    create_stream(emu.url, "flooded")
+    create_stream(emu.url, "neighbour")
+    answers = [
+        put_media(emu.url, "flooded", [header(), nested_simple_tags(50)]) for _ in range(30)
+    ]
+    throttled = [a for a in answers if a.status == 400]
+    assert throttled, [a.status for a in answers]
+    assert all(
+        a.headers["x-amzn-errortype"] == "ClientLimitExceededException" for a in throttled
+    )
+    assert all(kinds(a.acks()) == ["ERROR 4006"] for a in answers if a.status == 200)
+    ok = put_media(emu.url, "neighbour", sdk_upload([frames(BASE_MS)]))
+    assert kinds(ok.acks()) == ["BUFFERING", "RECEIVED", "PERSISTED"]
