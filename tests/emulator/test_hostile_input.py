@@ -354,14 +354,10 @@ def test_sigv4_payload_hash_rules(signed_emu: EmulatorProcess) -> None:
 def test_a_stream_flooded_with_refused_uploads_is_throttled_alone(emu: EmulatorProcess) -> None:
     create_stream(emu.url, "flooded")
     create_stream(emu.url, "neighbour")
-    answers = [
-        put_media(emu.url, "flooded", [header(), nested_simple_tags(50)]) for _ in range(30)
-    ]
+    answers = [put_media(emu.url, "flooded", [header(), nested_simple_tags(50)]) for _ in range(30)]
     throttled = [a for a in answers if a.status == 400]
     assert throttled, [a.status for a in answers]
-    assert all(
-        a.headers["x-amzn-errortype"] == "ClientLimitExceededException" for a in throttled
-    )
+    assert all(a.headers["x-amzn-errortype"] == "ClientLimitExceededException" for a in throttled)
     assert all(kinds(a.acks()) == ["ERROR 4006"] for a in answers if a.status == 200)
     ok = put_media(emu.url, "neighbour", sdk_upload([frames(BASE_MS)]))
     assert kinds(ok.acks()) == ["BUFFERING", "RECEIVED", "PERSISTED"]
