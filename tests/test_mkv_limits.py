@@ -78,7 +78,7 @@ def test_many_small_tags_elements_are_bounded_per_fragment() -> None:
     reader = FragmentReader(max_tags=100)
     reader.feed(header())
     with pytest.raises(
-        MkvError, match="more than 100 (SimpleTags between two Clusters|tags in one fragment)"
+        MkvError, match=r"more than 100 (SimpleTags between two Clusters|tags in one fragment)"
     ):
         for _ in range(20):
             reader.feed(small)
