@@ -150,22 +150,21 @@ def request(
     try:
         conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
         send = {"Host": host or parts.netloc, **(headers or {})}
-        chunked = not isinstance(body, (bytes, bytearray))
-        if chunked:
-            send["Transfer-Encoding"] = "chunked"
+        if isinstance(body, (bytes, bytearray)):
+            send["Content-Length"] = str(len(body))
         else:
-            send["Content-Length"] = str(len(body))  # type: ignore[arg-type]
+            send["Transfer-Encoding"] = "chunked"
         for name, value in send.items():
             if name.lower() != "host" or name == "Host":
                 conn.putheader(name, value)
         conn.endheaders()
-        if chunked:
+        if isinstance(body, (bytes, bytearray)):
+            conn.send(body)
+        else:
             for piece in body:
                 if piece:
                     conn.send(b"%x\r\n%s\r\n" % (len(piece), piece))
             conn.send(b"0\r\n\r\n")
-        else:
-            conn.send(body)  # type: ignore[arg-type]
         response = conn.getresponse()
         data = response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
@@ -224,7 +223,7 @@ def stream_request(
     return _parse_response(bytes(received))
 
 
-def _complete(data: bytes) -> bool:
+def _complete(data: bytes | bytearray) -> bool:
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         return False
