@@ -20,7 +20,7 @@ from botocore.credentials import Credentials
 from kvs_toolkit.acks import Ack, AckEventType
 from kvs_toolkit.mkv import Fragment, FragmentReader, Tag
 from kvs_toolkit.mkv.model import TAG_END_OF_FRAGMENT
-from kvs_toolkit.mkv.writer import MkvWriter, tags_element
+from kvs_toolkit.mkv.writer import MkvWriter, cluster, tags_element
 from kvs_toolkit.putmedia import PutMediaSession
 
 from .conftest import ACCESS_KEY, SECRET, ClientFactory
@@ -187,8 +187,11 @@ def test_kvs_producer_and_sdk_shaped_uploads_read_back_identically(
     emu: EmulatorProcess, make_client: ClientFactory
 ) -> None:
     """The toolkit's writer (what ``kvs produce`` sends) and the C SDK's stream shape
-    store the same frames, byte for byte."""
+    store the same frames, byte for byte, and the same fragment metadata (the SDK sends
+    the last fragment's pending metadata after its Cluster, when the stream stops)."""
     fragments = [frames(BASE_MS + 2000 * n, count=8, size=500 + n, seed=n) for n in range(3)]
+    metadata = [[Tag("fragment", str(n))] for n in range(3)]
+    closing = [Tag("stopped", "yes")]
     create_stream(emu.url, "ours", sign=True)
     create_stream(emu.url, "sdk", sign=True)
 
@@ -201,14 +204,19 @@ def test_kvs_producer_and_sdk_shaped_uploads_read_back_identically(
             ) as session,
         ):
             await session.write(writer.header())
-            for fragment in fragments:
-                await session.write(writer.fragment(fragment[0].timecode, fragment))
+            for n, fragment in enumerate(fragments):
+                tags = metadata[n] + (closing if n == len(fragments) - 1 else [])
+                await session.write(writer.fragment(fragment[0].timecode, fragment, tags))
             await session.write(tags_element([Tag(TAG_END_OF_FRAGMENT, "")]))
             await session.finish()
             return [ack async for ack in session.acks()]
 
     ours_acks = asyncio.run(ours())
-    sdk_acks = put_media(emu.url, "sdk", sdk_upload(fragments), sign=True).acks()
+    sdk_pieces = [MkvWriter([VIDEO], segment_uid=b"\x01" * 16).header()]
+    for n, fragment in enumerate(fragments):
+        sdk_pieces.append(tags_element(metadata[n]) + cluster(fragment[0].timecode, fragment))
+    sdk_pieces.append(tags_element(closing) + tags_element([Tag(TAG_END_OF_FRAGMENT, "")]))
+    sdk_acks = put_media(emu.url, "sdk", sdk_pieces, sign=True).acks()
     archived = make_client("kinesis-video-archived-media", emu.url)
     read: dict[str, list[Fragment]] = {}
     for stream, acks in (("ours", ours_acks), ("sdk", sdk_acks)):
@@ -221,6 +229,15 @@ def test_kvs_producer_and_sdk_shaped_uploads_read_back_identically(
             (f.timestamp_ns, f.keyframe, bytes(f.data)) for frag in fragments for f in frag.frames
         ]
 
+    def producer_tags(fragments: list[Fragment]) -> list[list[tuple[str, str]]]:
+        return [
+            [(t.name, t.value) for t in frag.tags if not t.name.startswith("AWS_KINESISVIDEO")]
+            for frag in fragments
+        ]
+
     assert frame_list(read["ours"]) == frame_list(read["sdk"])
     expected = [(f.timecode * 1_000_000, f.keyframe, f.data) for frag in fragments for f in frag]
     assert frame_list(read["sdk"]) == expected
+    assert producer_tags(read["ours"]) == producer_tags(read["sdk"]) == [
+        [("fragment", "0")], [("fragment", "1")], [("fragment", "2"), ("stopped", "yes")],
+    ]  # fmt: skip
