@@ -116,6 +116,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
+
 T = TypeVar("T")
 
 
@@ -201,8 +203,12 @@ class Store:
             self.media_dir.mkdir(parents=True, exist_ok=True)
             self._lock_fd = lock_data_dir(self.data_dir)
             conn = self._conn = self._connect()
-            conn.executescript(SCHEMA)
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # Written only when missing: the store must open (and serve reads) on a
+            # full disk, where any write transaction fails.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version != SCHEMA_VERSION:
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._last_us = self._load_last_us()
             self._remove_orphan_directories()
             self._drop_rows_past_segment_ends()
@@ -780,7 +786,25 @@ class Store:
             )
             return select_stream(conn, "stream_id", stream.stream_id)
 
-        return self._submit_call(op).result()
+        try:
+            return self._submit_call(op).result()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                raise
+            # A full disk: the index cannot be written until space is freed, so the
+            # stream's payload files go first (its rows, about to go too, may point at
+            # missing bytes meanwhile; reads of them fail cleanly).
+            stream = self.get_stream(name)
+            logger.warning("disk full: removing the files of %s before deleting it", name)
+            self._submit_call(
+                lambda _conn: None, lambda _: self._remove_stream_files(stream.stream_id)
+            ).result()
+            return self._submit_call(op).result()
+
+    def _remove_stream_files(self, stream_id: int) -> None:
+        # Writer thread only: it owns the open segment files.
+        self._close_segments(stream_id)
+        shutil.rmtree(self.media_dir / str(stream_id), ignore_errors=True)
 
     def purge_stream(self, stream_id: int) -> None:
         """Remove a stream, its index rows and its segment files (rows first)."""
@@ -792,8 +816,7 @@ class Store:
 
         def remove_files(_: None) -> None:
             # After the commit: a crash here leaves an orphan directory, removed at open.
-            self._close_segments(stream_id)
-            shutil.rmtree(self.media_dir / str(stream_id), ignore_errors=True)
+            self._remove_stream_files(stream_id)
 
         self._submit_call(op, remove_files).result()
 

@@ -79,7 +79,9 @@ def run_emulator(data_dir: Path, *args: str, timeout: float = 30.0) -> Iterator[
         while not line and time.monotonic() < deadline and process.poll() is None:
             line = process.stdout.readline()
         if not line.startswith(b"http://"):
-            raise AssertionError(f"the emulator did not start: {line!r}")
+            process.kill()
+            _, stderr = process.communicate()
+            raise AssertionError(f"the emulator did not start: {line!r} {stderr[-2000:]!r}")
         yield EmulatorProcess(line.decode().strip(), process, data_dir)
         assert process.poll() is None, "the emulator died"
     finally:
