@@ -113,6 +113,8 @@ class EmulatorContext:
     events: StreamEvents
     config: EmulatorConfig
     endpoint_url: str = ""
+    # Replaces config.advertised_url when set (Emulator.advertised_url's setter).
+    advertised_url: str | None = None
     streaming_paths: set[str] = field(default_factory=lambda: {"/putMedia"})
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _call_buckets: dict[tuple[int, str], _CallBucket] = field(default_factory=dict)
@@ -160,8 +162,9 @@ class EmulatorContext:
         Not built from the Host header: the C producer SDK signs and sends ``Host``
         without the port, and would then be sent to port 80.
         """
-        if self.config.advertised_url:
-            return self.config.advertised_url.rstrip("/")
+        advertised = self.advertised_url or self.config.advertised_url
+        if advertised:
+            return advertised.rstrip("/")
         return reachable_url(self.endpoint_url)
 
     def host_allowed(self, request: web.Request) -> bool:
@@ -177,8 +180,9 @@ class EmulatorContext:
         if host == "localhost" or host.endswith(".localhost"):
             return True
         allowed = {_host_name(urlsplit(self.endpoint_url).netloc)}
-        if self.config.advertised_url:
-            allowed.add(_host_name(urlsplit(self.config.advertised_url).netloc))
+        for advertised in (self.advertised_url, self.config.advertised_url):
+            if advertised:
+                allowed.add(_host_name(urlsplit(advertised).netloc))
         if host in allowed:
             return True
         try:

@@ -244,6 +244,19 @@ class Emulator:
         return self._endpoint_url
 
     @property
+    def advertised_url(self) -> str:
+        """What GetDataEndpoint and HLS/DASH session URLs answer (default: the endpoint).
+
+        Settable while running, to point clients at a proxy put in front of the emulator
+        after it started (the answer never follows the request's Host header).
+        """
+        return self.context.data_endpoint()
+
+    @advertised_url.setter
+    def advertised_url(self, url: str | None) -> None:
+        self.context.advertised_url = url
+
+    @property
     def context(self) -> EmulatorContext:
         if self._context is None:
             raise EmulatorError("the emulator is not running")

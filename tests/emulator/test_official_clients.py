@@ -241,3 +241,17 @@ def test_kvs_producer_and_sdk_shaped_uploads_read_back_identically(
     assert producer_tags(read["ours"]) == producer_tags(read["sdk"]) == [
         [("fragment", "0")], [("fragment", "1")], [("fragment", "2"), ("stopped", "yes")],
     ]  # fmt: skip
+
+
+def test_advertised_url_can_point_at_a_proxy_started_later(make_client: ClientFactory) -> None:
+    from kvs_toolkit.emulator import Emulator
+
+    with Emulator() as emulator:
+        client = make_client("kinesisvideo", emulator.endpoint_url)
+        client.create_stream(StreamName="proxied")
+        emulator.advertised_url = "http://127.0.0.1:9"
+        answer = client.get_data_endpoint(StreamName="proxied", APIName="GET_MEDIA")
+        assert answer["DataEndpoint"] == "http://127.0.0.1:9"
+        emulator.advertised_url = None
+        answer = client.get_data_endpoint(StreamName="proxied", APIName="GET_MEDIA")
+        assert answer["DataEndpoint"] == emulator.endpoint_url
