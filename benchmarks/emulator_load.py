@@ -753,8 +753,9 @@ def _hostile_row(base: LoadRun, attacked: LoadRun, integrity: Result) -> Result:
         met=bool(integrity.met) and ratio <= 2.0 and p99 < GOAL_ACK_P99_MS,
         notes=(
             f"Hostile client: {flood.connections} PutMedia connections on one more stream "
-            f"during the second load run, {fmt_size(flood.bytes_sent)} of Tags sent before "
-            f"any Cluster; {flood.refused} answered with an ERROR ack (4009, 4006), "
+            f"during the second load run, {fmt_size(flood.bytes_sent)} of Tags (before any "
+            "Cluster) written to its sockets, most never read: refused connections are closed "
+            f"at once; {flood.refused} answered with an ERROR ack (4009, 4006), "
             f"{flood.throttled} refused at once with ClientLimitExceededException (the "
             f"emulator's limit on refused uploads per stream), {flood.other} ended otherwise. "
             "Integrity of the second run: " + integrity.notes[1],
