@@ -26,6 +26,13 @@ is stopped with SIGTERM (then SIGKILL) whatever happens.
   discards the body, timed from the first byte to its answer after the last byte. For
   scale, the notes also give the disk's own rate for the same appends with an fsync each.
 
+* Hostile client: the load test runs a second time, on fresh streams, while one more
+  client floods another stream with Tags before any Cluster (small SimpleTags as fast
+  as the emulator takes them, a new PutMedia as soon as one is refused) and now and
+  then a Tags element claiming 45 MB or 5,000 nested SimpleTags. The row compares the
+  ack p99 of the two runs (goal: no more than 2x) and checks the second run loses
+  nothing either.
+
 CPU use of the emulator, of this process and of everything else on the machine is
 measured over each phase and given in the notes: on a shared machine, other people's
 work (fsync-heavy work above all) shows up in the latency tail.
@@ -35,8 +42,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
@@ -52,7 +62,8 @@ import numpy as np
 
 from benchmarks.common import MB, Options, Result, fmt_rate, fmt_ratio, fmt_size
 from kvs_toolkit.acks import AckEventType
-from kvs_toolkit.mkv import FragmentReader, FrameData, MkvWriter, Tag, TrackInfo, tags_element
+from kvs_toolkit.mkv import FragmentReader, FrameData, MkvWriter, Tag, TrackInfo, ids, tags_element
+from kvs_toolkit.mkv.ebml import element, encode_id, encode_size, string_element
 from kvs_toolkit.mkv.model import TAG_END_OF_FRAGMENT
 from kvs_toolkit.mkv.writer import cluster, simple_block
 from kvs_toolkit.putmedia import PutMediaSession
@@ -395,12 +406,117 @@ class LoadRun:
     cpu: CpuUse
     catch_up_s: float
     expected_payload_bytes: int
+    flood: FloodStats | None = None
 
 
-async def load_test(url: str, pid: int, plan: Plan) -> LoadRun:
+# --- the hostile client ------------------------------------------------------------------
+@dataclass
+class FloodStats:
+    connections: int = 0
+    bytes_sent: int = 0
+    refused: int = 0  # connections the emulator answered with an ERROR ack
+    throttled: int = 0  # connections refused at once (ClientLimitExceededException)
+    other: int = 0  # connections that ended otherwise
+
+
+def _flood_bodies() -> list[bytes]:
+    """What the hostile client sends after the MKV header, one list per connection kind."""
+    small = tags_element([Tag(f"flood{i}", "x" * 40) for i in range(100)])
+    claim = encode_id(ids.TAGS) + encode_size(45_000_000) + b"\x00" * 65536
+    simple = element(ids.SIMPLE_TAG, string_element(ids.TAG_NAME, "deep"))
+    for _ in range(4999):
+        simple = element(ids.SIMPLE_TAG, string_element(ids.TAG_NAME, "d") + simple)
+    deep = element(ids.TAGS, element(ids.TAG, simple))
+    return [small * 64, claim, deep]
+
+
+async def _read_until_error(reader: asyncio.StreamReader, answer: bytearray) -> None:
+    # An ERROR ack, or an HTTP error (ClientLimitExceededException: refused at once).
+    while b"ERROR" not in answer and b"Exception" not in answer:
+        data = await reader.read(65536)
+        if not data:
+            return
+        answer.extend(data)
+
+
+def _flood_main(url: str, stream: str) -> None:
+    """The hostile client's process: flood until SIGTERM, then print its counts as JSON."""
+    stats = FloodStats()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await tag_flood(url, stream, stop, stats)
+
+    asyncio.run(main())
+    sys.stdout.write(json.dumps(dataclasses.asdict(stats)) + "\n")
+
+
+async def tag_flood(url: str, stream: str, stop: asyncio.Event, stats: FloodStats) -> None:
+    """PutMedia connections that send Tags and never a Cluster, one after the other."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    header = MkvWriter([VIDEO]).header()
+    small, claim, deep = _flood_bodies()
+    n = 0
+    while not stop.is_set():
+        n += 1
+        # Mostly the small-tag flood; every 10th connection a 45 MB claim or deep nesting.
+        body = claim if n % 20 == 10 else deep if n % 20 == 0 else small
+        try:
+            reader, writer = await asyncio.open_connection(host, int(port))
+        except OSError:
+            await asyncio.sleep(0.01)
+            continue
+        stats.connections += 1
+        head = (
+            f"POST /putMedia HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"x-amzn-stream-name: {stream}\r\nx-amzn-fragment-timecode-type: ABSOLUTE\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        answer = bytearray()
+
+        reading = asyncio.create_task(_read_until_error(reader, answer))
+        try:
+            writer.write(head)
+            for piece in (header, body, body, body):
+                if reading.done() or stop.is_set():
+                    break
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                stats.bytes_sent += len(piece)
+                draining = asyncio.ensure_future(writer.drain())
+                await asyncio.wait({draining, reading}, return_when=asyncio.FIRST_COMPLETED)
+                draining.cancel()
+            await asyncio.wait_for(reading, 5)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            reading.cancel()
+            writer.transport.abort()  # no waiting for unsent bytes to drain
+        if b"ERROR" in answer:
+            stats.refused += 1
+        elif b"ClientLimitExceeded" in answer:
+            stats.throttled += 1
+        else:
+            stats.other += 1
+
+
+async def load_test(
+    url: str, pid: int, plan: Plan, *, prefix: str = "load", hostile: str | None = None
+) -> LoadRun:
     rng = np.random.default_rng(SEED)
     pool = rng.bytes(2 * MB)
-    logs = tuple(StreamLog(f"load-{i:02d}") for i in range(STREAMS))
+    logs = tuple(StreamLog(f"{prefix}-{i:02d}") for i in range(STREAMS))
+    # The hostile client runs in its own process, so it takes nothing from this loop,
+    # which timestamps the acks.
+    flood = FloodStats()
+    flooder = (
+        subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.emulator_load", "--flood", url, hostile],
+            stdout=subprocess.PIPE,
+        )
+        if hostile
+        else None
+    )
     frames = [make_frames(rng, pool, KEY_FRAME_BYTES, DELTA_FRAME_BYTES) for _ in logs]
     expected_payload = sum(len(f) for f in frames[0])
     readies = [asyncio.Event() for _ in logs]
@@ -428,10 +544,19 @@ async def load_test(url: str, pid: int, plan: Plan) -> LoadRun:
             await asyncio.sleep(0.02)
         catch_up = loop.time() - t1
     finally:
+        if flooder is not None:
+            flooder.terminate()
+            try:
+                out, _ = flooder.communicate(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                flooder.kill()
+                out, _ = flooder.communicate()
+            with contextlib.suppress(ValueError):
+                flood = FloodStats(**json.loads(out.decode().strip().splitlines()[-1]))
         for task in readers:
             task.cancel()
         await asyncio.gather(*readers, return_exceptions=True)
-    return LoadRun(logs, t1 - t0, cpu, catch_up, expected_payload)
+    return LoadRun(logs, t1 - t0, cpu, catch_up, expected_payload, flood if hostile else None)
 
 
 # --- single-stream ingest ---------------------------------------------------------------
@@ -589,11 +714,53 @@ def run(options: Options) -> list[Result]:
             # Retention > 0: the service sends PERSISTED only for archived streams.
             for i in range(STREAMS):
                 kv.create_stream(StreamName=f"load-{i:02d}", DataRetentionInHours=1)
+                kv.create_stream(StreamName=f"hostile-load-{i:02d}", DataRetentionInHours=1)
             kv.create_stream(StreamName="ingest", DataRetentionInHours=1)
+            kv.create_stream(StreamName="flooded", DataRetentionInHours=1)
             load = asyncio.run(load_test(emulator.url, emulator.pid, plan))
+            under_attack = asyncio.run(
+                load_test(
+                    emulator.url, emulator.pid, plan, prefix="hostile-load", hostile="flooded"
+                )
+            )
             fsync_seconds += measure_fsync(data_dir)
             ingest = _ingest(emulator, data_dir, Path(root), plan)
-    return [*_load_rows(load, fsync_seconds, plan), _ingest_row(ingest, plan)]
+    rows = _load_rows(load, fsync_seconds, plan)
+    attacked = _load_rows(under_attack, fsync_seconds, plan)
+    return [*rows, _hostile_row(load, under_attack, attacked[0]), _ingest_row(ingest, plan)]
+
+
+def _ack_latencies(load: LoadRun) -> list[float]:
+    return [
+        log.persisted_at[tc] - log.received_at[tc]
+        for log in load.logs
+        for tc in log.persisted_at
+        if tc in log.received_at
+    ]
+
+
+def _hostile_row(base: LoadRun, attacked: LoadRun, integrity: Result) -> Result:
+    _, base_p99 = percentiles_ms(_ack_latencies(base))
+    p50, p99 = percentiles_ms(_ack_latencies(attacked))
+    flood = attacked.flood or FloodStats()
+    ratio = p99 / base_p99 if base_p99 > 0 else float("nan")
+    return Result(
+        benchmark="emulator: ack p99 with a hostile tag-flooding client on another stream",
+        ours=f"p50 {p50:.1f} / p99 {p99:.1f} ms; {integrity.ours}",
+        reference=f"p99 {base_p99:.1f} ms without it",
+        ratio=fmt_ratio(ratio) + " (p99)",
+        goal="p99 <= 2x, 0 lost",
+        met=bool(integrity.met) and ratio <= 2.0 and p99 < GOAL_ACK_P99_MS,
+        notes=(
+            f"Hostile client: {flood.connections} PutMedia connections on one more stream "
+            f"during the second load run, {fmt_size(flood.bytes_sent)} of Tags (before any "
+            "Cluster) written to its sockets, most never read: refused connections are closed "
+            f"at once; {flood.refused} answered with an ERROR ack (4009, 4006), "
+            f"{flood.throttled} refused at once with ClientLimitExceededException (the "
+            f"emulator's limit on refused uploads per stream), {flood.other} ended otherwise. "
+            "Integrity of the second run: " + integrity.notes[1],
+        ),
+    )
 
 
 def _ingest(emulator: Server, data_dir: Path, root: Path, plan: Plan) -> IngestRun:
@@ -761,3 +928,7 @@ def _ingest_row(ingest: IngestRun, plan: Plan) -> Result:
         met=complete and ours.rate >= GOAL_INGEST_MB_S,
         notes=notes,
     )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--flood"]:
+    _flood_main(sys.argv[2], sys.argv[3])

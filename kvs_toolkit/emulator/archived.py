@@ -7,7 +7,6 @@ the rest are added by other modules. Shapes follow the botocore model
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +14,12 @@ from aiohttp import web
 from kvs_toolkit.emulator.context import EMULATOR, json_response, read_json
 from kvs_toolkit.emulator.errors import InvalidArgumentError
 from kvs_toolkit.emulator.store import FragmentRecord, TimestampType, decode_fragment_token
-from kvs_toolkit.emulator.validation import optional_int, optional_str, require_object
+from kvs_toolkit.emulator.validation import (
+    optional_int,
+    optional_str,
+    require_object,
+    timestamp_ms,
+)
 
 __all__ = ["fragment_json", "install", "list_fragments"]
 
@@ -35,9 +39,7 @@ def fragment_json(record: FragmentRecord) -> dict[str, Any]:
 
 
 def _timestamp_ms(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidArgumentError(f"{what} must be a timestamp in epoch seconds.")
-    return round(value * 1000)
+    return timestamp_ms(value, what)
 
 
 async def list_fragments(request: web.Request) -> web.Response:

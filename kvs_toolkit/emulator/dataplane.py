@@ -13,9 +13,19 @@ GetMedia (``/getMedia``) streams one EBML document per fragment (see
 :mod:`kvs_toolkit.emulator.media`), from the StartSelector's position, then follows the
 stream live until the client disconnects.
 
-Deviation from the service, kept on purpose: RECEIVED carries no FragmentNumber (the
-number is assigned when the fragment is committed, which is what PERSISTED reports);
-producers match acks by FragmentTimecode, as the C producer SDK does.
+BUFFERING, RECEIVED and PERSISTED carry the FragmentNumber, as the service's do: it is
+reserved when the fragment's first byte arrives (its server timestamp is that moment).
+
+Streaming-token rotation: the C producer SDK opens the next PutMedia on a stream while
+the previous one still waits for its last acks. The newest connection wins (the
+service's limits page: one PutMedia per stream, a new one replaces the old); an older
+one keeps reading and acknowledging for :attr:`DataPlaneConfig.rotation_grace_s`, and
+only then is ended.
+
+Nothing an upload sends can fail another upload: a fragment the store cannot keep is
+an ERROR ack on its own connection, and the ack stream stays JSON objects to the end.
+Parsing yields to the event loop after every chunk, so one upload's parsing work per
+loop turn is bounded by the chunk size.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -31,8 +42,9 @@ from typing import Any, Final
 from aiohttp import web
 
 from kvs_toolkit.acks import Ack, AckEventType
-from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, read_json
+from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, error_response, read_json
 from kvs_toolkit.emulator.errors import (
+    ClientLimitExceededError,
     InvalidArgumentError,
     ResourceNotFoundError,
     ServiceError,
@@ -45,13 +57,24 @@ from kvs_toolkit.emulator.ingest import (
     IngestSession,
 )
 from kvs_toolkit.emulator.media import fragment_list_error, getmedia_fragment, stored_payload
-from kvs_toolkit.emulator.store import FragmentMeta, FragmentRecord, StreamRecord
-from kvs_toolkit.emulator.validation import optional_str, require_object
+from kvs_toolkit.emulator.store import (
+    FragmentMeta,
+    FragmentRecord,
+    StreamRecord,
+    fragment_number_key,
+)
+from kvs_toolkit.emulator.validation import (
+    MAX_TIMESTAMP_MS,
+    optional_str,
+    require_object,
+    timestamp_ms,
+)
+from kvs_toolkit.errors import KvsError
 
 log = logging.getLogger(__name__)
 
 # Service limits (docs/kvs-wire.md "Limits").
-MAX_PUTMEDIA_CONNECTIONS: Final = 1
+MAX_PUTMEDIA_CONNECTIONS: Final = 1  # the newest wins; older ones get a grace period
 MAX_GETMEDIA_CONNECTIONS: Final = 3
 MAX_FRAGMENT_LIST: Final = 1000
 # IDLE acks while no data arrives; the service closes the request after ~30 s idle.
@@ -59,6 +82,13 @@ IDLE_ACK_INTERVAL_S: Final = 3.0
 IDLE_TIMEOUT_S: Final = 30.0
 # The service ends a PutMedia connection after about 45 minutes (ErrorId 4003).
 MAX_CONNECTION_S: Final = 45 * 60
+# How long a PutMedia replaced by a newer one on its stream may go on acknowledging
+# (the C producer SDK waits a few seconds for the last PERSISTED acks on rotation).
+ROTATION_GRACE_S: Final = 10.0
+# Replaced connections still in their grace period, per stream, at most.
+MAX_GRACE_CONNECTIONS: Final = 2
+# A GetMedia reader whose socket accepts nothing for this long loses its slot.
+GETMEDIA_STALL_TIMEOUT_S: Final = 30.0
 # How long a caught-up GetMedia waits for a new fragment before checking that the
 # stream still exists. (A client that leaves cancels its handler at once: the server
 # runs with handler_cancellation, so no polling is needed for that.)
@@ -77,6 +107,41 @@ class DataPlaneConfig:
     idle_ack_interval_s: float = IDLE_ACK_INTERVAL_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
     max_connection_s: float = MAX_CONNECTION_S
+    rotation_grace_s: float = ROTATION_GRACE_S
+    getmedia_stall_timeout_s: float = GETMEDIA_STALL_TIMEOUT_S
+
+
+class RefusalLimiter:
+    """Per stream, PutMedia uploads refused with a fatal error: a burst of
+    :data:`REFUSAL_BURST`, then :data:`REFUSAL_RATE` per second (the service's PutMedia
+    limit of 5 per second per stream); over that, new PutMedia calls on the stream are
+    ClientLimitExceededException before any parsing. Well-behaved producers never see
+    it; a client that floods a stream with bad uploads costs bounded work per second.
+    """
+
+    def __init__(self, rate: float = 5.0, burst: float = 10.0, max_keys: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._tokens: dict[str, tuple[float, float]] = {}  # key -> (tokens, updated)
+
+    def _current(self, key: str, now: float) -> float:
+        tokens, updated = self._tokens.get(key, (self.burst, now))
+        return min(self.burst, tokens + (now - updated) * self.rate)
+
+    def check(self, key: str, now: float) -> None:
+        if key in self._tokens and self._current(key, now) < 1:
+            raise ClientLimitExceededError(
+                f"Too many refused PutMedia calls on stream {key[:256]}; retry later."
+            )
+
+    def count(self, key: str, now: float) -> None:
+        if len(self._tokens) >= self.max_keys:
+            # Forget the streams that are back to a full bucket (bounded memory).
+            self._tokens = {
+                k: v for k, v in self._tokens.items() if self._current(k, now) < self.burst
+            }
+        self._tokens[key] = (max(0.0, self._current(key, now) - 1), now)
 
 
 @dataclass
@@ -84,8 +149,27 @@ class DataPlaneState:
     """Open connections per stream id, for the service's per-stream limits."""
 
     config: DataPlaneConfig = field(default_factory=DataPlaneConfig)
-    putmedia: dict[int, int] = field(default_factory=dict)
+    refusals: RefusalLimiter = field(default_factory=RefusalLimiter)
+    putmedia: dict[int, list[_Upload]] = field(default_factory=dict)
     getmedia: dict[int, int] = field(default_factory=dict)
+
+    @contextlib.contextmanager
+    def upload(self, stream: StreamRecord, upload: _Upload) -> Any:
+        """Register ``upload`` as the stream's newest PutMedia; older ones get a grace."""
+        uploads = self.putmedia.setdefault(stream.stream_id, [])
+        deadline = time.monotonic() + self.config.rotation_grace_s
+        for older in uploads:
+            older.supersede(deadline)
+        # A client that opens connection after connection gets no more than a few.
+        for older in uploads[: max(0, len(uploads) - MAX_GRACE_CONNECTIONS)]:
+            older.supersede(time.monotonic())
+        uploads.append(upload)
+        try:
+            yield
+        finally:
+            uploads.remove(upload)
+            if not uploads:
+                del self.putmedia[stream.stream_id]
 
     @contextlib.contextmanager
     def connection(self, table: dict[int, int], stream: StreamRecord, limit: int) -> Any:
@@ -116,11 +200,14 @@ def _producer_start_ms(request: web.Request) -> int:
     if raw is None:
         return int(time.time() * 1000)
     try:
-        return round(float(raw) * 1000)
+        value = float(raw)
     except ValueError as exc:
         raise InvalidArgumentError(
-            f"x-amzn-producer-start-timestamp {raw!r} is not a number."
+            f"x-amzn-producer-start-timestamp {raw[:40]!r} is not a number."
         ) from exc
+    if not math.isfinite(value) or not 0 <= value * 1000 <= MAX_TIMESTAMP_MS:
+        raise InvalidArgumentError(f"x-amzn-producer-start-timestamp {raw[:40]!r} is out of range.")
+    return round(value * 1000)
 
 
 async def _stream_from_headers(ctx: EmulatorContext, request: web.Request) -> StreamRecord:
@@ -147,7 +234,14 @@ class _AckSender:
             item = await self.queue.get()
             if item is None:
                 return
-            ack = item if isinstance(item, Ack) else await item
+            if isinstance(item, Ack):
+                ack: Ack | None = item
+            else:
+                try:
+                    ack = await item
+                except Exception:  # the ack stream keeps its shape whatever failed
+                    log.exception("PutMedia: persisting a fragment failed")
+                    ack = Ack.error(5000)
             if ack is None or self.failed:
                 continue
             try:
@@ -160,32 +254,52 @@ class _AckSender:
 async def put_media(request: web.Request) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
     state = request.app[DATAPLANE]
+    # Checked first, before any work: a stream whose uploads keep being refused.
+    refusal_key = (
+        request.headers.get("x-amzn-stream-name") or request.headers.get("x-amzn-stream-arn") or ""
+    )
+    try:
+        state.refusals.check(refusal_key, time.monotonic())
+    except ClientLimitExceededError as exc:
+        # Answered and closed at once: no reading (and discarding) of the body.
+        refused = error_response(exc)
+        await refused.prepare(request)
+        await refused.write_eof()
+        request.protocol.force_close()
+        return refused
     stream = await _stream_from_headers(ctx, request)
     ctx.check_rate(stream, "PutMedia")
     timecode_type = request.headers.get("x-amzn-fragment-timecode-type", "ABSOLUTE")
     if timecode_type not in ("ABSOLUTE", "RELATIVE"):
         raise InvalidArgumentError(f"Invalid x-amzn-fragment-timecode-type {timecode_type!r}.")
     start_ms = _producer_start_ms(request)
-    with state.connection(state.putmedia, stream, MAX_PUTMEDIA_CONNECTIONS):
-        response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    response = web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+    sender = _AckSender(response)
+    upload = _Upload(
+        ctx,
+        config=state.config,
+        stream=stream,
+        sender=sender,
+        timecode_type=timecode_type,
+        start_ms=start_ms,
+    )
+    with state.upload(stream, upload):
         await response.prepare(request)
-        sender = _AckSender(response)
         sender_task = asyncio.create_task(sender.run())
-        upload = _Upload(
-            ctx,
-            config=state.config,
-            stream=stream,
-            sender=sender,
-            timecode_type=timecode_type,
-            start_ms=start_ms,
-        )
         try:
             await upload.run(request)
         finally:
+            if upload.session.failed:
+                state.refusals.count(refusal_key, time.monotonic())
             sender.queue.put_nowait(None)
             await sender_task
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.write_eof()
+        if not request.content.at_eof():
+            # The upload was refused or ended early: close now rather than read and
+            # discard the rest of its body (aiohttp's lingering close would keep a
+            # flooding client's bytes coming for seconds).
+            request.protocol.force_close()
         return response
 
 
@@ -209,6 +323,23 @@ class _Upload:
         )
         self.persists: set[asyncio.Future[Ack | None]] = set()
         self.stop = False
+        # Set when a newer PutMedia on the stream replaced this one: the monotonic
+        # time after which this one stops.
+        self.grace_deadline: float | None = None
+        self._wake = asyncio.Event()
+        # fragment index in this upload -> (fragment number, server timestamp ms)
+        self._numbers: dict[int, tuple[str, int]] = {}
+
+    def supersede(self, deadline: float) -> None:
+        if self.grace_deadline is None or deadline < self.grace_deadline:
+            self.grace_deadline = deadline
+            self._wake.set()
+
+    def _read_timeout(self) -> float:
+        timeout = self.config.idle_ack_interval_s
+        if self.grace_deadline is not None:
+            timeout = min(timeout, max(0.0, self.grace_deadline - time.monotonic()))
+        return timeout
 
     async def run(self, request: web.Request) -> None:
         if self.stream.status != "ACTIVE":
@@ -219,11 +350,17 @@ class _Upload:
         content = request.content
         try:
             while not self.stop:
-                try:
-                    chunk = await asyncio.wait_for(
-                        content.readany(), self.config.idle_ack_interval_s
+                if self.grace_deadline is not None and time.monotonic() >= self.grace_deadline:
+                    log.info(
+                        "PutMedia %s: replaced by a newer connection, grace over",
+                        self.stream.name,
                     )
+                    break
+                try:
+                    chunk = await asyncio.wait_for(content.readany(), self._read_timeout())
                 except asyncio.TimeoutError:
+                    if self.grace_deadline is not None and time.monotonic() >= self.grace_deadline:
+                        continue
                     idle = time.monotonic() - last_data
                     if idle >= self.config.idle_timeout_s:
                         log.info("PutMedia %s: no data for %.0f s, closing", self.stream.name, idle)
@@ -236,6 +373,9 @@ class _Upload:
                     break
                 last_data = time.monotonic()
                 self._handle(self.session.feed(chunk))
+                # Let other connections run between chunks: parsing work per loop turn
+                # is bounded by one chunk.
+                await asyncio.sleep(0)
                 if last_data - opened > self.config.max_connection_s:
                     self.sender.queue.put_nowait(Ack.error(4003))
                     break
@@ -257,14 +397,23 @@ class _Upload:
     def _handle(self, events: list[FragmentStarted | FragmentComplete | FragmentRejected]) -> None:
         for event in events:
             if isinstance(event, FragmentStarted):
-                self.sender.queue.put_nowait(Ack(AckEventType.BUFFERING, event.timecode))
+                number, server_ms = self.ctx.store.sync.reserve_fragment_number(
+                    self.stream.stream_id, time.time_ns() // 1_000_000
+                )
+                self._numbers[event.index] = (number, server_ms)
+                self.sender.queue.put_nowait(Ack(AckEventType.BUFFERING, event.timecode, number))
             elif isinstance(event, FragmentComplete):
-                self.sender.queue.put_nowait(Ack(AckEventType.RECEIVED, event.timecode))
+                reserved = self._numbers.get(event.index)
+                self.sender.queue.put_nowait(
+                    Ack(AckEventType.RECEIVED, event.timecode, reserved[0] if reserved else None)
+                )
                 future = asyncio.ensure_future(self._persist(event))
                 self.persists.add(future)
                 future.add_done_callback(self.persists.discard)
                 self.sender.queue.put_nowait(future)
             else:
+                if event.index is not None:
+                    self._numbers.pop(event.index, None)
                 self.sender.queue.put_nowait(Ack.error(event.error_id, event.timecode))
                 log.info(
                     "PutMedia %s: ERROR %d at timecode %s: %s",
@@ -277,19 +426,25 @@ class _Upload:
                     self.stop = True
 
     async def _persist(self, fragment: FragmentComplete) -> Ack | None:
-        payload = stored_payload(fragment.tracks, fragment.cluster_bytes)
+        reserved = self._numbers.pop(fragment.index, None)
+        number = reserved[0] if reserved else None
+        server_ms = reserved[1] if reserved else None
         meta = FragmentMeta(
             producer_timestamp_ms=fragment.producer_timestamp_ms,
             duration_ms=fragment.duration_ms,
             tags=tuple((t.name, t.value) for t in fragment.tags),
+            server_timestamp_ms=server_ms,
+            fragment_number=number,
         )
         try:
+            payload = stored_payload(fragment.tracks, fragment.cluster_bytes)
             record = await self.ctx.store.append_fragment(self.stream.name, payload, meta)
         except ResourceNotFoundError:
             self.stop = True
             return Ack.error(4008, fragment.timecode)
-        except OSError:
-            log.exception("PutMedia %s: archiving failed", self.stream.name)
+        except (OSError, KvsError, ValueError, OverflowError) as exc:
+            # A full disk, a row SQLite refuses: this fragment fails, on this upload.
+            log.error("PutMedia %s: archiving a fragment failed: %s", self.stream.name, exc)
             return Ack.error(5001, fragment.timecode)
         if self.stream.retention_hours == 0:
             return None  # no archive: the service sends no PERSISTED
@@ -310,9 +465,7 @@ def _render(record: FragmentRecord, payload: bytes, *, now_ms: int) -> bytes:
 
 
 def _timestamp_ms(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidArgumentError("StartTimestamp must be a timestamp in epoch seconds.")
-    return round(value * 1000)
+    return timestamp_ms(value, "StartTimestamp")
 
 
 async def _start_after(
@@ -330,11 +483,13 @@ async def _start_after(
         number = optional_str(selector, "AfterFragmentNumber")
         if number is None:
             raise InvalidArgumentError("AfterFragmentNumber is required for FRAGMENT_NUMBER.")
+        fragment_number_key(number)  # checked before the 200 goes out
         return number
     if kind == "CONTINUATION_TOKEN":
         token = optional_str(selector, "ContinuationToken")
         if token is None:
             raise InvalidArgumentError("ContinuationToken is required for CONTINUATION_TOKEN.")
+        fragment_number_key(token)  # checked before the 200 goes out
         return token
     if kind in ("SERVER_TIMESTAMP", "PRODUCER_TIMESTAMP"):
         start_ms = _timestamp_ms(selector.get("StartTimestamp"))
@@ -364,21 +519,32 @@ async def get_media(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "video/webm"})
         await response.prepare(request)
         try:
-            await _follow(ctx, stream.name, after, response)
+            await _follow(ctx, stream.name, after, response, state.config.getmedia_stall_timeout_s)
         except (ConnectionResetError, RuntimeError) as exc:
             log.debug("GetMedia %s: client went away (%r)", stream.name, exc)
+        except asyncio.TimeoutError:
+            # The reader stopped reading: free its slot (the service allows 3 per
+            # stream) instead of letting stalled readers lock the stream's readers out.
+            log.info("GetMedia %s: reader stalled, closing", stream.name)
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
 
 async def _follow(
-    ctx: EmulatorContext, stream_name: str, after: str | None, response: web.StreamResponse
+    ctx: EmulatorContext,
+    stream_name: str,
+    after: str | None,
+    response: web.StreamResponse,
+    stall_timeout_s: float = GETMEDIA_STALL_TIMEOUT_S,
 ) -> None:
     store = ctx.store
     while True:
         records = await store.fragments_after(stream_name, after, 50)
         for record in records:
             payload = await store.read_payload(record)
-            await response.write(_render(record, payload, now_ms=int(time.time() * 1000)))
+            rendered = _render(record, payload, now_ms=int(time.time() * 1000))
+            await asyncio.wait_for(response.write(rendered), stall_timeout_s)
             after = record.fragment_number
         if len(records) == 50:
             continue  # more may be waiting: read on before waiting

@@ -17,10 +17,12 @@ from typing import ClassVar
 from kvs_toolkit.errors import EmulatorError
 
 __all__ = [
+    "AccessDeniedError",
     "AccountStreamLimitExceededError",
     "ClientLimitExceededError",
     "InvalidArgumentError",
     "NotAuthorizedError",
+    "RequestTimeoutError",
     "ResourceInUseError",
     "ResourceNotFoundError",
     "SerializationError",
@@ -100,3 +102,17 @@ class UnknownOperationError(ServiceError):
     code = "UnknownOperationException"
     status = 404
     message_key = "message"
+
+
+class AccessDeniedError(ServiceError):
+    """A request the emulator will not serve (a page request under a foreign Host name)."""
+
+    code = "AccessDeniedException"
+    status = 403
+
+
+class RequestTimeoutError(ServiceError):
+    """A request whose body stopped arriving (the AWS front end's RequestTimeout)."""
+
+    code = "RequestTimeoutException"
+    status = 408

@@ -39,16 +39,15 @@ from typing import Final
 from kvs_toolkit.bitstream import parse_avcc, parse_h264_sps, parse_h265_sps, parse_hvcc
 from kvs_toolkit.errors import BitstreamError, DecodeError, MkvError
 from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, MkvReader, SegmentInfo, TrackInfo, TracksRead, ids
+from kvs_toolkit.mkv.blocks import iter_blocks
 from kvs_toolkit.mkv.ebml import (
     UNKNOWN_SIZE,
     UNKNOWN_SIZE_BYTES,
-    decode_uint,
     encode_id,
     iter_children,
     read_element_id,
     read_size,
 )
-from kvs_toolkit.mkv.reader import _split_laces
 from kvs_toolkit.mkv.writer import ebml_header
 
 __all__ = [
@@ -171,60 +170,15 @@ def _read_cluster(cluster: memoryview, offset: int, scale: int) -> dict[int, lis
     if len(children) != 1 or children[0][0] != ids.CLUSTER:
         raise MkvError("the stored fragment does not end with one Cluster", offset)
     _id, body, body_offset = children[0]
-    timecode: int | None = None
     blocks: dict[int, list[Block]] = {}
-    for element_id, data, at in iter_children(body, body_offset):
-        if element_id == ids.TIMECODE:
-            timecode = decode_uint(data, at)
-        elif element_id == ids.SIMPLE_BLOCK:
-            _add_block(blocks, data, at, timecode, scale, keyframe=None, duration=None)
-        elif element_id == ids.BLOCK_GROUP:
-            block: tuple[memoryview, int] | None = None
-            referenced = False
-            duration = None
-            for group_id, group_data, group_at in iter_children(data, at):
-                if group_id == ids.BLOCK:
-                    block = (group_data, group_at)
-                elif group_id == ids.REFERENCE_BLOCK:
-                    referenced = True
-                elif group_id == ids.BLOCK_DURATION:
-                    duration = decode_uint(group_data, group_at) * scale
-            if block is not None:
-                _add_block(
-                    blocks, block[0], block[1], timecode, scale,
-                    keyframe=not referenced, duration=duration,
-                )  # fmt: skip
+    # The mkv package's block iterator: frames are views into the payload (no copy).
+    for block in iter_blocks(body, body_offset):
+        pts_ns = block.timecode * scale
+        duration = None if block.duration is None else block.duration * scale
+        blocks.setdefault(block.track_number, []).extend(
+            Block(pts_ns, block.keyframe, frame, duration) for frame in block.frames
+        )
     return blocks
-
-
-def _add_block(
-    blocks: dict[int, list[Block]],
-    data: memoryview,
-    at: int,
-    cluster_timecode: int | None,
-    scale: int,
-    *,
-    keyframe: bool | None,
-    duration: int | None,
-) -> None:
-    if cluster_timecode is None:
-        raise MkvError("block before the Cluster's Timecode", at)
-    first = data[0] if data else 0
-    track_len = 1 if first & 0x80 else 2 if first & 0x40 else 0
-    if track_len == 0 or len(data) < track_len + 3:
-        raise MkvError("truncated or invalid block header", at)
-    track = (first & 0x7F) if track_len == 1 else ((first & 0x3F) << 8) | data[1]
-    relative = int.from_bytes(data[track_len : track_len + 2], "big", signed=True)
-    flags = data[track_len + 2]
-    key = bool(flags & 0x80) if keyframe is None else keyframe
-    pts_ns = (cluster_timecode + relative) * scale
-    lacing = (flags >> 1) & 0x03
-    frames = (
-        [data[track_len + 3 :]] if lacing == 0 else _split_laces(data, track_len + 3, lacing, at)
-    )
-    out = blocks.setdefault(track, [])
-    for frame in frames:
-        out.append(Block(pts_ns, key, frame, duration))
 
 
 # --- timing ---------------------------------------------------------------------------------

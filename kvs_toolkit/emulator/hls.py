@@ -106,6 +106,7 @@ from kvs_toolkit.emulator.playback import (
 )
 from kvs_toolkit.emulator.remux import ByteLRU, mpegts_segment
 from kvs_toolkit.emulator.store import FragmentRecord, Store, StreamRecord, TimestampType
+from kvs_toolkit.emulator.validation import query_int
 from kvs_toolkit.errors import DecodeError, MkvError
 
 __all__ = [
@@ -499,10 +500,11 @@ def _track(request: web.Request, session: PlaybackSession) -> tuple[int | None, 
     text = request.query.get("TrackNumber")
     if text is None:
         return None, None
-    position = session.info.position(int(text)) if text.isdigit() else None
+    number = query_int(text, "TrackNumber", 0, 2**64 - 1)
+    position = session.info.position(number)
     if position is None:
         raise InvalidArgumentError(f"TrackNumber {text!r} is not a track of the session.")
-    return int(text), position
+    return number, position
 
 
 async def get_hls_master_playlist(request: web.Request) -> web.Response:
@@ -671,8 +673,8 @@ def _requested_number(request: web.Request, session: PlaybackSession) -> str:
     number = request.query.get("FragmentNumber")
     sequence_text = request.query.get("SequenceNumber")
     if number is None and sequence_text is not None:
-        if not sequence_text.isdigit():
-            raise InvalidArgumentError(f"SequenceNumber {sequence_text!r} is not a number.")
+        if not (sequence_text.isascii() and sequence_text.isdigit()) or len(sequence_text) > 18:
+            raise InvalidArgumentError(f"SequenceNumber {sequence_text[:40]!r} is not a number.")
         entry = session.index.by_sequence(int(sequence_text))
         if entry is None:
             raise ResourceNotFoundError(f"No fragment with sequence number {sequence_text}.")

@@ -32,7 +32,12 @@ from typing import Any, Final, Literal
 from kvs_toolkit.bitstream import parse_avcc, parse_h264_sps, parse_h265_sps, parse_hvcc
 from kvs_toolkit.emulator.errors import InvalidArgumentError, NotAuthorizedError, ServiceError
 from kvs_toolkit.emulator.store import FragmentRecord, TimestampType
-from kvs_toolkit.emulator.validation import optional_int, optional_str, require_object
+from kvs_toolkit.emulator.validation import (
+    optional_int,
+    optional_str,
+    require_object,
+    timestamp_ms,
+)
 from kvs_toolkit.errors import BitstreamError, MkvError
 from kvs_toolkit.mkv import TRACK_TYPE_AUDIO, TRACK_TYPE_VIDEO, FragmentReader, TrackInfo
 from kvs_toolkit.mkv.ebml import UNKNOWN_SIZE_BYTES, encode_id
@@ -152,9 +157,7 @@ class SessionExpiredError(NotAuthorizedError):
 
 def parse_timestamp_ms(value: Any, what: str) -> int:
     """Epoch seconds (a JSON number, as botocore sends timestamps) as integer ms."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InvalidArgumentError(f"{what} must be a timestamp in epoch seconds.")
-    return round(value * 1000)
+    return timestamp_ms(value, what)
 
 
 def _enum(body: Mapping[str, Any], key: str, allowed: Sequence[str], default: str) -> str:

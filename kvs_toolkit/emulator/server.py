@@ -26,7 +26,6 @@ import logging
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import uuid
@@ -43,11 +42,13 @@ from kvs_toolkit.emulator.context import (
     EmulatorConfig,
     EmulatorContext,
     error_response,
+    read_body,
 )
 from kvs_toolkit.emulator.errors import ServiceError, UnknownOperationError
 from kvs_toolkit.emulator.events import StreamEvents
 from kvs_toolkit.emulator.sigv4 import (
     EMPTY_SHA256,
+    UNSIGNED_PAYLOAD,
     InvalidSignatureError,
     is_hex_sha256,
     verify,
@@ -101,6 +102,21 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         return error_response(ServiceError("The emulator failed to process the request."))
 
 
+# Paths a browser loads (the page, its API, HLS/DASH players): answered only under the
+# emulator's own Host names, so a page elsewhere cannot read streams by DNS rebinding.
+_BROWSER_PREFIXES = ("/hls/", "/dash/")
+
+
+@web.middleware
+async def _host_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if web_page.is_page_request(request) or request.path.startswith(_BROWSER_PREFIXES):
+        try:
+            request.app[EMULATOR].check_host(request)
+        except ServiceError as exc:  # outermost middleware: answer here
+            return error_response(exc)
+    return await handler(request)
+
+
 @web.middleware
 async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = request.app[EMULATOR]
@@ -109,13 +125,21 @@ async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.Strea
     if credentials is None or web_page.is_page_request(request):
         return await handler(request)
     declared = request.headers.get("x-amz-content-sha256")
-    if request.path in ctx.streaming_paths:
+    streaming = request.path in ctx.streaming_paths
+    # UNSIGNED-PAYLOAD only where the service takes it: the streamed PutMedia body.
+    unsigned_ok = streaming and declared == UNSIGNED_PAYLOAD
+    if declared is not None and not is_hex_sha256(declared) and not unsigned_ok:
+        raise InvalidSignatureError(
+            "The 'x-amz-content-sha256' header must be the hex SHA-256 of the payload"
+            + (" or UNSIGNED-PAYLOAD." if streaming else ".")
+        )
+    if streaming:
         # A streaming body is not hashed: the signer used the header, or the hash of
         # the empty string as the C producer does for PutMedia.
         payload_hash = declared or EMPTY_SHA256
     else:
-        actual = hashlib.sha256(await request.read()).hexdigest()
-        if declared is not None and is_hex_sha256(declared) and declared != actual:
+        actual = hashlib.sha256(await read_body(request)).hexdigest()
+        if declared is not None and declared != actual:
             raise InvalidSignatureError(
                 "The provided 'x-amz-content-sha256' header does not match what was computed."
             )
@@ -128,6 +152,7 @@ async def _sigv4_middleware(request: web.Request, handler: Handler) -> web.Strea
         headers=list(request.headers.items()),
         payload_hash=payload_hash,
         credentials=credentials,
+        region=ctx.config.default_region,
     )
     return await handler(request)
 
@@ -145,6 +170,8 @@ def create_app(
     app.on_response_prepare.append(_add_request_id)
     for install in DEFAULT_ROUTE_INSTALLERS if route_installers is None else route_installers:
         install(app)
+    # First of all, before any installer's middleware (HLS checks session tokens).
+    app.middlewares.insert(0, _host_middleware)
     return app
 
 
@@ -155,8 +182,9 @@ class Emulator:
     thread; ``async with Emulator() as emu`` (or ``await emu.start()`` /
     ``await emu.stop()``) runs it on the current loop. ``data_dir=None`` uses a
     temporary directory removed on stop; a path keeps everything across restarts.
-    ``rate_limits=True`` refuses calls over the service's per-stream TPS limits (see
-    :class:`EmulatorConfig`).
+    ``rate_limits=True`` refuses calls over the service's per-stream TPS limits;
+    ``idle_timeout`` closes idle and half-sent connections (see :class:`EmulatorConfig`).
+    ``default_region`` is the emulator's region (checked in SigV4 credential scopes).
 
     ``emu.store`` is the :class:`AsyncStore` (on the emulator's loop; ``emu.store.sync``
     is the blocking, thread-safe store), ``emu.events`` the :class:`StreamEvents` that
@@ -175,6 +203,7 @@ class Emulator:
         state_delay: float = 0.0,
         advertised_url: str | None = None,
         rate_limits: bool = False,
+        idle_timeout: float = 30.0,
         retention_sweep_interval: float = 60.0,
         max_streams: int | None = None,
         route_installers: Sequence[RouteInstaller] | None = None,
@@ -188,6 +217,7 @@ class Emulator:
             state_delay=state_delay,
             advertised_url=advertised_url,
             rate_limits=rate_limits,
+            idle_timeout_s=idle_timeout,
         )
         self._data_dir_arg = None if data_dir is None else Path(data_dir)
         self._retention_sweep_interval = retention_sweep_interval
@@ -212,6 +242,19 @@ class Emulator:
         if self._endpoint_url is None:
             raise EmulatorError("the emulator is not running")
         return self._endpoint_url
+
+    @property
+    def advertised_url(self) -> str:
+        """What GetDataEndpoint and HLS/DASH session URLs answer (default: the endpoint).
+
+        Settable while running, to point clients at a proxy put in front of the emulator
+        after it started (the answer never follows the request's Host header).
+        """
+        return self.context.data_endpoint()
+
+    @advertised_url.setter
+    def advertised_url(self, url: str | None) -> None:
+        self.context.advertised_url = url
 
     @property
     def context(self) -> EmulatorContext:
@@ -270,8 +313,14 @@ class Emulator:
         app = create_app(context, self._route_installers)
         # handler_cancellation: a long-lived GetMedia handler is cancelled as soon as its
         # client disconnects, which frees the stream's connection slot at once.
+        # keepalive_timeout: aiohttp closes a connection idle (or stuck in a half-sent
+        # request head) this long; stalled bodies are refused by read_body.
         runner = web.AppRunner(
-            app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True
+            app,
+            access_log=None,
+            shutdown_timeout=1.0,
+            handler_cancellation=True,
+            keepalive_timeout=self.config.idle_timeout_s,
         )
         try:
             await runner.setup()
@@ -414,12 +463,12 @@ def run_forever(
     credentials: Mapping[str, str] | None = None,
     *,
     rate_limits: bool = False,
+    advertised_url: str | None = None,
+    region: str = "us-east-1",
+    on_ready: Callable[[Emulator], None] | None = None,
 ) -> None:
-    """Serve until SIGINT or SIGTERM (for the CLI).
-
-    Prints exactly one line to stdout, the endpoint URL ``http://HOST:PORT`` (the port
-    actually bound), once the server accepts connections.
-    """
+    """Serve until SIGINT or SIGTERM (for the CLI): ``on_ready(emulator)`` is called
+    once the server accepts connections (the CLI prints the endpoint URL then)."""
 
     async def serve() -> None:
         emulator = Emulator(
@@ -428,6 +477,8 @@ def run_forever(
             port=port,
             credentials=credentials,
             rate_limits=rate_limits,
+            advertised_url=advertised_url,
+            default_region=region,
         )
         await emulator.start()
         loop = asyncio.get_running_loop()
@@ -440,8 +491,8 @@ def run_forever(
             except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
                 pass
         try:
-            sys.stdout.write(emulator.endpoint_url + "\n")
-            sys.stdout.flush()
+            if on_ready is not None:
+                on_ready(emulator)
             await stop.wait()
         finally:
             for signum in installed:

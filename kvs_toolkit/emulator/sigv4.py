@@ -262,12 +262,14 @@ def verify(
     now: float | None = None,
     service: str = "kinesisvideo",
     max_skew: float = MAX_SKEW_SECONDS,
+    region: str | None = None,
 ) -> AuthorizationHeader:
     """Check a request's SigV4 signature against ``credentials`` (access key -> secret).
 
     ``payload_hash`` is what the signer must have used: the ``x-amz-content-sha256``
     header when sent, else the SHA-256 of the body (the empty-string hash for a
-    streaming body, as the C producer signs PutMedia). Raises :class:`SigV4Error`.
+    streaming body, as the C producer signs PutMedia). ``region``: the only region the
+    credential scope may name (any when None). Raises :class:`SigV4Error`.
     """
     authorization = [value for name, value in headers if name.lower() == "authorization"]
     if not authorization:
@@ -294,6 +296,11 @@ def verify(
         )
     if auth.service != service:
         raise InvalidSignatureError(f"Credential should be scoped to correct service: '{service}'.")
+    if region is not None and auth.region != region:
+        # The AWS front end's wording for a scope naming another region.
+        raise InvalidSignatureError(
+            f"Credential should be scoped to a valid region, not '{auth.region[:64]}'."
+        )
     secret = credentials.get(auth.access_key)
     if secret is None:
         raise UnrecognizedClientError("The security token included in the request is invalid.")

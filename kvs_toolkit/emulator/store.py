@@ -33,9 +33,6 @@ stream's retention, and whole segment files once their hour has passed the cutof
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import calendar
 import concurrent.futures
 import contextlib
 import json
@@ -51,10 +48,11 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from kvs_toolkit.emulator.async_store import AsyncStore
 from kvs_toolkit.emulator.errors import (
     AccountStreamLimitExceededError,
     InvalidArgumentError,
@@ -63,9 +61,43 @@ from kvs_toolkit.emulator.errors import (
     TagsPerResourceExceededLimitError,
     VersionMismatchError,
 )
+from kvs_toolkit.emulator.index import (
+    FRAGMENT_COLUMNS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    STREAM_COLUMNS,
+    select_stream,
+    stream_from_row,
+    with_tags,
+)
+from kvs_toolkit.emulator.records import (
+    FRAGMENT_NUMBER_DIGITS,
+    FragmentMeta,
+    FragmentPage,
+    FragmentRecord,
+    StreamRecord,
+    StreamStatus,
+    TimestampType,
+    decode_fragment_token,
+    decode_token,
+    encode_token,
+    fragment_number_key,
+)
+from kvs_toolkit.emulator.segments import (
+    HOUR_MS,
+    fsync_dir,
+    lock_data_dir,
+    segment_hour_end_ms,
+    segment_name,
+    write_all,
+)
 from kvs_toolkit.emulator.validation import MAX_RETENTION_HOURS, MAX_TAGS_PER_STREAM
 from kvs_toolkit.errors import EmulatorError
 
+# The store is split along its seams: records (the values), index (SQLite schema and
+# row mapping), segments (payload files), async_store (AsyncStore); this module holds
+# the Store itself (the writer thread, group commit, reads). Their public names stay
+# importable from here.
 __all__ = [
     "FRAGMENT_NUMBER_DIGITS",
     "AsyncStore",
@@ -76,146 +108,28 @@ __all__ = [
     "StreamRecord",
     "StreamStatus",
     "TimestampType",
+    "decode_fragment_token",
+    "decode_token",
+    "encode_token",
+    "fragment_number_key",
 ]
 
 logger = logging.getLogger(__name__)
 
+_SQLITE_FULL = 13  # SQLite's result code for "database or disk is full"
+
 T = TypeVar("T")
 
-StreamStatus = Literal["CREATING", "ACTIVE", "UPDATING", "DELETING"]
-TimestampType = Literal["PRODUCER_TIMESTAMP", "SERVER_TIMESTAMP"]
 
-FRAGMENT_NUMBER_DIGITS = 47
 # The service's fragment numbers are 47-digit decimals that grow with time, e.g.
 # "91343852333181432392682062607743920146159169392". Ours: a constant 11-digit prefix,
 # 16 digits of server time in microseconds (made strictly increasing per store), the
 # stream id (10 digits) and a 10-digit checksum so they do not look sequential. Fixed
 # width, so string order is numeric order, in SQLite as in Python.
 _FRAGMENT_NUMBER_PREFIX = "91343852333"
-_SCHEMA_VERSION = 1
 _MAX_GROUP = 256  # appends committed together at most
 _MAX_OPEN_SEGMENTS = 64
 _VERSION_ALPHABET = string.ascii_letters + string.digits
-_HOUR_MS = 3_600_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS streams (
-    stream_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    name TEXT NOT NULL UNIQUE,
-    arn TEXT NOT NULL UNIQUE,
-    version TEXT NOT NULL,
-    status TEXT NOT NULL,
-    creation_time_ms INTEGER NOT NULL,
-    retention_hours INTEGER NOT NULL,
-    kms_key_id TEXT NOT NULL,
-    media_type TEXT,
-    device_name TEXT,
-    tags TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS fragments (
-    stream_id INTEGER NOT NULL,
-    fragment_number TEXT NOT NULL,
-    producer_ts_ms INTEGER NOT NULL,
-    server_ts_ms INTEGER NOT NULL,
-    duration_ms INTEGER NOT NULL,
-    size INTEGER NOT NULL,
-    path TEXT NOT NULL,
-    file_offset INTEGER NOT NULL,
-    length INTEGER NOT NULL,
-    PRIMARY KEY (stream_id, fragment_number)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS fragments_by_producer_ts ON fragments (stream_id, producer_ts_ms);
-CREATE INDEX IF NOT EXISTS fragments_by_server_ts ON fragments (stream_id, server_ts_ms);
-CREATE TABLE IF NOT EXISTS fragment_tags (
-    stream_id INTEGER NOT NULL,
-    fragment_number TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    name TEXT NOT NULL,
-    value TEXT NOT NULL,
-    PRIMARY KEY (stream_id, fragment_number, seq)
-) WITHOUT ROWID;
-"""
-
-_STREAM_COLUMNS = (
-    "stream_id, name, arn, version, status, creation_time_ms, retention_hours, "
-    "kms_key_id, media_type, device_name, tags"
-)
-_FRAGMENT_COLUMNS = (
-    "stream_id, fragment_number, producer_ts_ms, server_ts_ms, duration_ms, size, "
-    "path, file_offset, length"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class StreamRecord:
-    """One stream as the index holds it."""
-
-    stream_id: int
-    name: str
-    arn: str
-    version: str
-    status: StreamStatus
-    creation_time_ms: int
-    retention_hours: int
-    kms_key_id: str
-    media_type: str | None
-    device_name: str | None
-    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
-
-
-@dataclass(frozen=True, slots=True)
-class FragmentMeta:
-    """What the caller of :meth:`Store.append_fragment` knows about a fragment.
-
-    ``server_timestamp_ms`` defaults to the time the fragment is persisted; a PutMedia
-    handler may pass the time the fragment arrived instead. ``size`` is the
-    FragmentSizeInBytes reported by ListFragments (default: the payload length).
-    ``tags`` are the fragment's metadata items in order (name, value).
-    """
-
-    producer_timestamp_ms: int
-    duration_ms: int
-    server_timestamp_ms: int | None = None
-    size: int | None = None
-    tags: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class FragmentRecord:
-    """One persisted fragment. ``path`` is relative to the data directory."""
-
-    stream_id: int
-    stream_name: str
-    fragment_number: str
-    producer_timestamp_ms: int
-    server_timestamp_ms: int
-    duration_ms: int
-    size: int
-    path: str
-    offset: int
-    length: int
-    tags: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class FragmentPage:
-    """A page of fragments in fragment-number order; ``next_token`` is None on the last."""
-
-    fragments: tuple[FragmentRecord, ...]
-    next_token: str | None
-
-
-def fragment_number_key(number: str) -> str:
-    """A fragment number as a fixed-width string that compares like the number.
-
-    Numbers from clients may have any width; ours always have 47 digits.
-    """
-    if not number.isdigit() or not number.isascii():
-        raise InvalidArgumentError(f"fragment number {number!r} is not a decimal number")
-    stripped = number.lstrip("0") or "0"
-    if len(stripped) > FRAGMENT_NUMBER_DIGITS:
-        return "9" * FRAGMENT_NUMBER_DIGITS + "+"  # sorts after every stored number
-    return stripped.rjust(FRAGMENT_NUMBER_DIGITS, "0")
 
 
 def _now_ms() -> int:
@@ -224,50 +138,6 @@ def _now_ms() -> int:
 
 def _new_version() -> str:
     return "".join(secrets.choice(_VERSION_ALPHABET) for _ in range(20))
-
-
-def encode_token(payload: Mapping[str, Any]) -> str:
-    """An opaque pagination token (standard base64, as the models' NextToken patterns)."""
-    return base64.b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
-
-
-def decode_token(token: str) -> dict[str, Any]:
-    try:
-        value = json.loads(base64.b64decode(token.encode("ascii"), validate=True))
-    except (ValueError, UnicodeError) as exc:
-        raise InvalidArgumentError("NextToken is not valid") from exc
-    if not isinstance(value, dict):
-        raise InvalidArgumentError("NextToken is not valid")
-    return value
-
-
-def _stream_from_row(row: Sequence[Any]) -> StreamRecord:
-    return StreamRecord(
-        stream_id=row[0],
-        name=row[1],
-        arn=row[2],
-        version=row[3],
-        status=row[4],
-        creation_time_ms=row[5],
-        retention_hours=row[6],
-        kms_key_id=row[7],
-        media_type=row[8],
-        device_name=row[9],
-        tags=json.loads(row[10]),
-    )
-
-
-def _segment_name(server_ts_ms: int) -> str:
-    return time.strftime("%Y%m%d%H", time.gmtime(server_ts_ms // 1000)) + ".seg"
-
-
-def _segment_hour_end_ms(name: str) -> int | None:
-    stem = name.removesuffix(".seg")
-    try:
-        start = time.strptime(stem, "%Y%m%d%H")
-    except ValueError:
-        return None
-    return calendar.timegm(start) * 1000 + _HOUR_MS
 
 
 # --- writer-thread operations -----------------------------------------------------------
@@ -326,14 +196,19 @@ class Store:
         )
         self._closed = False
         self._close_called = False
+        self._number_lock = threading.Lock()
         conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
         try:
             self.media_dir.mkdir(parents=True, exist_ok=True)
-            self._lock_fd = _lock_data_dir(self.data_dir)
+            self._lock_fd = lock_data_dir(self.data_dir)
             conn = self._conn = self._connect()
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            # Written only when missing: the store must open (and serve reads) on a
+            # full disk, where any write transaction fails.
+            (version,) = conn.execute("PRAGMA user_version").fetchone()
+            if version != SCHEMA_VERSION:
+                conn.executescript(SCHEMA)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             self._last_us = self._load_last_us()
             self._remove_orphan_directories()
             self._drop_rows_past_segment_ends()
@@ -504,11 +379,28 @@ class Store:
         else:
             op.future.set_result(result)
 
-    def _next_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
-        micros = max(server_ts_ms * 1000, self._last_us + 1)
-        self._last_us = micros
+    def reserve_fragment_number(self, stream_id: int, server_ts_ms: int) -> tuple[str, int]:
+        """A new fragment number and its server timestamp in ms (thread-safe).
+
+        Both grow strictly: the timestamp by at least 1 ms from the previous reservation,
+        so fragments that arrive in one burst still have distinct server timestamps.
+        Pass them back in :class:`FragmentMeta`; a number never used leaves a gap, which
+        fragment numbers may have.
+        """
+        with self._number_lock:
+            micros = max(server_ts_ms * 1000, (self._last_us // 1000 + 1) * 1000)
+            self._last_us = micros
+        return self._format_number(stream_id, micros), micros // 1000
+
+    def _format_number(self, stream_id: int, micros: int) -> str:
         head = f"{_FRAGMENT_NUMBER_PREFIX}{micros:016d}{stream_id % 10**10:010d}"
         return f"{head}{zlib.crc32(head.encode()) % 10**10:010d}"
+
+    def _next_fragment_number(self, stream_id: int, server_ts_ms: int) -> str:
+        with self._number_lock:
+            micros = max(server_ts_ms * 1000, self._last_us + 1)
+            self._last_us = micros
+        return self._format_number(stream_id, micros)
 
     def _load_last_us(self) -> int:
         row = self._conn.execute("SELECT MAX(fragment_number) FROM fragments").fetchone()
@@ -529,9 +421,9 @@ class Store:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if new_dir or not existed:
             # Make the new directory entries durable too.
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
             if new_dir:
-                _fsync_dir(path.parent.parent)
+                fsync_dir(path.parent.parent)
         self._segments[rel_path] = fd
         while len(self._segments) > _MAX_OPEN_SEGMENTS:
             _, old_fd = self._segments.popitem(last=False)
@@ -546,7 +438,7 @@ class Store:
 
     def _commit_appends(self, ops: list[_Append]) -> None:
         ops = [op for op in ops if op.future.set_running_or_notify_cancel()]
-        records: list[tuple[_Append, FragmentRecord]] = []
+        records: list[tuple[_Append, FragmentRecord, int]] = []
         dirty: dict[int, None] = {}
         for op in ops:
             try:
@@ -561,11 +453,11 @@ class Store:
                 server_ts = op.meta.server_timestamp_ms
                 if server_ts is None:
                     server_ts = _now_ms()
-                number = self._next_fragment_number(stream_id, server_ts)
-                rel_path = f"media/{stream_id}/{_segment_name(server_ts)}"
+                number = op.meta.fragment_number or self._next_fragment_number(stream_id, server_ts)
+                rel_path = f"media/{stream_id}/{segment_name(server_ts)}"
                 fd = self._segment_fd(rel_path)
                 offset = os.fstat(fd).st_size
-                _write_all(fd, op.payload)
+                write_all(fd, op.payload)
                 dirty[fd] = None
             except BaseException as exc:
                 op.future.set_exception(exc)
@@ -586,6 +478,7 @@ class Store:
                         length=len(op.payload),
                         tags=tuple(op.meta.tags),
                     ),
+                    fd,
                 )
             )
         if not records:
@@ -595,54 +488,77 @@ class Store:
         # answered, at about the cost of one sync instead of two in a row. A crash
         # between the two leaves index rows past the end of a segment; they are
         # dropped when the store opens (_drop_rows_past_segment_ends).
-        syncs = [self._fsync_pool.submit(os.fsync, fd) for fd in dirty]
+        syncs = {fd: self._fsync_pool.submit(os.fsync, fd) for fd in dirty}
+        committed: list[tuple[_Append, FragmentRecord, int]] = []
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    f"INSERT INTO fragments ({_FRAGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (
-                            r.stream_id,
-                            r.fragment_number,
-                            r.producer_timestamp_ms,
-                            r.server_timestamp_ms,
-                            r.duration_ms,
-                            r.size,
-                            r.path,
-                            r.offset,
-                            r.length,
-                        )
-                        for _, r in records
-                    ],
-                )
-                self._conn.executemany(
-                    "INSERT INTO fragment_tags (stream_id, fragment_number, seq, name, value) "
-                    "VALUES (?,?,?,?,?)",
-                    [
-                        (r.stream_id, r.fragment_number, seq, name, value)
-                        for _, r in records
-                        for seq, (name, value) in enumerate(r.tags)
-                    ],
-                )
+                for op, record, fd in records:
+                    # One savepoint per fragment: a row SQLite refuses (a number out of
+                    # its range, say) fails that fragment alone, never the others
+                    # committed with it, which may be other streams' uploads.
+                    self._conn.execute("SAVEPOINT fragment")
+                    try:
+                        self._insert_rows(record)
+                    except (sqlite3.Error, OverflowError, ValueError) as exc:
+                        self._conn.execute("ROLLBACK TO fragment")
+                        self._conn.execute("RELEASE fragment")
+                        logger.warning("fragment of %s not indexed: %s", op.stream_name, exc)
+                        op.future.set_exception(EmulatorError(f"cannot index the fragment: {exc}"))
+                        continue
+                    self._conn.execute("RELEASE fragment")
+                    committed.append((op, record, fd))
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
-            for sync in syncs:
-                sync.result()
         except BaseException as exc:
-            logger.exception("persisting %d fragment(s) failed", len(records))
-            for op, _ in records:
+            logger.exception("persisting %d fragment(s) failed", len(committed))
+            for op, _, _ in committed:
                 op.future.set_exception(exc)
+            for sync in syncs.values():
+                with contextlib.suppress(OSError):
+                    sync.result()
             return
-        for op, record in records:
+        for op, record, fd in committed:
+            try:
+                syncs[fd].result()
+            except OSError as exc:
+                # The index has the row but its bytes may not be durable: do not
+                # acknowledge it (a restart drops rows past a segment's end).
+                logger.error("fsync of %s failed: %s", record.path, exc)
+                op.future.set_exception(exc)
+                continue
             op.future.set_result(record)
             for listener in self._listeners:
                 try:
                     listener(record)
                 except Exception:
                     logger.exception("fragment listener failed")
+
+    def _insert_rows(self, r: FragmentRecord) -> None:
+        self._conn.execute(
+            f"INSERT INTO fragments ({FRAGMENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)",
+            (
+                r.stream_id,
+                r.fragment_number,
+                r.producer_timestamp_ms,
+                r.server_timestamp_ms,
+                r.duration_ms,
+                r.size,
+                r.path,
+                r.offset,
+                r.length,
+            ),
+        )
+        self._conn.executemany(
+            "INSERT INTO fragment_tags (stream_id, fragment_number, seq, name, value) "
+            "VALUES (?,?,?,?,?)",
+            [
+                (r.stream_id, r.fragment_number, seq, name, value)
+                for seq, (name, value) in enumerate(r.tags)
+            ],
+        )
 
     def _drop_rows_past_segment_ends(self) -> None:
         # Index rows may commit before their segment bytes were synced (see
@@ -738,7 +654,7 @@ class Store:
                     json.dumps(tag_map),
                 ),
             )
-            return _select_stream(conn, "stream_id", cur.lastrowid)
+            return select_stream(conn, "stream_id", cur.lastrowid)
 
         return self._submit_call(op).result()
 
@@ -751,7 +667,7 @@ class Store:
         new_version: bool = True,
     ) -> StreamRecord:
         def op(conn: sqlite3.Connection) -> StreamRecord:
-            stream = _select_stream(conn, "name", name)
+            stream = select_stream(conn, "name", name)
             if current_version is not None and current_version != stream.version:
                 raise VersionMismatchError(
                     f"The stream version {current_version} does not match the current "
@@ -768,7 +684,7 @@ class Store:
                     f"UPDATE streams SET {assignments} WHERE stream_id = ?",
                     (*columns.values(), stream.stream_id),
                 )
-            return _select_stream(conn, "stream_id", stream.stream_id)
+            return select_stream(conn, "stream_id", stream.stream_id)
 
         return self._submit_call(op).result()
 
@@ -807,11 +723,11 @@ class Store:
 
     def set_status(self, name: str, status: StreamStatus) -> StreamRecord:
         def op(conn: sqlite3.Connection) -> StreamRecord:
-            stream = _select_stream(conn, "name", name)
+            stream = select_stream(conn, "name", name)
             conn.execute(
                 "UPDATE streams SET status = ? WHERE stream_id = ?", (status, stream.stream_id)
             )
-            return _select_stream(conn, "stream_id", stream.stream_id)
+            return select_stream(conn, "stream_id", stream.stream_id)
 
         return self._submit_call(op).result()
 
@@ -840,7 +756,7 @@ class Store:
     ) -> StreamRecord:
         # Tags do not change the stream's version.
         def op(conn: sqlite3.Connection) -> StreamRecord:
-            stream = _select_stream(conn, "name", name)
+            stream = select_stream(conn, "name", name)
             if stream.status == "DELETING":
                 raise ResourceNotFoundError(f"The stream {name} is being deleted.")
             columns = change(stream)
@@ -849,7 +765,7 @@ class Store:
                 f"UPDATE streams SET {assignments} WHERE stream_id = ?",
                 (*columns.values(), stream.stream_id),
             )
-            return _select_stream(conn, "stream_id", stream.stream_id)
+            return select_stream(conn, "stream_id", stream.stream_id)
 
         return self._submit_call(op).result()
 
@@ -857,7 +773,7 @@ class Store:
         """Mark a stream DELETING (checking the version); :meth:`purge_stream` removes it."""
 
         def op(conn: sqlite3.Connection) -> StreamRecord:
-            stream = _select_stream(conn, "name", name)
+            stream = select_stream(conn, "name", name)
             if current_version is not None and current_version != stream.version:
                 raise VersionMismatchError(
                     f"The stream version {current_version} does not match the current "
@@ -868,9 +784,27 @@ class Store:
             conn.execute(
                 "UPDATE streams SET status = 'DELETING' WHERE stream_id = ?", (stream.stream_id,)
             )
-            return _select_stream(conn, "stream_id", stream.stream_id)
+            return select_stream(conn, "stream_id", stream.stream_id)
 
-        return self._submit_call(op).result()
+        try:
+            return self._submit_call(op).result()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) != _SQLITE_FULL:
+                raise
+            # A full disk: the index cannot be written until space is freed, so the
+            # stream's payload files go first (its rows, about to go too, may point at
+            # missing bytes meanwhile; reads of them fail cleanly).
+            stream = self.get_stream(name)
+            logger.warning("disk full: removing the files of %s before deleting it", name)
+            self._submit_call(
+                lambda _conn: None, lambda _: self._remove_stream_files(stream.stream_id)
+            ).result()
+            return self._submit_call(op).result()
+
+    def _remove_stream_files(self, stream_id: int) -> None:
+        # Writer thread only: it owns the open segment files.
+        self._close_segments(stream_id)
+        shutil.rmtree(self.media_dir / str(stream_id), ignore_errors=True)
 
     def purge_stream(self, stream_id: int) -> None:
         """Remove a stream, its index rows and its segment files (rows first)."""
@@ -882,8 +816,7 @@ class Store:
 
         def remove_files(_: None) -> None:
             # After the commit: a crash here leaves an orphan directory, removed at open.
-            self._close_segments(stream_id)
-            shutil.rmtree(self.media_dir / str(stream_id), ignore_errors=True)
+            self._remove_stream_files(stream_id)
 
         self._submit_call(op, remove_files).result()
 
@@ -900,7 +833,7 @@ class Store:
             doomed: list[Path] = []
             streams = conn.execute("SELECT stream_id, retention_hours FROM streams").fetchall()
             for stream_id, hours in streams:
-                keep_ms = hours * _HOUR_MS if hours > 0 else self.no_retention_keep_ms
+                keep_ms = hours * HOUR_MS if hours > 0 else self.no_retention_keep_ms
                 cutoff = now - keep_ms
                 conn.execute(
                     "DELETE FROM fragment_tags WHERE stream_id = ? AND fragment_number IN "
@@ -916,7 +849,7 @@ class Store:
                 directory = self.media_dir / str(stream_id)
                 if directory.is_dir():
                     for segment in directory.iterdir():
-                        end = _segment_hour_end_ms(segment.name)
+                        end = segment_hour_end_ms(segment.name)
                         if end is not None and end <= cutoff:
                             doomed.append(segment)
             return deleted, doomed
@@ -948,11 +881,11 @@ class Store:
     def get_stream(self, name: str) -> StreamRecord:
         """The stream by name; :class:`ResourceNotFoundError` when there is none."""
         with self._read() as conn:
-            return _select_stream(conn, "name", name)
+            return select_stream(conn, "name", name)
 
     def get_stream_by_arn(self, arn: str) -> StreamRecord:
         with self._read() as conn:
-            return _select_stream(conn, "arn", arn)
+            return select_stream(conn, "arn", arn)
 
     def list_streams(
         self, *, prefix: str | None = None, after_name: str | None = None, limit: int = 10000
@@ -970,10 +903,10 @@ class Store:
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._read() as conn:
             rows = conn.execute(
-                f"SELECT {_STREAM_COLUMNS} FROM streams {where} ORDER BY name LIMIT ?",
+                f"SELECT {STREAM_COLUMNS} FROM streams {where} ORDER BY name LIMIT ?",
                 (*params, limit + 1),
             ).fetchall()
-        streams = [_stream_from_row(row) for row in rows[:limit]]
+        streams = [stream_from_row(row) for row in rows[:limit]]
         return streams, len(rows) > limit
 
     # -- fragments: reads --
@@ -988,17 +921,17 @@ class Store:
         """The fragments with these numbers that exist, in the order asked."""
         keys = [fragment_number_key(n) for n in fragment_numbers]
         with self._read() as conn:
-            stream = _select_stream(conn, "name", stream_name)
+            stream = select_stream(conn, "name", stream_name)
             found: dict[str, FragmentRecord] = {}
             for start in range(0, len(keys), 500):
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
                 rows = conn.execute(
-                    f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE stream_id = ? "
+                    f"SELECT {FRAGMENT_COLUMNS} FROM fragments WHERE stream_id = ? "
                     f"AND fragment_number IN ({marks}) ORDER BY fragment_number",
                     (stream.stream_id, *chunk),
                 ).fetchall()
-                for record in _with_tags(conn, stream.name, rows):
+                for record in with_tags(conn, stream.name, rows):
                     found[record.fragment_number] = record
         return [found[k] for k in keys if k in found]
 
@@ -1032,13 +965,13 @@ class Store:
             clauses.append("fragment_number > ?")
             params.append(fragment_number_key(after_fragment_number))
         with self._read() as conn:
-            stream = _select_stream(conn, "name", stream_name)
+            stream = select_stream(conn, "name", stream_name)
             rows = conn.execute(
-                f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE {' AND '.join(clauses)} "
+                f"SELECT {FRAGMENT_COLUMNS} FROM fragments WHERE {' AND '.join(clauses)} "
                 "ORDER BY fragment_number LIMIT ?",
                 (stream.stream_id, *params, limit + 1),
             ).fetchall()
-            records = _with_tags(conn, stream.name, rows[:limit])
+            records = with_tags(conn, stream.name, rows[:limit])
         token = None
         if len(rows) > limit:
             token = encode_token({"after": records[-1].fragment_number})
@@ -1057,7 +990,7 @@ class Store:
     def count_fragments(self, stream_name: str) -> int:
         """How many fragments the stream holds (an index-only count)."""
         with self._read() as conn:
-            stream = _select_stream(conn, "name", stream_name)
+            stream = select_stream(conn, "name", stream_name)
             (count,) = conn.execute(
                 "SELECT COUNT(*) FROM fragments WHERE stream_id = ?", (stream.stream_id,)
             ).fetchone()
@@ -1073,13 +1006,13 @@ class Store:
         self, stream_name: str, order: Literal["ASC", "DESC"]
     ) -> FragmentRecord | None:
         with self._read() as conn:
-            stream = _select_stream(conn, "name", stream_name)
+            stream = select_stream(conn, "name", stream_name)
             rows = conn.execute(
-                f"SELECT {_FRAGMENT_COLUMNS} FROM fragments WHERE stream_id = ? "
+                f"SELECT {FRAGMENT_COLUMNS} FROM fragments WHERE stream_id = ? "
                 f"ORDER BY fragment_number {order} LIMIT 1",
                 (stream.stream_id,),
             ).fetchall()
-            records = _with_tags(conn, stream.name, rows)
+            records = with_tags(conn, stream.name, rows)
         return records[0] if records else None
 
     def first_fragment_at_or_after(
@@ -1111,250 +1044,3 @@ class Store:
                 f"{len(data)} of {record.length} bytes"
             )
         return data
-
-
-def decode_fragment_token(token: str) -> str:
-    """The fragment number a :class:`FragmentPage` ``next_token`` continues after."""
-    after = decode_token(token).get("after")
-    if not isinstance(after, str) or not after.isdigit():
-        raise InvalidArgumentError("NextToken is not valid")
-    return after
-
-
-def _select_stream(conn: sqlite3.Connection, column: str, value: Any) -> StreamRecord:
-    row = conn.execute(
-        f"SELECT {_STREAM_COLUMNS} FROM streams WHERE {column} = ?", (value,)
-    ).fetchone()
-    if row is None:
-        what = "stream" if column != "arn" else "stream ARN"
-        raise ResourceNotFoundError(f"The requested {what} {value} is not found.")
-    return _stream_from_row(row)
-
-
-def _with_tags(
-    conn: sqlite3.Connection, stream_name: str, rows: Sequence[Sequence[Any]]
-) -> list[FragmentRecord]:
-    if not rows:
-        return []
-    stream_id = rows[0][0]
-    tags: dict[str, list[tuple[str, str]]] = {}
-    for number, name, value in conn.execute(
-        "SELECT fragment_number, name, value FROM fragment_tags WHERE stream_id = ? "
-        "AND fragment_number BETWEEN ? AND ? ORDER BY fragment_number, seq",
-        (stream_id, min(r[1] for r in rows), max(r[1] for r in rows)),
-    ):
-        tags.setdefault(number, []).append((name, value))
-    return [
-        FragmentRecord(
-            stream_id=r[0],
-            stream_name=stream_name,
-            fragment_number=r[1],
-            producer_timestamp_ms=r[2],
-            server_timestamp_ms=r[3],
-            duration_ms=r[4],
-            size=r[5],
-            path=r[6],
-            offset=r[7],
-            length=r[8],
-            tags=tuple(tags.get(r[1], ())),
-        )
-        for r in rows
-    ]
-
-
-def _lock_data_dir(data_dir: Path) -> int | None:
-    """Hold an exclusive lock on the data directory: one store may write it at a time.
-
-    Two writers would interleave appends to the same segment files.
-    """
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no advisory locks here
-        return None
-    fd = os.open(data_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        os.close(fd)
-        raise OSError(f"the data directory is in use by another emulator ({exc})") from exc
-    return fd
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-class AsyncStore:
-    """:class:`Store` for an event loop: the same methods, awaitable.
-
-    Writes go to the store's writer thread and are awaited without blocking the loop;
-    reads run on a small thread pool. ``sync`` is the underlying blocking store, safe to
-    use from any thread.
-    """
-
-    def __init__(self, store: Store, *, read_threads: int = 4) -> None:
-        self.sync = store
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=read_threads, thread_name_prefix="kvs-store-read"
-        )
-
-    def close(self) -> None:
-        """Stop the read pool and close the underlying store."""
-        self._pool.shutdown(wait=True)
-        self.sync.close()
-
-    async def _in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, lambda: fn(*args, **kwargs))
-
-    async def append_fragment(
-        self, stream_name: str, payload: bytes, meta: FragmentMeta
-    ) -> FragmentRecord:
-        """Persist a fragment; returns once it is durable (see :meth:`Store.append_fragment`)."""
-        return await asyncio.wrap_future(self.sync.submit_append(stream_name, payload, meta))
-
-    async def create_stream(
-        self,
-        name: str,
-        *,
-        region: str,
-        account_id: str,
-        retention_hours: int = 0,
-        kms_key_id: str | None = None,
-        media_type: str | None = None,
-        device_name: str | None = None,
-        tags: Mapping[str, str] | None = None,
-        status: StreamStatus = "ACTIVE",
-    ) -> StreamRecord:
-        return await self._in_pool(
-            self.sync.create_stream,
-            name,
-            region=region,
-            account_id=account_id,
-            retention_hours=retention_hours,
-            kms_key_id=kms_key_id,
-            media_type=media_type,
-            device_name=device_name,
-            tags=tags,
-            status=status,
-        )
-
-    async def update_stream(
-        self,
-        name: str,
-        current_version: str,
-        *,
-        device_name: str | None = None,
-        media_type: str | None = None,
-    ) -> StreamRecord:
-        return await self._in_pool(
-            self.sync.update_stream,
-            name,
-            current_version,
-            device_name=device_name,
-            media_type=media_type,
-        )
-
-    async def change_retention(
-        self, name: str, current_version: str, delta_hours: int
-    ) -> StreamRecord:
-        return await self._in_pool(self.sync.change_retention, name, current_version, delta_hours)
-
-    async def set_status(self, name: str, status: StreamStatus) -> StreamRecord:
-        return await self._in_pool(self.sync.set_status, name, status)
-
-    async def tag_stream(self, name: str, tags: Mapping[str, str]) -> StreamRecord:
-        return await self._in_pool(self.sync.tag_stream, name, tags)
-
-    async def untag_stream(self, name: str, keys: Sequence[str]) -> StreamRecord:
-        return await self._in_pool(self.sync.untag_stream, name, keys)
-
-    async def begin_delete(self, name: str, current_version: str | None = None) -> StreamRecord:
-        return await self._in_pool(self.sync.begin_delete, name, current_version)
-
-    async def purge_stream(self, stream_id: int) -> None:
-        await self._in_pool(self.sync.purge_stream, stream_id)
-
-    async def purge_expired(self, now_ms: int | None = None) -> int:
-        return await self._in_pool(self.sync.purge_expired, now_ms)
-
-    async def get_stream(self, name: str) -> StreamRecord:
-        return await self._in_pool(self.sync.get_stream, name)
-
-    async def get_stream_by_arn(self, arn: str) -> StreamRecord:
-        return await self._in_pool(self.sync.get_stream_by_arn, arn)
-
-    async def list_streams(
-        self, *, prefix: str | None = None, after_name: str | None = None, limit: int = 10000
-    ) -> tuple[list[StreamRecord], bool]:
-        return await self._in_pool(
-            self.sync.list_streams, prefix=prefix, after_name=after_name, limit=limit
-        )
-
-    async def get_fragment(self, stream_name: str, fragment_number: str) -> FragmentRecord | None:
-        return await self._in_pool(self.sync.get_fragment, stream_name, fragment_number)
-
-    async def get_fragments(
-        self, stream_name: str, fragment_numbers: Sequence[str]
-    ) -> list[FragmentRecord]:
-        return await self._in_pool(self.sync.get_fragments, stream_name, fragment_numbers)
-
-    async def list_fragments(
-        self,
-        stream_name: str,
-        *,
-        timestamp_type: TimestampType | None = None,
-        start_ms: int | None = None,
-        end_ms: int | None = None,
-        after_fragment_number: str | None = None,
-        limit: int = 1000,
-    ) -> FragmentPage:
-        return await self._in_pool(
-            self.sync.list_fragments,
-            stream_name,
-            timestamp_type=timestamp_type,
-            start_ms=start_ms,
-            end_ms=end_ms,
-            after_fragment_number=after_fragment_number,
-            limit=limit,
-        )
-
-    async def fragments_after(
-        self, stream_name: str, fragment_number: str | None, limit: int = 100
-    ) -> list[FragmentRecord]:
-        return await self._in_pool(self.sync.fragments_after, stream_name, fragment_number, limit)
-
-    async def count_fragments(self, stream_name: str) -> int:
-        return await self._in_pool(self.sync.count_fragments, stream_name)
-
-    async def earliest_fragment(self, stream_name: str) -> FragmentRecord | None:
-        return await self._in_pool(self.sync.earliest_fragment, stream_name)
-
-    async def latest_fragment(self, stream_name: str) -> FragmentRecord | None:
-        return await self._in_pool(self.sync.latest_fragment, stream_name)
-
-    async def first_fragment_at_or_after(
-        self, stream_name: str, timestamp_type: TimestampType, timestamp_ms: int
-    ) -> FragmentRecord | None:
-        return await self._in_pool(
-            self.sync.first_fragment_at_or_after, stream_name, timestamp_type, timestamp_ms
-        )
-
-    async def read_payload(self, record: FragmentRecord) -> bytes:
-        return await self._in_pool(self.sync.read_payload, record)

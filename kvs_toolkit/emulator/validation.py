@@ -7,6 +7,7 @@ developer guide), enforced here so a raw client gets the same answers too.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Mapping
@@ -17,10 +18,13 @@ from kvs_toolkit.emulator.errors import InvalidArgumentError, TagsPerResourceExc
 __all__ = [
     "MAX_RETENTION_HOURS",
     "MAX_TAGS_PER_STREAM",
+    "MAX_TIMESTAMP_MS",
     "optional_int",
     "optional_str",
     "parse_stream_arn",
+    "query_int",
     "require_object",
+    "timestamp_ms",
     "validate_device_name",
     "validate_kms_key_id",
     "validate_media_type",
@@ -32,6 +36,11 @@ __all__ = [
 
 MAX_RETENTION_HOURS = 87600  # 10 years: the service's DataRetentionInHours maximum
 MAX_TAGS_PER_STREAM = 50  # ResourceTags max in the model; the documented tag limit
+# Timestamps up to the end of year 9999 UTC: what botocore (datetime) can represent.
+# Anything later would be stored, then break every client that lists it.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
+# A query-string number longer than this is refused before int() sees it.
+_MAX_QUERY_DIGITS = 18
 
 _STREAM_NAME = re.compile(r"[a-zA-Z0-9_.-]+")
 _VERSION = re.compile(r"[a-zA-Z0-9]+")
@@ -65,6 +74,33 @@ def optional_int(body: Mapping[str, Any], key: str) -> int | None:
     # bool is an int subclass in Python but not a JSON number.
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidArgumentError(f"{key} must be an integer")
+    return value
+
+
+def timestamp_ms(value: Any, what: str) -> int:
+    """Epoch seconds (a JSON number, as botocore sends timestamps) as integer ms.
+
+    NaN, infinities and anything outside year 0..9999 are InvalidArgument, not a 500.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgumentError(f"{what} must be a timestamp in epoch seconds.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgumentError(f"{what} must be a finite timestamp in epoch seconds.")
+    if not -MAX_TIMESTAMP_MS <= value * 1000 <= MAX_TIMESTAMP_MS:
+        raise InvalidArgumentError(f"{what} {value!r} is outside the supported range.")
+    return round(value * 1000)
+
+
+def query_int(text: str, what: str, lo: int, hi: int) -> int:
+    """A whole number from a query string, in ``lo..hi`` (ASCII digits only: ``²`` is a
+    digit to ``str.isdigit`` but not to ``int``)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > _MAX_QUERY_DIGITS:
+        raise InvalidArgumentError(
+            f"{what} {text[:40]!r} must be a whole number from {lo} to {hi}."
+        )
+    value = int(text)
+    if not lo <= value <= hi:
+        raise InvalidArgumentError(f"{what} {text!r} must be a whole number from {lo} to {hi}.")
     return value
 
 

@@ -40,7 +40,7 @@ from kvs_toolkit.emulator import hls
 from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, json_response
 from kvs_toolkit.emulator.errors import InvalidArgumentError, ResourceNotFoundError, ServiceError
 from kvs_toolkit.emulator.store import FragmentRecord, StreamRecord
-from kvs_toolkit.emulator.validation import validate_stream_name
+from kvs_toolkit.emulator.validation import query_int, validate_stream_name
 
 __all__ = [
     "API_PREFIX",
@@ -241,11 +241,7 @@ def _limit(request: web.Request) -> int:
     text = request.query.get("limit")
     if text is None:
         return DEFAULT_FRAGMENTS
-    if not text.isdigit() or not 1 <= int(text) <= MAX_FRAGMENTS:
-        raise InvalidArgumentError(
-            f"limit {text!r} must be a whole number from 1 to {MAX_FRAGMENTS}."
-        )
-    return int(text)
+    return query_int(text, "limit", 1, MAX_FRAGMENTS)
 
 
 async def get_fragments(request: web.Request) -> web.Response:

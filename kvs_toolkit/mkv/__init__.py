@@ -11,6 +11,7 @@ Reading::
 Writing: see :class:`~kvs_toolkit.mkv.writer.MkvWriter`.
 """
 
+from kvs_toolkit.mkv.blocks import BlockFrames, iter_blocks, parse_block
 from kvs_toolkit.mkv.model import (
     TRACK_TYPE_AUDIO,
     TRACK_TYPE_VIDEO,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_ELEMENT_SIZE",
     "TRACK_TYPE_AUDIO",
     "TRACK_TYPE_VIDEO",
+    "BlockFrames",
     "ClusterEnd",
     "ClusterStart",
     "ClusterTimecode",
@@ -70,6 +72,8 @@ __all__ = [
     "TrackInfo",
     "TracksRead",
     "getmedia_document",
+    "iter_blocks",
+    "parse_block",
     "read_fragments",
     "tags_element",
     "validate_fragment_tags",

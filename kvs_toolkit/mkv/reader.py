@@ -12,6 +12,10 @@ How it stays linear and bounded (the habits of h11's receive buffer):
   ``max_element_size`` is an error before anything is allocated.
 * Elements it does not need (SeekHead, Cues, Void, unknown IDs) are skipped by size
   without being buffered, however large they claim to be.
+* Tags are bounded on their own: a Tags element larger than ``max_tags_size``, more
+  than ``max_tags`` SimpleTags between two Clusters, or SimpleTags nested deeper than
+  ``max_depth`` are errors. Nested SimpleTags are walked with an explicit stack, never
+  by recursion, so depth costs no Python frames.
 * Segments and Clusters are descended into, so their size (known or unknown) costs
   nothing; an unknown-size one ends where an element that cannot be its child starts
   (RFC 8794 section 6.2; only Segment and Cluster may have unknown size in Matroska).
@@ -25,6 +29,7 @@ from typing import Final, TypeAlias
 
 from kvs_toolkit.errors import MkvError
 from kvs_toolkit.mkv import ids
+from kvs_toolkit.mkv.blocks import BlockFrames, parse_block, parse_block_group
 from kvs_toolkit.mkv.ebml import (
     UNKNOWN_SIZE,
     decode_float,
@@ -33,7 +38,6 @@ from kvs_toolkit.mkv.ebml import (
     iter_children,
     read_element_id,
     read_size,
-    read_vint,
 )
 from kvs_toolkit.mkv.model import (
     TAG_CONTINUATION_TOKEN,
@@ -46,6 +50,12 @@ from kvs_toolkit.mkv.model import (
 # 64 MiB: above the service's 50 MB fragment limit (docs/kvs-wire.md "Limits"), so any single
 # frame KVS accepts fits, while a garbage size cannot make us allocate gigabytes.
 DEFAULT_MAX_ELEMENT_SIZE: Final = 64 * 1024 * 1024
+# Tags: the service keeps 10 metadata items per fragment (docs/kvs-wire.md "Limits"), and
+# GetMedia adds a handful; a producer's header tags are dozens. These bounds leave
+# room for any real stream while a tag flood costs bounded memory and time.
+DEFAULT_MAX_TAGS_SIZE: Final = 1024 * 1024
+DEFAULT_MAX_TAGS: Final = 4096
+DEFAULT_MAX_DEPTH: Final = 32
 # A Matroska EBML header is a few dozen bytes; anything huge is not an MKV stream.
 _MAX_EBML_HEADER_SIZE: Final = 4096
 # Drop consumed bytes once this many have piled up at the front of the buffer.
@@ -173,8 +183,19 @@ class MkvReader:
     error is raised by the next call (and is visible at once as :attr:`error`).
     """
 
-    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+        max_tags_size: int = DEFAULT_MAX_TAGS_SIZE,
+        max_tags: int = DEFAULT_MAX_TAGS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self.max_element_size = max_element_size
+        self.max_tags_size = max_tags_size
+        self.max_tags = max_tags
+        self.max_depth = max_depth
+        self._tags_since_cluster = 0
         self._buf = bytearray()
         self._pos = 0  # read position inside _buf
         self._base = 0  # absolute offset of _buf[0]
@@ -196,6 +217,20 @@ class MkvReader:
     def buffered(self) -> int:
         """Bytes held but not yet parsed (bounded by one element plus one chunk)."""
         return len(self._buf) - self._pos
+
+    @property
+    def tags_since_cluster(self) -> int:
+        """SimpleTags read since the last Cluster started (or since the start)."""
+        return self._tags_since_cluster
+
+    @property
+    def skipping(self) -> int:
+        """Bytes of a skipped element (Void, unknown ID, ...) still to come.
+
+        Non-zero at the end of input means an element claimed more bytes than the
+        input held.
+        """
+        return self._skip
 
     @property
     def error(self) -> MkvError | None:
@@ -340,7 +375,12 @@ class MkvReader:
                 continue
 
             if element_id in _READ_WHOLE and self._in_place_for(element_id):
-                limit = _MAX_EBML_HEADER_SIZE if element_id == ids.EBML else self.max_element_size
+                if element_id == ids.EBML:
+                    limit = _MAX_EBML_HEADER_SIZE
+                elif element_id == ids.TAGS:
+                    limit = min(self.max_tags_size, self.max_element_size)
+                else:
+                    limit = self.max_element_size
                 if size > limit:
                     raise MkvError(
                         f"element 0x{element_id:X} claims {size} bytes, over the "
@@ -401,34 +441,23 @@ class MkvReader:
             raise MkvError(f"Cluster claims an absurd size of {known} bytes", here)
         self._stack.append(_OpenMaster(element_id, here, end))
         self._cluster_timecode = None
+        self._tags_since_cluster = 0
         events.append(ClusterStart(here, known))
 
     def _handle(
         self, events: list[Event], element_id: int, payload: bytes, offset: int, data_offset: int
     ) -> None:
         if element_id == ids.SIMPLE_BLOCK:
-            self._block(events, payload, offset, data_offset, simple=True, has_reference=False)
+            self._block(events, parse_block(payload, self._cluster_timecode, offset))
         elif element_id == ids.TIMECODE:
             self._cluster_timecode = decode_uint(payload, offset)
             events.append(ClusterTimecode(offset, self._cluster_timecode))
         elif element_id == ids.BLOCK_GROUP:
-            block: memoryview | None = None
-            block_offset = offset
-            has_reference = False
-            for child_id, child, child_offset in iter_children(payload, data_offset):
-                if child_id == ids.BLOCK:
-                    block, block_offset = child, child_offset
-                elif child_id == ids.REFERENCE_BLOCK:
-                    has_reference = True
+            if self._cluster_timecode is None:
+                raise MkvError("block before the Cluster's Timecode", offset)
+            block = parse_block_group(payload, self._cluster_timecode, data_offset)
             if block is not None:
-                self._block(
-                    events,
-                    block,
-                    block_offset,
-                    block_offset,
-                    simple=False,
-                    has_reference=has_reference,
-                )
+                self._block(events, block)
         elif element_id == ids.EBML:
             doc_type = "matroska"
             for child_id, child, _ in iter_children(payload, data_offset):
@@ -445,103 +474,30 @@ class MkvReader:
             events.append(TracksRead(offset, _parse_tracks(payload, data_offset)))
         elif element_id == ids.TAGS:
             end = data_offset + len(payload)
-            events.append(TagsRead(offset, _parse_tags(payload, data_offset), end))
+            # The budget counts every Tags element since the last Cluster, so many small
+            # ones cost no more than one big one.
+            budget = self.max_tags - self._tags_since_cluster
+            tags = _parse_tags(payload, data_offset, budget, self.max_depth, self.max_tags)
+            self._tags_since_cluster += len(tags)
+            events.append(TagsRead(offset, tags, end))
 
-    def _block(
-        self,
-        events: list[Event],
-        payload: bytes | memoryview,
-        offset: int,
-        data_offset: int,
-        *,
-        simple: bool,
-        has_reference: bool,
-    ) -> None:
-        if self._cluster_timecode is None:
-            raise MkvError("block before the Cluster's Timecode", offset)
-        end = len(payload)
-        track, track_len = read_vint(payload, 0, end, data_offset)
-        header_end = track_len + 3
-        if header_end > end:
-            raise MkvError("truncated block header", offset)
-        relative = int.from_bytes(payload[track_len : track_len + 2], "big", signed=True)
-        flags = payload[track_len + 2]
-        timecode = self._cluster_timecode + relative
-        if simple:
-            keyframe = bool(flags & 0x80)
-            discardable = bool(flags & 0x01)
-        else:
-            keyframe = not has_reference
-            discardable = False
-        invisible = bool(flags & 0x08)
-        timestamp_ns = timecode * self._timecode_scale
-        view = memoryview(payload)
-        lacing = (flags >> 1) & 0x03
-        if lacing == 0:
-            laces = [view[header_end:]]
-        else:
-            laces = _split_laces(view, header_end, lacing, data_offset)
-        for lace in laces:
+    def _block(self, events: list[Event], block: BlockFrames) -> None:
+        timestamp_ns = block.timecode * self._timecode_scale
+        for lace in block.frames:
             events.append(
                 FrameRead(
                     Frame(
-                        track_number=track,
-                        timecode=timecode,
+                        track_number=block.track_number,
+                        timecode=block.timecode,
                         timestamp_ns=timestamp_ns,
-                        keyframe=keyframe,
+                        keyframe=block.keyframe,
                         data=lace,
-                        invisible=invisible,
-                        discardable=discardable,
-                        offset=offset,
+                        invisible=block.invisible,
+                        discardable=block.discardable,
+                        offset=block.offset,
                     )
                 )
             )
-
-
-def _split_laces(view: memoryview, pos: int, lacing: int, offset: int) -> list[memoryview]:
-    """Split a laced block (Matroska 10.3: Xiph=1, fixed=2, EBML=3) into frames."""
-    end = len(view)
-    if pos >= end:
-        raise MkvError("truncated lacing header", offset)
-    count = view[pos] + 1
-    pos += 1
-    sizes: list[int] = []
-    if lacing == 1:  # Xiph: each size is a run of 255s plus a final byte
-        for _ in range(count - 1):
-            size = 0
-            while True:
-                if pos >= end:
-                    raise MkvError("truncated Xiph lace sizes", offset)
-                byte = view[pos]
-                pos += 1
-                size += byte
-                if byte != 255:
-                    break
-            sizes.append(size)
-    elif lacing == 3:  # EBML: first size unsigned, then signed differences
-        size, length = read_vint(view, pos, end, offset)
-        pos += length
-        sizes.append(size)
-        for _ in range(count - 2):
-            raw, length = read_vint(view, pos, end, offset)
-            pos += length
-            size += raw - ((1 << (7 * length - 1)) - 1)
-            if size < 0:
-                raise MkvError("negative EBML lace size", offset)
-            sizes.append(size)
-    else:  # fixed-size lacing
-        total = end - pos
-        if total % count:
-            raise MkvError(f"fixed lacing: {total} bytes do not split into {count} frames", offset)
-        sizes = [total // count] * (count - 1)
-    laces: list[memoryview] = []
-    for size in sizes:
-        if pos + size > end:
-            raise MkvError("lace sizes overrun the block", offset)
-        laces.append(view[pos : pos + size])
-        pos += size
-    laces.append(view[pos:end])
-    return laces
 
 
 def _parse_info(payload: bytes, data_offset: int, offset: int) -> SegmentInfo:
@@ -609,34 +565,51 @@ def _parse_tracks(payload: bytes, data_offset: int) -> tuple[TrackInfo, ...]:
     return tuple(tracks)
 
 
-def _parse_tags(payload: bytes, data_offset: int) -> tuple[Tag, ...]:
+def _parse_tags(
+    payload: bytes, data_offset: int, budget: int, max_depth: int, limit: int
+) -> tuple[Tag, ...]:
     tags: list[Tag] = []
     for child_id, tag, tag_offset in iter_children(payload, data_offset):
         if child_id != ids.TAG:
             continue
         for tag_child_id, simple, simple_offset in iter_children(tag, tag_offset):
             if tag_child_id == ids.SIMPLE_TAG:
-                _collect_simple_tag(simple, simple_offset, tags)
+                _collect_simple_tags(
+                    simple, simple_offset, tags, budget=budget, max_depth=max_depth, limit=limit
+                )
     return tuple(tags)
 
 
-def _collect_simple_tag(payload: memoryview, offset: int, out: list[Tag]) -> None:
-    name = ""
-    value = ""
-    binary: bytes | None = None
-    nested: list[tuple[memoryview, int]] = []
-    for child_id, child, child_offset in iter_children(payload, offset):
-        if child_id == ids.TAG_NAME:
-            name = decode_string(child)
-        elif child_id == ids.TAG_STRING:
-            value = decode_string(child)
-        elif child_id == ids.TAG_BINARY:
-            binary = bytes(child)
-        elif child_id == ids.SIMPLE_TAG:
-            nested.append((child, child_offset))
-    out.append(Tag(name, value, binary))
-    for child, child_offset in nested:
-        _collect_simple_tag(child, child_offset, out)
+def _collect_simple_tags(
+    payload: memoryview, offset: int, out: list[Tag], *, budget: int, max_depth: int, limit: int
+) -> None:
+    """A SimpleTag and its nested SimpleTags, depth first in document order.
+
+    An explicit stack instead of recursion: 5,000 nested SimpleTags are an MkvError at
+    ``max_depth``, not a RecursionError.
+    """
+    stack: list[tuple[memoryview, int, int]] = [(payload, offset, 1)]
+    while stack:
+        data, at, depth = stack.pop()
+        if depth > max_depth:
+            raise MkvError(f"SimpleTags nested deeper than {max_depth} levels", at)
+        if len(out) >= budget:
+            raise MkvError(f"more than {limit} SimpleTags between two Clusters", at)
+        name = ""
+        value = ""
+        binary: bytes | None = None
+        nested: list[tuple[memoryview, int, int]] = []
+        for child_id, child, child_offset in iter_children(data, at):
+            if child_id == ids.TAG_NAME:
+                name = decode_string(child)
+            elif child_id == ids.TAG_STRING:
+                value = decode_string(child)
+            elif child_id == ids.TAG_BINARY:
+                binary = bytes(child)
+            elif child_id == ids.SIMPLE_TAG:
+                nested.append((child, child_offset, depth + 1))
+        out.append(Tag(name, value, binary))
+        stack.extend(reversed(nested))
 
 
 # --- fragments ----------------------------------------------------------------------------
@@ -655,8 +628,21 @@ class FragmentReader:
     writes them last), or when the next Cluster or document starts, or at ``close()``.
     """
 
-    def __init__(self, *, max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE) -> None:
-        self._reader = MkvReader(max_element_size=max_element_size)
+    def __init__(
+        self,
+        *,
+        max_element_size: int = DEFAULT_MAX_ELEMENT_SIZE,
+        max_tags_size: int = DEFAULT_MAX_TAGS_SIZE,
+        max_tags: int = DEFAULT_MAX_TAGS,
+        max_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
+        self._reader = MkvReader(
+            max_element_size=max_element_size,
+            max_tags_size=max_tags_size,
+            max_tags=max_tags,
+            max_depth=max_depth,
+        )
+        self._max_tags = max_tags
         self._tracks: tuple[TrackInfo, ...] = ()
         self._scale = 1_000_000
         self._document = -1
@@ -713,6 +699,9 @@ class FragmentReader:
             if isinstance(event, FrameRead):
                 self._frames.append(event.frame)
             elif isinstance(event, TagsRead):
+                if len(self._tags) + len(self._trailing) + len(event.tags) > self._max_tags:
+                    # Many small Tags elements add up: the bound is per fragment.
+                    raise MkvError(f"more than {self._max_tags} tags in one fragment", event.offset)
                 if self._has_cluster:
                     self._trailing.extend(event.tags)
                     if any(t.name == TAG_CONTINUATION_TOKEN for t in event.tags):

@@ -237,7 +237,11 @@ def emulator() -> Iterator[Emulator]:
 def proxy(emulator: Emulator) -> Iterator[CuttableProxy]:
     port = int(emulator.endpoint_url.rsplit(":", 1)[1])
     cuttable = CuttableProxy(port)
+    # GetDataEndpoint answers the emulator's own URL (not the Host header): point it at
+    # the proxy, as --advertised-url does behind a real one
+    emulator.advertised_url = cuttable.url
     yield cuttable
+    emulator.advertised_url = None
     cuttable.close()
 
 

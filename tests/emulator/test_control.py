@@ -12,6 +12,7 @@ from typing import Any
 import botocore
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.emulator.control import API_NAMES
@@ -69,10 +70,17 @@ def test_create_and_describe(kv: Any) -> None:
     assert kv.describe_stream(StreamARN=arn)["StreamInfo"] == info
 
 
-def test_arn_region_comes_from_the_signature(
-    emulator: Emulator, make_client: ClientFactory
-) -> None:
-    client = make_client("kinesisvideo", emulator.endpoint_url, region_name="eu-west-1")
+def test_arn_region_is_the_emulators_region(make_client: ClientFactory) -> None:
+    with Emulator(credentials=CREDENTIALS, default_region="eu-west-1") as emulator:
+        client = make_client("kinesisvideo", emulator.endpoint_url, region_name="eu-west-1")
+        _check_regional(client)
+        # With SigV4 verified, a credential scope naming another region is refused.
+        other = make_client("kinesisvideo", emulator.endpoint_url, region_name="us-west-2")
+        with pytest.raises(ClientError, match="scoped to a valid region"):
+            other.list_streams()
+
+
+def _check_regional(client: Any) -> None:
     arn = client.create_stream(StreamName="regional", KmsKeyId="my-key")["StreamARN"]
     assert arn.startswith("arn:aws:kinesisvideo:eu-west-1:123456789012:stream/regional/")
     info = client.describe_stream(StreamName="regional")["StreamInfo"]
@@ -451,12 +459,15 @@ def test_get_data_endpoint_errors(kv: Any) -> None:
         kv.get_data_endpoint(StreamName="nothing", APIName="GET_MEDIA")
 
 
-def test_get_data_endpoint_follows_host(emulator: Emulator, make_client: ClientFactory) -> None:
+def test_get_data_endpoint_is_fixed_not_the_host_header(
+    emulator: Emulator, make_client: ClientFactory
+) -> None:
+    # The service answers one fixed endpoint, whatever Host the request carried.
     port = emulator.endpoint_url.rsplit(":", 1)[1]
     client = make_client("kinesisvideo", f"http://localhost:{port}")
     client.create_stream(StreamName="by-host")
     endpoint = client.get_data_endpoint(StreamName="by-host", APIName="GET_MEDIA")
-    assert endpoint["DataEndpoint"] == f"http://localhost:{port}"
+    assert endpoint["DataEndpoint"] == emulator.endpoint_url
 
 
 def test_advertised_url(make_client: ClientFactory) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Sequence
@@ -14,7 +15,9 @@ import pytest
 from botocore.credentials import Credentials
 
 from kvs_toolkit.acks import Ack, AckEventType
-from kvs_toolkit.emulator import Emulator
+from kvs_toolkit.emulator import Emulator, dataplane
+from kvs_toolkit.emulator.dataplane import DataPlaneConfig
+from kvs_toolkit.emulator.server import DEFAULT_ROUTE_INSTALLERS
 from kvs_toolkit.errors import PutMediaError
 from kvs_toolkit.getmedia import iter_fragments
 from kvs_toolkit.mkv import Fragment, FragmentReader, Tag, TrackInfo
@@ -271,25 +274,44 @@ def test_putmedia_http_errors(emulator: Emulator, kv: Any) -> None:
         asyncio.run(upload(url, "signed", [b""], credentials=None))
 
 
-def test_second_putmedia_connection_is_refused(emulator: Emulator, kv: Any) -> None:
-    create(kv, "single")
-    writer = MkvWriter([VIDEO])
+def test_replaced_putmedia_connection_ends_after_its_grace(make_client: ClientFactory) -> None:
+    """A newer PutMedia wins at once; the older one is ended only after the grace."""
+    installers = [
+        functools.partial(dataplane.install, config=DataPlaneConfig(rotation_grace_s=0.5))
+        if install is dataplane.install
+        else install
+        for install in DEFAULT_ROUTE_INSTALLERS
+    ]
+    with Emulator(credentials={ACCESS_KEY: SECRET}, route_installers=installers) as emu:
+        kv = make_client("kinesisvideo", emu.endpoint_url)
+        create(kv, "single")
+        writer = MkvWriter([VIDEO])
 
-    async def run() -> None:
-        async with (
-            aiohttp.ClientSession() as http,
-            PutMediaSession(http, emulator.endpoint_url, "single", credentials=CREDS) as first,
-        ):
-            await first.write(writer.header())
-            await first.response()
-            await asyncio.sleep(0.1)
-            with pytest.raises(PutMediaError, match="ConnectionLimitExceededException"):
-                await upload(emulator.endpoint_url, "single", [writer.header()])
-            await first.finish()
-        # once the first is gone, a new connection is accepted
-        await upload(emulator.endpoint_url, "single", [writer.header()])
+        async def run() -> tuple[list[Ack], float, list[Ack]]:
+            async with (
+                aiohttp.ClientSession() as http,
+                PutMediaSession(http, emu.endpoint_url, "single", credentials=CREDS) as first,
+            ):
+                await first.write(writer.header())
+                await first.write(writer.fragment(BASE_MS, frames(BASE_MS)) + END)
+                await first.response()
+                started = time.monotonic()
+                second = await upload(
+                    emu.endpoint_url,
+                    "single",
+                    [
+                        writer.header(),
+                        writer.fragment(BASE_MS + 1000, frames(BASE_MS + 1000)) + END,
+                    ],
+                )
+                # The first never finishes its body; the emulator ends it after the grace.
+                first_acks = [ack async for ack in first.acks()]
+                return first_acks, time.monotonic() - started, second
 
-    asyncio.run(run())
+        first_acks, waited, second = asyncio.run(run())
+        assert kinds(second) == ["BUFFERING", "RECEIVED", "PERSISTED"]
+        assert kinds(first_acks) == ["BUFFERING", "RECEIVED", "PERSISTED"]
+        assert 0.3 <= waited < 8
 
 
 def test_deleted_stream_mid_upload_gets_4008(emulator: Emulator, kv: Any) -> None:

@@ -28,7 +28,7 @@ from kvs_toolkit.emulator.sigv4 import (
     verify,
 )
 
-from .conftest import ACCESS_KEY, CREDENTIALS, SECRET, ClientFactory
+from .conftest import ACCESS_KEY, CREDENTIALS, REGION, SECRET, ClientFactory
 from .helpers import raw_post
 
 
@@ -134,7 +134,7 @@ def _signed_headers(
             return str(super().payload(request))
 
     request = AWSRequest(method="POST", url=url, data=body, headers=headers)
-    Signer(Credentials(ACCESS_KEY, secret), "kinesisvideo", "us-west-2").add_auth(request)
+    Signer(Credentials(ACCESS_KEY, secret), "kinesisvideo", REGION).add_auth(request)
     return dict(request.headers.items())
 
 

@@ -409,6 +409,7 @@ def test_cli_exit_status_1_when_unacknowledged_and_the_spool_delivers_on_the_nex
     spool = tmp_path / "spool"
     with emulated_kvs(cam=24) as kvs:
         black_hole = PutMediaBlackHole(kvs.url)
+        kvs.emulator.advertised_url = black_hole.url  # GetDataEndpoint gives the black hole
         try:
             args = produce_args(
                 clip, "--stream", "cam", "--endpoint-url", black_hole.url, "--no-realtime",
@@ -418,6 +419,7 @@ def test_cli_exit_status_1_when_unacknowledged_and_the_spool_delivers_on_the_nex
                 assert cmd_produce(args) == 1
         finally:
             black_hole.close()
+            kvs.emulator.advertised_url = None
         assert "2 unacknowledged (kept in the spool)" in caplog.text
         assert len(list(spool.glob("*.frag"))) == 2
         # the network is back: the next run sends the spool first, then its own video
