@@ -34,13 +34,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli import main as cli_main
+from kvs_toolkit.cli.options import producer_aws_from_args
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import CredentialsError, PutMediaError
 from kvs_toolkit.mkv import Fragment
-from kvs_toolkit.cli import build_parser
-from kvs_toolkit.cli.options import producer_aws_from_args
 from kvs_toolkit.producer.credentials import IotCredentialsProvider, aws_session
 from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
