@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         return alerts(args)
     except (KvsError, OSError, ValueError) as exc:  # a bad --position file
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         return follow(args)
     except (KvsError, ValueError, OSError) as exc:  # ValueError: a bad --start
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         return print_frames(args)
     except (KvsError, ValueError) as exc:  # ValueError: a --start that does not parse
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

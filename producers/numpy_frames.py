@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         return send_frames(args)
     except KvsError as exc:
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -257,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         totals = asyncio.run(relay(args))
     except (KvsError, argparse.ArgumentTypeError) as exc:
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
     print(
         f"kvs {PROGRAM}: {totals.sessions} sessions ({totals.attempts} attempts), "
         f"{totals.frames} frames in {totals.fragments} fragments, {totals.acked} acknowledged",

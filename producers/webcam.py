@@ -159,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(stream_webcam(args))
     except (KvsError, argparse.ArgumentTypeError) as exc:
         return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -385,3 +386,31 @@ def test_every_program_fails_in_one_line(world: World, case: str, tmp_path: Path
         if not ok:
             failures.append(f"{name}: exit {process.returncode}\n{err}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(
+    ("name", "signum", "summary"),
+    [
+        ("print_frames.py", signal.SIGINT, "kvs print_frames: 0 frames"),
+        ("motion_alerts.py", signal.SIGTERM, "kvs motion_alerts: 0 frames in 0 fragments, "),
+    ],
+)
+def test_a_signal_stops_a_consumer_with_its_summary(
+    world: World, name: str, signum: signal.Signals, summary: str
+) -> None:
+    stream = f"quiet-{name.removesuffix('.py').replace('_', '-')}"
+    world.client("kinesisvideo").create_stream(StreamName=stream, DataRetentionInHours=1)
+    args = ["--stream", stream, "--endpoint-url", world.url, "-v"]  # -v: "connected"
+    with start(name, args, world.env()) as process:
+        assert process.stderr is not None
+        lines = []
+        for line in process.stderr:  # until the live read waits for fragments
+            lines.append(line)
+            if ": connected, start " in line:
+                break
+        process.send_signal(signum)
+        rest = process.stderr.read()
+        assert process.wait(TIMEOUT_S) == 0, "".join(lines) + rest
+    assert f"kvs {name.removesuffix('.py')}: {signum.name}: stopping after the " in rest
+    assert rest.splitlines()[-1].startswith(summary), rest
+    assert "Traceback" not in rest
