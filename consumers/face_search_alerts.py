@@ -3,28 +3,45 @@
 
     python consumers/face_search_alerts.py --data-stream door-results
     python consumers/face_search_alerts.py --data-stream door-results --once \\
-        --kvs-endpoint-url http://127.0.0.1:4567 --position door.position.json
+        --endpoint-url http://127.0.0.1:4567 --position door.position.json
 
 Reads the processor's Kinesis data stream (every shard; ``kvs rekognition-processor
 create ... --collection-id`` makes such a processor), joins each frame record to its KVS
-fragment (ListFragments; ``--kvs-endpoint-url`` for the local emulator) and prints one
-line per face: the frame's producer time, the stream and fragment, and the matched
-face's ExternalImageId (or FaceId) with its similarity, or "unknown face".
-``--position`` keeps the place in each shard across restarts. Ctrl-C stops.
+fragment (ListFragments; ``--endpoint-url`` is Kinesis Video's, e.g. the local
+emulator; the data stream's endpoint is AWS's, or ``AWS_ENDPOINT_URL_KINESIS``) and
+prints one line per face: the frame's producer time, the stream and fragment, and the
+matched face's ExternalImageId (or FaceId) with its similarity, or "unknown face"
+below ``--min-similarity`` (0..1, as every confidence in kvs-toolkit). ``--position``
+keeps the place in each shard across restarts. The AWS options are ``kvs consume``'s
+(``--profile``, ``--region``, ``--endpoint-url``, ``--max-attempts``). Ctrl-C (or
+SIGTERM) stops after the current pass and saves the position; a second one exits at
+once. Exit status: 0, 2 when it could not run (one line on stderr), 130/143 after a
+second signal.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
-from collections.abc import Sequence
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
+from botocore.config import Config
+
+from kvs_toolkit import KvsError
 from kvs_toolkit.analysis import FaceSearchResults, FragmentIndex, ResultsPosition
 from kvs_toolkit.analysis.sinks import AnalysisRecord
-from kvs_toolkit.errors import KvsError
+from kvs_toolkit.cli.common import (
+    EXIT_OK,
+    GracefulStop,
+    aws_from_args,
+    configure_logging,
+    fail,
+)
+from kvs_toolkit.cli.options import fraction, positive_float, program_parser
+
+PROGRAM = "face_search_alerts"
 
 
 def describe(record: AnalysisRecord, min_similarity: float) -> list[str]:
@@ -44,57 +61,75 @@ def describe(record: AnalysisRecord, min_similarity: float) -> list[str]:
     return lines
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = program_parser((__doc__ or "").split("\n\n")[0])
     parser.add_argument("--data-stream", required=True, help="Kinesis data stream name or ARN")
-    parser.add_argument("--region", default=None)
-    parser.add_argument("--kvs-endpoint-url", help="KVS endpoint for ListFragments")
     parser.add_argument("--position", type=Path, help="JSON file: resume here, save here")
     parser.add_argument(
-        "--from",
-        dest="initial",
-        choices=("trim-horizon", "latest"),
-        default="latest",
-        help="where a shard without a position starts",
-    )
-    parser.add_argument("--min-similarity", type=float, default=80.0, help="percent")
+        "--from", dest="initial", choices=("trim-horizon", "latest"), default="latest",
+        help="where a shard without a position starts (default latest)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-similarity", type=fraction, default=0.8, metavar="C",
+        help="matches below this similarity (0..1, default 0.8) are unknown faces",
+    )  # fmt: skip
     parser.add_argument("--once", action="store_true", help="one pass, then exit")
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    parser.add_argument(
+        "--poll-interval", type=positive_float, default=1.0, metavar="S", help="default 1"
+    )
+    return parser.parse_args(argv)
 
+
+def alerts(args: argparse.Namespace) -> int:
+    aws = aws_from_args(args)
+    aws.check()  # a missing region or credentials: one line, before any request
+    attempts = aws.retry.max_attempts  # --max-attempts (0: botocore's default)
+    config = Config(retries={"mode": "standard", "total_max_attempts": attempts or 3})
+    reader = FaceSearchResults(
+        args.data_stream,
+        client=aws.client("kinesis", config=config),
+        fragments=FragmentIndex(
+            endpoint_url=aws.endpoint_url, region_name=aws.region, session=aws.session
+        ),
+        position=ResultsPosition.load(args.position) if args.position else None,
+        initial="LATEST" if args.initial == "latest" else "TRIM_HORIZON",
+    )
+
+    def save(position: ResultsPosition) -> None:
+        if args.position:
+            position.save(args.position)
+
+    stopping = threading.Event()
+    stop = GracefulStop(PROGRAM, stopping.set, "stopping after the current pass")
+    records = (
+        reader.read()
+        if args.once
+        else reader.follow(poll_interval=args.poll_interval, stop=stopping, on_pass=save)
+    )
+    faces = 0
     try:
-        reader = FaceSearchResults(
-            args.data_stream,
-            region_name=args.region,
-            fragments=FragmentIndex(endpoint_url=args.kvs_endpoint_url, region_name=args.region),
-            position=ResultsPosition.load(args.position) if args.position else None,
-            initial="LATEST" if args.initial == "latest" else "TRIM_HORIZON",
-        )
-
-        def save(position: ResultsPosition) -> None:
-            if args.position:
-                position.save(args.position)
-
-        records = (
-            reader.read()
-            if args.once
-            else reader.follow(poll_interval=args.poll_interval, on_pass=save)
-        )
-        try:
+        with stop.installed():
             for record in records:
-                for line in describe(record, args.min_similarity / 100):
+                for line in describe(record, args.min_similarity):
                     print(line, flush=True)
-        finally:
-            save(reader.position)
-    except KvsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+                    faces += 1
+    finally:
+        save(reader.position)
+    print(f"kvs {PROGRAM}: {faces} faces", file=sys.stderr)
     if reader.stats.malformed:
-        print(f"skipped {reader.stats.malformed} malformed records", file=sys.stderr)
-    return 0
+        print(f"kvs {PROGRAM}: skipped {reader.stats.malformed} malformed records", file=sys.stderr)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args)
+    try:
+        return alerts(args)
+    except (KvsError, OSError, ValueError) as exc:  # a bad --position file
+        return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,104 +9,99 @@ H.264. An AAC track goes along as audio.
         --endpoint-url http://127.0.0.1:4567 --create-stream      # the local emulator
 
 The same as ``kvs produce sample.mp4 --stream my-stream --loop``, written out as a
-program to copy from. Credentials come from the usual AWS chain (environment, profile,
-instance role), or ``--iot-*`` for the AWS IoT credentials provider. Ctrl-C (or
-SIGTERM) stops after the last fragment is acknowledged. Exit status: 0 when everything
-sent was acknowledged, 1 when something was not, 2 on an error (one line on stderr).
+program to copy from, with the same options (``--profile``, ``--region``,
+``--endpoint-url``, ``--max-attempts``, ``--iot-*``). Ctrl-C (or SIGTERM) flushes the
+last fragment and waits for its acknowledgement; a second one exits at once. Exit
+status: 0 when everything sent was acknowledged, 1 when something was not, 2 when it
+could not run (one line on stderr), 130/143 after a second signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 
-from kvs_toolkit.errors import KvsError
-from kvs_toolkit.producer.credentials import (
-    add_credential_arguments,
-    credentials_from_args,
-    region_from_args,
-    session_from_args,
+from kvs_toolkit import KvsError, Producer
+from kvs_toolkit.cli.common import EXIT_INCOMPLETE, EXIT_OK, StatusLine, configure_logging, fail
+from kvs_toolkit.cli.options import (
+    add_iot_arguments,
+    parse_tags,
+    positive_seconds,
+    producer_aws_from_args,
+    program_parser,
+    stop_event_on_signals,
 )
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
-from kvs_toolkit.producer.sources import FileSource, SourceOptions
-from kvs_toolkit.producer.uploader import UploadStats
 
-log = logging.getLogger("replay_file")
+PROGRAM = "replay_file"
+CLOSE_TIMEOUT_S = 30.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = program_parser((__doc__ or "").split("\n\n")[0])
     parser.add_argument("file", help="any video file FFmpeg opens (mp4, mkv, ts, ...)")
     parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument("--endpoint-url", help="control plane, e.g. the local emulator")
-    parser.add_argument("--region", default=None, help="default: the profile's, or us-east-1")
     parser.add_argument("--loop", action="store_true", help="replay forever")
     parser.add_argument(
-        "--fast", action="store_true", help="send as fast as possible, not at the file's rate"
+        "--fast", action="store_true", help="send as fast as acknowledged, not at the file's rate"
     )
     parser.add_argument(
-        "--tag",
-        action="append",
-        metavar="KEY=VALUE",
-        help="persistent fragment metadata (repeatable; default source=FILE)",
-    )
+        "--tag", action="append", metavar="KEY=VALUE", help="persistent fragment metadata "
+        "(repeatable; default source=FILE)",
+    )  # fmt: skip
     parser.add_argument(
-        "--fragment-duration", type=float, default=2.0, metavar="SECONDS", help="default 2"
-    )
+        "--fragment-duration", type=positive_seconds, default=2.0, metavar="SECONDS",
+        help="fragment length (default 2)",
+    )  # fmt: skip
     parser.add_argument("--create-stream", action="store_true")
-    add_credential_arguments(parser)
+    add_iot_arguments(parser)
     return parser.parse_args(argv)
 
 
-async def replay(args: argparse.Namespace) -> UploadStats:
-    options = SourceOptions(
-        loop=args.loop,
-        realtime=not args.fast,
-        fragment_duration_ms=round(args.fragment_duration * 1000),
+async def replay(args: argparse.Namespace) -> int:
+    tags = parse_tags(args.tag) if args.tag else {"source": args.file[-256:]}
+    aws = producer_aws_from_args(args)  # a missing region or credentials: fail now
+    stop = stop_event_on_signals(
+        f"kvs {PROGRAM}",
+        f"flushing the last fragment and waiting up to {CLOSE_TIMEOUT_S:g} s for its "
+        "acknowledgements",
     )
-    source = FileSource(args.file, options)  # a missing file fails before any AWS call
-    session = session_from_args(args)
-    credentials = credentials_from_args(args, session)
-    region = region_from_args(args, session)
-    stop = stop_on_signals()
-    return await produce(
-        source,
-        args.endpoint_url,
+    status = StatusLine(every_s=5.0)
+    producer = Producer(
         args.stream,
-        tags=parse_tags(args.tag) if args.tag else {"source": args.file[-256:]},
-        credentials=credentials,
-        region=region,
-        fragment_duration_ms=options.fragment_duration_ms,
+        aws=aws,
         create_stream=args.create_stream,
-        progress=StatusLine(every_s=5.0),
+        tags=tags,
+        fragment_duration_ms=round(args.fragment_duration * 1000),
+        close_timeout_s=CLOSE_TIMEOUT_S,
+        progress=lambda progress: status.show(progress.line(), final=progress.done),
         stop=stop,
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
-    try:
-        stats = asyncio.run(replay(args))
-    except (KvsError, argparse.ArgumentTypeError) as exc:
-        print(f"replay_file: {exc}", file=sys.stderr)
-        return 2
+    stats = await producer.upload_async(args.file, realtime=not args.fast, loop=args.loop)
     print(
-        f"replay_file: {stats.frames} frames in {stats.fragments} fragments, "
+        f"kvs {PROGRAM}: {stats.frames} frames in {stats.fragments} fragments, "
         f"{stats.acked} acknowledged",
         file=sys.stderr,
     )
     if not stats.all_acknowledged:
         print(
-            f"replay_file: not everything was acknowledged ({stats.dropped_fragments} "
+            f"kvs {PROGRAM}: not everything was acknowledged ({stats.dropped_fragments} "
             f"dropped, {stats.unacknowledged} unacknowledged, errors {stats.errors})",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args)
+    try:
+        return asyncio.run(replay(args))
+    except (KvsError, argparse.ArgumentTypeError) as exc:
+        return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

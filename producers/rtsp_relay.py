@@ -15,9 +15,12 @@ a back-off that doubles from ``--retry-delay`` up to ``--max-retry-delay`` while
 camera stays away, and never more than ``--max-attempts-per-minute`` times a minute.
 Each feed is one upload session; every session ends with its last fragment flushed and
 acknowledged. ``--give-up-after N`` exits (status 2) after N failed attempts in a row;
-by default the relay keeps trying, as a systemd service should. Ctrl-C (or SIGTERM)
-flushes and exits: status 0 when everything sent was acknowledged, 1 when something
-was not, 2 on an error (one line on stderr).
+by default the relay keeps trying, as a systemd service should. The AWS options are
+``kvs produce``'s (``--profile``, ``--region``, ``--endpoint-url``, ``--max-attempts``
+for the AWS endpoint, ``--iot-*``). Ctrl-C (or SIGTERM) flushes and exits; a second one
+exits at once. Exit status: 0 when everything sent was acknowledged, 1 when something
+was not, 2 when it could not run or gave up (one line on stderr), 130/143 after a
+second signal.
 """
 
 from __future__ import annotations
@@ -32,18 +35,31 @@ from collections import deque
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from kvs_toolkit.errors import KvsError, SourceError
-from kvs_toolkit.producer.credentials import (
-    add_credential_arguments,
-    credentials_from_args,
-    region_from_args,
-    session_from_args,
+from kvs_toolkit import KvsError, Producer
+from kvs_toolkit.cli.common import (
+    EXIT_INCOMPLETE,
+    EXIT_INVALID,
+    EXIT_OK,
+    StatusLine,
+    configure_logging,
+    fail,
 )
+from kvs_toolkit.cli.options import (
+    add_iot_arguments,
+    parse_tags,
+    positive_int,
+    positive_seconds,
+    producer_aws_from_args,
+    program_parser,
+    stop_event_on_signals,
+)
+from kvs_toolkit.errors import SourceError
 from kvs_toolkit.producer.fragmenter import EncodedFrame
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
 from kvs_toolkit.producer.sources import FrameSource, SourceOptions, UrlSource, redact_url
 
-log = logging.getLogger("rtsp_relay")
+PROGRAM = "rtsp_relay"
+CLOSE_TIMEOUT_S = 30.0
+log = logging.getLogger(PROGRAM)
 
 _WINDOW_S = 60.0  # --max-attempts-per-minute counts attempts in this window
 
@@ -114,63 +130,71 @@ class Totals:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = program_parser((__doc__ or "").split("\n\n")[0])
     parser.add_argument("url", help="rtsp://, rtsps://, rtmp://, http(s):// or srt:// URL")
     parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument("--endpoint-url", help="control plane, e.g. the local emulator")
-    parser.add_argument("--region", default=None, help="default: the profile's, or us-east-1")
     parser.add_argument(
-        "--tag",
-        action="append",
-        metavar="KEY=VALUE",
+        "--tag", action="append", metavar="KEY=VALUE",
         help="persistent fragment metadata on every fragment (repeatable)",
-    )
+    )  # fmt: skip
     parser.add_argument("--no-audio", action="store_true", help="relay the video only")
     parser.add_argument(
-        "--fragment-duration",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
+        "--fragment-duration", type=positive_seconds, default=2.0, metavar="SECONDS",
         help="target fragment length (fragments start at the camera's key frames)",
-    )
+    )  # fmt: skip
     parser.add_argument(
-        "--retry-delay", type=float, default=1.0, metavar="SECONDS", help="first back-off"
-    )
+        "--retry-delay", type=positive_seconds, default=1.0, metavar="SECONDS",
+        help="first back-off after the camera is lost",
+    )  # fmt: skip
     parser.add_argument(
-        "--max-retry-delay", type=float, default=30.0, metavar="SECONDS", help="back-off bound"
-    )
-    parser.add_argument("--max-attempts-per-minute", type=int, default=6, metavar="N")
+        "--max-retry-delay", type=positive_seconds, default=30.0, metavar="SECONDS",
+        help="back-off bound",
+    )  # fmt: skip
     parser.add_argument(
-        "--give-up-after",
-        type=int,
-        default=0,
-        metavar="N",
-        help="exit after N failed attempts in a row (default 0: never)",
+        "--max-attempts-per-minute", type=positive_int, default=6, metavar="N",
+        help="camera connections a minute at most (--max-attempts is the AWS endpoint's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--give-up-after", type=int, default=0, metavar="N",
+        help="exit after N failed camera attempts in a row (default 0: never)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--duration", type=positive_seconds, metavar="SECONDS", help="stop after this long"
     )
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     parser.add_argument("--create-stream", action="store_true")
-    add_credential_arguments(parser)
+    add_iot_arguments(parser)
     args = parser.parse_args(argv)
-    if args.max_attempts_per_minute < 1:
-        parser.error("--max-attempts-per-minute must be at least 1")
-    if args.retry_delay < 0 or args.max_retry_delay < args.retry_delay:
-        parser.error("need 0 <= --retry-delay <= --max-retry-delay")
+    if args.max_retry_delay < args.retry_delay:
+        parser.error("need --retry-delay <= --max-retry-delay")
     return args
 
 
 async def relay(args: argparse.Namespace) -> Totals:
     """Sessions until stopped (signal, ``--duration``) or ``--give-up-after``."""
-    session = session_from_args(args)
-    credentials = credentials_from_args(args, session)
-    region = region_from_args(args, session)
+    aws = producer_aws_from_args(args)  # a missing region or credentials: fail now
     tags = parse_tags(args.tag)
     options = SourceOptions(
         audio=not args.no_audio, fragment_duration_ms=round(args.fragment_duration * 1000)
     )
     camera = redact_url(args.url)
-    stop = stop_on_signals()
+    stop = stop_event_on_signals(
+        f"kvs {PROGRAM}",
+        f"flushing the last fragment and waiting up to {CLOSE_TIMEOUT_S:g} s for its "
+        "acknowledgements",
+    )
     if args.duration is not None:
         asyncio.get_running_loop().call_later(args.duration, stop.set)
+    status = StatusLine(every_s=5.0)
+    producer = Producer(
+        args.stream,
+        aws=aws,
+        create_stream=args.create_stream,
+        tags=tags,
+        fragment_duration_ms=options.fragment_duration_ms,
+        close_timeout_s=CLOSE_TIMEOUT_S,
+        progress=lambda progress: status.show(progress.line(), final=progress.done),
+        stop=stop,
+    )
 
     async def pause(seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -195,18 +219,7 @@ async def relay(args: argparse.Namespace) -> Totals:
         log.info("%s: connecting (attempt %d)", camera, totals.attempts)
         feed = FeedSession(UrlSource(args.url, options))
         try:
-            stats = await produce(
-                feed,
-                args.endpoint_url,
-                args.stream,
-                tags=tags,
-                credentials=credentials,
-                region=region,
-                fragment_duration_ms=options.fragment_duration_ms,
-                create_stream=args.create_stream,
-                progress=StatusLine(every_s=5.0),
-                stop=stop,
-            )
+            stats = await producer.upload_async(feed)  # one session: until the feed ends
         except SourceError as exc:
             if stop.is_set():
                 break  # stopped while connecting
@@ -239,28 +252,28 @@ async def relay(args: argparse.Namespace) -> Totals:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
+    configure_logging(args)
     try:
         totals = asyncio.run(relay(args))
     except (KvsError, argparse.ArgumentTypeError) as exc:
-        print(f"rtsp_relay: {exc}", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
     print(
-        f"rtsp_relay: {totals.sessions} sessions ({totals.attempts} attempts), "
+        f"kvs {PROGRAM}: {totals.sessions} sessions ({totals.attempts} attempts), "
         f"{totals.frames} frames in {totals.fragments} fragments, {totals.acked} acknowledged",
         file=sys.stderr,
     )
     if totals.gave_up:
-        print(f"rtsp_relay: {totals.gave_up}", file=sys.stderr)
-        return 2
+        return fail(PROGRAM, totals.gave_up, EXIT_INVALID)
     if totals.not_acknowledged:
         print(
-            "rtsp_relay: not everything was acknowledged: " + "; ".join(totals.not_acknowledged),
+            f"kvs {PROGRAM}: not everything was acknowledged: "
+            + "; ".join(totals.not_acknowledged),
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -10,18 +10,18 @@ libx264 in its low-latency setting, with a key frame at every fragment start.
         --endpoint-url http://127.0.0.1:4567 --create-stream      # the local emulator
 
 The same as ``kvs produce camera:0 --stream desk-cam ...``, written out as a program to
-copy from. Credentials come from the usual AWS chain, or ``--iot-*`` for the AWS IoT
-credentials provider. Ctrl-C (or SIGTERM, from systemd) stops after the last fragment
-is acknowledged. Exit status: 0 when everything sent was acknowledged, 1 when
-something was not, 2 on an error such as a camera that does not open (one line on
-stderr).
+copy from, with the same options (``--profile``, ``--region``, ``--endpoint-url``,
+``--max-attempts``, ``--iot-*`` for the AWS IoT credentials provider). Ctrl-C (or
+SIGTERM, from systemd) flushes the last fragment and waits for its acknowledgement; a
+second one exits at once. Exit status: 0 when everything sent was acknowledged, 1 when
+something was not, 2 when it could not run, e.g. a camera that does not open (one line
+on stderr), 130/143 after a second signal.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import re
 import sys
@@ -30,19 +30,24 @@ import sys
 # in its words; set before cv2 is first imported (the camera source imports it lazily).
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
-from kvs_toolkit.errors import KvsError, SourceError
-from kvs_toolkit.producer.credentials import (
-    add_credential_arguments,
-    credentials_from_args,
-    region_from_args,
-    session_from_args,
+from kvs_toolkit import ConfigurationError, KvsError, Producer
+from kvs_toolkit.cli.common import EXIT_INCOMPLETE, EXIT_OK, StatusLine, configure_logging, fail
+from kvs_toolkit.cli.options import (
+    add_iot_arguments,
+    parse_tags,
+    positive_float,
+    positive_int,
+    positive_seconds,
+    producer_aws_from_args,
+    program_parser,
+    stop_event_on_signals,
 )
+from kvs_toolkit.errors import SourceError
 from kvs_toolkit.producer.encoder import ENCODERS
-from kvs_toolkit.producer.run import StatusLine, parse_tags, produce, stop_on_signals
 from kvs_toolkit.producer.sources import CameraSource, SourceOptions
-from kvs_toolkit.producer.uploader import UploadStats
 
-log = logging.getLogger("webcam")
+PROGRAM = "webcam"
+CLOSE_TIMEOUT_S = 30.0
 
 _V4L2_DEVICE = re.compile(r"/dev/video(\d+)")
 
@@ -64,50 +69,46 @@ def camera_device(spec: str) -> int | str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser = program_parser((__doc__ or "").split("\n\n")[0])
     parser.add_argument(
-        "--device",
-        default="camera:0",
+        "--device", default="camera:0",
         help="camera:N, N or /dev/videoN (default camera:0, i.e. /dev/video0)",
-    )
+    )  # fmt: skip
     parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument("--endpoint-url", help="control plane, e.g. the local emulator")
-    parser.add_argument("--region", default=None, help="default: the profile's, or us-east-1")
-    parser.add_argument("--width", type=int, help="ask the camera for this width")
-    parser.add_argument("--height", type=int, help="ask the camera for this height")
-    parser.add_argument("--fps", type=float, help="ask the camera for this frame rate")
+    parser.add_argument("--width", type=positive_int, help="ask the camera for this width")
+    parser.add_argument("--height", type=positive_int, help="ask the camera for this height")
+    parser.add_argument("--fps", type=positive_float, help="ask the camera for this frame rate")
     parser.add_argument(
-        "--clock",
-        choices=("arrival", "fps"),
-        default="arrival",
+        "--clock", choices=("arrival", "fps"), default="arrival",
         help="frame timestamps: the wall clock at capture (default), or evenly spaced at "
         "--fps from the first frame",
-    )
+    )  # fmt: skip
     parser.add_argument("--codec", choices=("h264", "h265"), default="h264")
     parser.add_argument(
-        "--encoder",
-        choices=("auto", *ENCODERS),
-        default="auto",
+        "--encoder", choices=("auto", *ENCODERS), default="auto",
         help="auto (default): the hardware encoder when it opens, else libx264/libx265",
-    )
-    parser.add_argument("--bitrate", type=int, help="bit/s (default: constant quality)")
+    )  # fmt: skip
+    parser.add_argument("--bitrate", type=positive_int, help="bit/s (default: constant quality)")
     parser.add_argument(
-        "--fragment-duration",
-        type=float,
-        default=2.0,
-        metavar="SECONDS",
+        "--fragment-duration", type=positive_seconds, default=2.0, metavar="SECONDS",
         help="fragment length and key-frame interval (default 2)",
-    )
+    )  # fmt: skip
     parser.add_argument(
         "--tag", action="append", metavar="KEY=VALUE", help="persistent fragment metadata"
     )
-    parser.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    parser.add_argument(
+        "--duration", type=positive_seconds, metavar="SECONDS", help="stop after this long"
+    )
     parser.add_argument("--create-stream", action="store_true")
-    add_credential_arguments(parser)
+    add_iot_arguments(parser)
     return parser.parse_args(argv)
 
 
-async def stream_webcam(args: argparse.Namespace) -> UploadStats:
+async def stream_webcam(args: argparse.Namespace) -> int:
+    if args.clock == "fps" and args.fps is None:
+        raise ConfigurationError("--clock fps needs --fps")
+    tags = parse_tags(args.tag) if args.tag else {"source": f"webcam {args.device}"}
+    aws = producer_aws_from_args(args)  # a missing region or credentials: fail now
     options = SourceOptions(
         fps=args.fps,
         width=args.width,
@@ -118,48 +119,48 @@ async def stream_webcam(args: argparse.Namespace) -> UploadStats:
         fragment_duration_ms=round(args.fragment_duration * 1000),
         clock=args.clock,
     )
-    if args.clock == "fps" and args.fps is None:
-        raise SourceError("--clock fps needs --fps")
-    source = CameraSource(camera_device(args.device), options)
-    session = session_from_args(args)
-    credentials = credentials_from_args(args, session)
-    stop = stop_on_signals()
-    return await produce(
-        source,
-        args.endpoint_url,
-        args.stream,
-        tags=parse_tags(args.tag) if args.tag else {"source": f"webcam {args.device}"},
-        credentials=credentials,
-        region=region_from_args(args, session),
-        fragment_duration_ms=options.fragment_duration_ms,
-        create_stream=args.create_stream,
-        progress=StatusLine(every_s=5.0),
-        stop=stop,
-        duration_s=args.duration,
+    source = CameraSource(camera_device(args.device), options)  # opens the camera
+    stop = stop_event_on_signals(
+        f"kvs {PROGRAM}",
+        f"flushing the last fragment and waiting up to {CLOSE_TIMEOUT_S:g} s for its "
+        "acknowledgements",
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("botocore").setLevel(logging.WARNING)  # its INFO is chatty
-    try:
-        stats = asyncio.run(stream_webcam(args))
-    except (KvsError, argparse.ArgumentTypeError) as exc:
-        print(f"webcam: {exc}", file=sys.stderr)
-        return 2
+    status = StatusLine(every_s=5.0)
+    producer = Producer(
+        args.stream,
+        aws=aws,
+        create_stream=args.create_stream,
+        tags=tags,
+        fragment_duration_ms=options.fragment_duration_ms,
+        close_timeout_s=CLOSE_TIMEOUT_S,
+        progress=lambda progress: status.show(progress.line(), final=progress.done),
+        stop=stop,
+    )
+    stats = await producer.upload_async(source, duration_s=args.duration)
     print(
-        f"webcam: {stats.frames} frames in {stats.fragments} fragments, {stats.acked} acknowledged",
+        f"kvs {PROGRAM}: {stats.frames} frames in {stats.fragments} fragments, "
+        f"{stats.acked} acknowledged",
         file=sys.stderr,
     )
     if not stats.all_acknowledged:
         print(
-            f"webcam: not everything was acknowledged ({stats.dropped_fragments} dropped, "
-            f"{stats.unacknowledged} unacknowledged, errors {stats.errors})",
+            f"kvs {PROGRAM}: not everything was acknowledged ({stats.dropped_fragments} "
+            f"dropped, {stats.unacknowledged} unacknowledged, errors {stats.errors})",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return EXIT_INCOMPLETE
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging(args)
+    try:
+        return asyncio.run(stream_webcam(args))
+    except (KvsError, argparse.ArgumentTypeError) as exc:
+        return fail(PROGRAM, exc)
+    except KeyboardInterrupt:  # Ctrl-C before the two-signal rule was in place
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,19 +24,18 @@ uploader rotates connections well within any credential lifetime).
 Only the standard library (``ssl``, ``http.client``) is used: one small request every
 tens of minutes does not need a connection pool.
 
-:func:`add_credential_arguments` / :func:`credentials_from_args` give ``kvs produce``
-the ``--iot-*`` options and ``--profile``.
+The ``--iot-*`` command-line options live in :mod:`kvs_toolkit.cli.options`
+(``add_iot_arguments``, ``producer_aws_from_args``), which hands these credentials to
+:class:`kvs_toolkit.aws.AwsAccess`.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import email.utils
 import http.client
 import json
 import logging
-import os
 import re
 import ssl
 from pathlib import Path
@@ -45,8 +44,6 @@ from urllib.parse import quote, urlsplit
 
 import boto3
 import botocore.credentials
-import botocore.exceptions
-import botocore.session
 from botocore.credentials import Credentials, RefreshableCredentials
 
 from kvs_toolkit.errors import CredentialsError
@@ -55,11 +52,7 @@ __all__ = [
     "DEFAULT_ADVISORY_REFRESH_S",
     "DEFAULT_MANDATORY_REFRESH_S",
     "IotCredentialsProvider",
-    "add_credential_arguments",
     "aws_session",
-    "credentials_from_args",
-    "region_from_args",
-    "session_from_args",
 ]
 
 log = logging.getLogger(__name__)
@@ -310,7 +303,7 @@ def _hint(status: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# boto3 clients that keep refreshing
+# boto3 sessions that keep refreshing
 
 
 class _GivenCredentials(botocore.credentials.CredentialProvider):
@@ -330,8 +323,12 @@ def aws_session(credentials: Credentials | None, region: str | None) -> boto3.se
     ``boto3.Session(aws_access_key_id=...)`` copies the keys of the moment, so a client
     made from it fails once temporary credentials expire (an hour for the IoT provider);
     clients of this session use the object itself, which refreshes. None: botocore's
-    chain.
+    chain. New code uses :class:`kvs_toolkit.aws.AwsAccess` (``credentials_override=``),
+    whose clients do the same; this remains for
+    :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` until it takes an AwsAccess.
     """
+    import botocore.session
+
     core = botocore.session.get_session()
     if credentials is not None:
         core.register_component(
@@ -339,101 +336,3 @@ def aws_session(credentials: Credentials | None, region: str | None) -> boto3.se
             botocore.credentials.CredentialResolver([_GivenCredentials(credentials)]),
         )
     return boto3.session.Session(botocore_session=core, region_name=region)
-
-
-# ---------------------------------------------------------------------------------------
-# Command-line options
-
-_IOT_OPTIONS: Final = (
-    ("iot_credentials_endpoint", "--iot-credentials-endpoint"),
-    ("iot_cert", "--iot-cert"),
-    ("iot_key", "--iot-key"),
-    ("iot_role_alias", "--iot-role-alias"),
-)
-
-
-def add_credential_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--profile`` and the ``--iot-*`` options (AWS IoT credentials provider)."""
-    group = parser.add_argument_group(
-        "credentials",
-        "default: botocore's chain (environment, --profile or AWS_PROFILE, instance or "
-        "container role); with --iot-credentials-endpoint, --iot-cert, --iot-key and "
-        "--iot-role-alias: temporary credentials from the AWS IoT credentials provider, "
-        "refreshed before they expire",
-    )
-    group.add_argument("--profile", help="AWS profile from ~/.aws/config")
-    group.add_argument(
-        "--iot-credentials-endpoint",
-        metavar="HOST",
-        help="the account's IoT credentials endpoint "
-        "(aws iot describe-endpoint --endpoint-type iot:CredentialProvider)",
-    )
-    group.add_argument("--iot-cert", metavar="PEM", help="the device's X.509 certificate")
-    group.add_argument("--iot-key", metavar="PEM", help="the device certificate's private key")
-    group.add_argument(
-        "--iot-ca",
-        metavar="PEM",
-        help="CA of the endpoint's certificate (default: the system's, which has Amazon Root CA 1)",
-    )
-    group.add_argument("--iot-role-alias", metavar="ALIAS", help="IoT role alias")
-    group.add_argument(
-        "--iot-thing-name",
-        metavar="NAME",
-        help="IoT thing the certificate is attached to (default: the stream name, as kvssink does)",
-    )
-
-
-def session_from_args(args: argparse.Namespace) -> boto3.session.Session:
-    """A boto3 session for ``--profile`` (else the default one)."""
-    profile = getattr(args, "profile", None)
-    try:
-        return boto3.session.Session(profile_name=profile)
-    except botocore.exceptions.ProfileNotFound as exc:
-        raise CredentialsError(f"--profile: {exc}") from exc
-
-
-def region_from_args(
-    args: argparse.Namespace, session: boto3.session.Session, default: str = "us-east-1"
-) -> str:
-    """``--region``, else AWS_REGION / AWS_DEFAULT_REGION, else the profile's, else
-    ``default``."""
-    return (
-        getattr(args, "region", None)
-        or os.environ.get("AWS_REGION")
-        or os.environ.get("AWS_DEFAULT_REGION")
-        or session.region_name
-        or default
-    )
-
-
-def credentials_from_args(
-    args: argparse.Namespace, session: boto3.session.Session
-) -> Credentials | None:
-    """The IoT credentials provider's credentials when the ``--iot-*`` options are
-    given (fetched now, so a wrong certificate fails before any upload), else
-    ``session``'s credential chain (None when it finds nothing)."""
-    given: dict[str, str | None] = {name: getattr(args, name, None) for name, _ in _IOT_OPTIONS}
-    extra = [getattr(args, "iot_ca", None), getattr(args, "iot_thing_name", None)]
-    if not any(given.values()) and not any(extra):
-        try:
-            return session.get_credentials()
-        except botocore.exceptions.BotoCoreError as exc:
-            raise CredentialsError(f"AWS credentials could not be loaded: {exc}") from exc
-    missing = [flag for name, flag in _IOT_OPTIONS if not given[name]]
-    if missing:
-        raise CredentialsError(
-            "the AWS IoT credentials provider needs --iot-credentials-endpoint, --iot-cert, "
-            f"--iot-key and --iot-role-alias together: missing {', '.join(missing)}"
-        )
-    thing_name = getattr(args, "iot_thing_name", None) or getattr(args, "stream", None)
-    if not thing_name:
-        raise CredentialsError("--iot-thing-name is needed (there is no stream name to use)")
-    provider = IotCredentialsProvider(
-        str(given["iot_credentials_endpoint"]),
-        cert_file=str(given["iot_cert"]),
-        key_file=str(given["iot_key"]),
-        role_alias=str(given["iot_role_alias"]),
-        thing_name=thing_name,
-        ca_file=getattr(args, "iot_ca", None),
-    )
-    return provider.credentials()

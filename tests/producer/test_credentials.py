@@ -34,18 +34,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli import main as cli_main
+from kvs_toolkit.cli.options import producer_aws_from_args
 from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import CredentialsError, PutMediaError
 from kvs_toolkit.mkv import Fragment
-from kvs_toolkit.producer.credentials import (
-    IotCredentialsProvider,
-    aws_session,
-    credentials_from_args,
-    session_from_args,
-)
-from kvs_toolkit.producer.run import add_produce_arguments, produce
+from kvs_toolkit.producer.credentials import IotCredentialsProvider, aws_session
+from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
 from tests.media import read_fragments
 from tests.producer.conftest import ClipFactory
@@ -415,9 +412,8 @@ def test_bad_files_and_names_are_clear_errors(pki: Pki, tmp_path: Path) -> None:
 
 
 def _parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_produce_arguments(parser)  # kvs produce's options include the credential ones
-    return parser.parse_args(["clip.mp4", "--stream", THING, *argv])
+    # kvs produce's parser: the global options and the --iot-* ones
+    return build_parser("produce").parse_args(["produce", "clip.mp4", "--stream", THING, *argv])
 
 
 def test_options_choose_the_iot_provider(iot: IotEndpoint, pki: Pki) -> None:
@@ -426,17 +422,14 @@ def test_options_choose_the_iot_provider(iot: IotEndpoint, pki: Pki) -> None:
         *("--iot-cert", str(pki.device_cert), "--iot-key", str(pki.device_key)),
         *("--iot-ca", str(pki.ca)),
     )
-    credentials = credentials_from_args(args, session_from_args(args))
-    assert credentials is not None
+    credentials = producer_aws_from_args(args).credentials
     assert credentials.get_frozen_credentials().access_key == "AKIDIOT1"
     # no --iot-thing-name: the stream name, as kvssink does
     assert iot.requests == [(f"/role-aliases/{ROLE_ALIAS}/credentials", THING)]
 
 
 def test_without_iot_options_the_botocore_chain_is_used() -> None:
-    args = _parse()
-    credentials = credentials_from_args(args, session_from_args(args))
-    assert credentials is not None
+    credentials = producer_aws_from_args(_parse()).credentials
     assert credentials.get_frozen_credentials().access_key == "AKIDENV"
 
 
@@ -446,12 +439,12 @@ def test_partial_iot_options_are_a_clear_error(pki: Pki) -> None:
         CredentialsError,
         match="missing --iot-credentials-endpoint, --iot-key, --iot-role-alias",
     ):
-        credentials_from_args(args, session_from_args(args))
+        producer_aws_from_args(args)
 
 
 def test_unknown_profile_is_a_clear_error() -> None:
-    with pytest.raises(CredentialsError, match=r"--profile: .*nobody"):
-        session_from_args(_parse("--profile", "nobody"))
+    with pytest.raises(CredentialsError, match=r"profile 'nobody' is not in the AWS config"):
+        producer_aws_from_args(_parse("--profile", "nobody"))
 
 
 # ---------------------------------------------------------------------------------------
@@ -695,8 +688,6 @@ def test_clients_of_aws_session_sign_with_the_refreshed_credentials(iot: IotEndp
 
 
 def test_static_credentials_still_work_as_before() -> None:
-    # credentials_from_args returns plain botocore Credentials from the chain: produce()
-    # takes either kind
-    args = _parse()
-    credentials = credentials_from_args(args, session_from_args(args))
+    # the chain's plain botocore Credentials: produce() takes either kind
+    credentials = producer_aws_from_args(_parse()).credentials
     assert isinstance(credentials, Credentials)

@@ -104,6 +104,10 @@ def test_help() -> None:
         assert process.returncode == 0, err
         assert out.startswith("usage: ") and err == ""
         assert options[name] in out and "--iot-role-alias" in out
+        # the global options of kvs, as the AWS CLI has them
+        for option in ("--version", "--debug", "--profile", "--region", "--endpoint-url"):
+            assert option in out, (name, option)
+        assert "--max-attempts N" in out
 
 
 # --- replay_file.py ---------------------------------------------------------------------
@@ -126,7 +130,7 @@ def test_replay_file_uploads_every_frame(make_clip: ClipFactory) -> None:
     assert len(fragments) == 2
     assert frames_of(fragments, 1) == 50
     assert all(f.producer_tags == (Tag("site", "lab"),) for f in fragments)
-    assert "replay_file: 50 frames in 2 fragments, 2 acknowledged" in done.stderr
+    assert "kvs replay_file: 50 frames in 2 fragments, 2 acknowledged" in done.stderr
 
 
 def test_replay_file_flushes_on_sigterm(make_clip: ClipFactory) -> None:
@@ -140,6 +144,7 @@ def test_replay_file_flushes_on_sigterm(make_clip: ClipFactory) -> None:
                 "--create-stream",
                 "--loop",
                 "--fragment-duration", "1",
+                "-v",  # INFO lines: "PutMedia to ..." says the upload runs
             ],
             stderr=subprocess.PIPE,
             text=True,
@@ -157,18 +162,19 @@ def test_replay_file_flushes_on_sigterm(make_clip: ClipFactory) -> None:
             assert process.wait(30) == 0, "".join(lines) + rest
         fragments = stored(kvs, "looped")
     assert "SIGTERM: flushing the last fragment" in rest
-    summary = next(line for line in rest.splitlines() if line.startswith("replay_file: "))
+    summary = next(line for line in rest.splitlines() if " frames in " in line)
     sent = frames_of(fragments, 1)
     assert sent > 25  # past the first fragment (the loop has no end of its own)
     assert summary == (
-        f"replay_file: {sent} frames in {len(fragments)} fragments, {len(fragments)} acknowledged"
+        f"kvs replay_file: {sent} frames in {len(fragments)} fragments, "
+        f"{len(fragments)} acknowledged"
     )
 
 
 def test_replay_file_missing_file_is_one_line() -> None:
     done = run_program("replay_file.py", "/nonexistent/clip.mp4", "--stream", "s")
     assert done.returncode == 2
-    assert done.stderr.strip() == "replay_file: /nonexistent/clip.mp4: no such file"
+    assert done.stderr.strip() == "kvs replay_file: /nonexistent/clip.mp4: no such file"
 
 
 # --- webcam.py --------------------------------------------------------------------------
@@ -177,8 +183,8 @@ def test_replay_file_missing_file_is_one_line() -> None:
 @pytest.mark.parametrize(
     ("device", "message"),
     [
-        ("camera:99", "webcam: cannot open camera 99"),
-        ("/dev/video99", "webcam: cannot open camera /dev/video99: no such device"),
+        ("camera:99", "kvs webcam: cannot open camera 99"),
+        ("/dev/video99", "kvs webcam: cannot open camera /dev/video99: no such device"),
     ],
 )
 def test_webcam_that_does_not_exist(device: str, message: str) -> None:
@@ -205,6 +211,7 @@ def test_webcam_captures_and_encodes(make_clip: ClipFactory) -> None:
             "--fps", "25",
             "--clock", "fps",
             "--fragment-duration", "1",
+            "-v",  # INFO lines: the encoder's
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         fragments = stored(kvs, "desk")
@@ -213,13 +220,13 @@ def test_webcam_captures_and_encodes(make_clip: ClipFactory) -> None:
     assert len(fragments) == 2
     assert frames_of(fragments, 1) == 50
     assert all(f.producer_tags == (Tag("source", f"webcam {path}"),) for f in fragments)
-    assert "webcam: 50 frames in 2 fragments, 2 acknowledged" in done.stderr
+    assert "kvs webcam: 50 frames in 2 fragments, 2 acknowledged" in done.stderr
 
 
 def test_webcam_fps_clock_needs_fps() -> None:
     done = run_program("webcam.py", "--stream", "desk", "--clock", "fps")
     assert done.returncode == 2
-    assert done.stderr.strip() == "webcam: --clock fps needs --fps"
+    assert done.stderr.strip() == "kvs webcam: --clock fps needs --fps"
 
 
 # --- rtsp_relay.py ----------------------------------------------------------------------
@@ -309,11 +316,11 @@ def test_rtsp_relay_reconnects_and_tags(make_clip: ClipFactory, camera: CameraFa
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith(
-        f"rtsp_relay: {url}: gave up after 3 failed attempts in a row (cannot open {url}: "
+        f"kvs rtsp_relay: {url}: gave up after 3 failed attempts in a row (cannot open {url}: "
     )
     assert "Server returned 404 Not Found" in lines[-1]
     assert lines[-2] == (
-        "rtsp_relay: 2 sessions (7 attempts), "
+        "kvs rtsp_relay: 2 sessions (7 attempts), "
         f"{2 * (25 + audio_per_feed)} frames in 2 fragments, 2 acknowledged"
     )
     # each reconnect logged with its reason; the back-off doubles while the camera is
@@ -355,7 +362,7 @@ def test_rtsp_relay_keeps_what_arrived_before_the_feed_dropped(camera: CameraFac
     assert len(lost) == 1 and "read failed" in lost[0], done.stderr
     assert lost[0].endswith("; reconnecting in 0.05 s")
     summary = lines[-2]
-    assert summary.startswith("rtsp_relay: 2 sessions (3 attempts), "), done.stderr
+    assert summary.startswith("kvs rtsp_relay: 2 sessions (3 attempts), "), done.stderr
     # the frames read before the drop went up and were acknowledged, then the whole feed
     sent = frames_of(fragments, 1)
     assert 25 < sent < 50
@@ -395,4 +402,4 @@ def test_numpy_frames_uploads_what_it_makes() -> None:
         fragments = stored(kvs, "synthetic")
     assert frames_of(fragments, 1) == 25
     assert all(f.producer_tags == (Tag("generator", "numpy_frames.py"),) for f in fragments)
-    assert f"numpy_frames: 25 frames in {len(fragments)} fragments" in done.stderr
+    assert f"kvs numpy_frames: 25 frames in {len(fragments)} fragments" in done.stderr
