@@ -217,7 +217,17 @@ class Producer:
                     pixel_format=pixel_format,
                 )
                 self._start(self._numpy)
-        self._numpy.put_frame(image, timestamp_ms)
+        try:
+            self._numpy.put_frame(image, timestamp_ms)
+        except KvsError:
+            self._raise_upload_error()
+            raise
+
+    def _raise_upload_error(self) -> None:
+        """The upload's own error, when it ended (rather than the source's echo of it)."""
+        thread = self._thread
+        if thread is not None and not thread.is_alive():
+            thread.result()
 
     def put_encoded(
         self, data: bytes, *, codec: Literal["h264", "h265"] = "h264", fps: float | None = None
@@ -272,4 +282,5 @@ class Producer:
         try:
             self.close()
         except KvsError as exc:  # the original error is the one to see
-            log.warning("closing the producer after an error: %s", exc)
+            if exc is not exc_info[1]:  # (not when it is the upload's error itself)
+                log.warning("closing the producer after an error: %s", exc)

@@ -510,6 +510,7 @@ async def produce(
         if deadline is not None:
             deadline.cancel()
         handoff.close()  # unblocks a source thread waiting for room
+        source.abandon()  # and user code waiting to put frames into the source
         for task in (watcher, ticker):
             if task is not None:
                 task.cancel()

@@ -200,6 +200,12 @@ class FrameSource(ABC):
             yield self._pending.popleft()
         yield from generator
 
+    def abandon(self) -> None:
+        """The reader is gone (the upload ended): producers of frames waiting to hand
+        one over give up. Safe from any thread; unlike :meth:`close` it does not touch
+        the generator, which another thread may be running."""
+        self._closed = True
+
     def close(self) -> None:
         """Stop reading and release the file, device or stream."""
         self._closed = True

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from kvs_toolkit.producer.encoder import Encoder
 
 log = logging.getLogger(__name__)
+# How often a blocked put_frame looks whether the upload ended.
+_HAND_OVER_POLL_S: Final = 0.2
 
 
 # ---------------------------------------------------------------------------------------
@@ -74,7 +76,18 @@ class NumpySource(FrameSource):
             if frames and self._tracks is None:
                 self._set_tracks([self.encoder.track()])
             for frame in frames:
-                self._queue.put(frame)
+                self._hand_over(frame)
+
+    def _hand_over(self, frame: EncodedFrame | None) -> None:
+        # Wait for room, but not for an upload that ended (abandon()): user code
+        # putting frames must not hang on a dead uploader.
+        while True:
+            try:
+                self._queue.put(frame, timeout=_HAND_OVER_POLL_S)
+                return
+            except queue.Full:
+                if self._closed:
+                    raise SourceError(f"{self.description}: the upload ended") from None
 
     def finish(self) -> None:
         """No more frames: flush the encoder and end the iteration."""
@@ -82,10 +95,12 @@ class NumpySource(FrameSource):
             if self._finished:
                 return
             self._finished = True
+            if self._closed:
+                return  # nobody reads any more: nothing to flush into
             if self.encoder is not None:
                 for frame in self.encoder.flush():
-                    self._queue.put(frame)
-            self._queue.put(_END)
+                    self._hand_over(frame)
+            self._hand_over(_END)
 
     def _frames(self) -> Generator[EncodedFrame, None, None]:
         while True:
