@@ -115,3 +115,23 @@ def test_package_exports_are_lazy() -> None:
     assert {"Producer", "open_stream", "Pipeline", "AwsAccess"} <= set(kvs_toolkit.__all__)
     with pytest.raises(AttributeError):
         _ = kvs_toolkit.NoSuchName  # type: ignore[attr-defined]
+
+
+def test_put_frame_does_not_hang_when_the_upload_ended(no_aws_config: None) -> None:
+    """A dead endpoint ends the upload; put_frame then raises instead of waiting forever
+    for room in the source's queue (a program putting frames used to hang)."""
+    import time
+
+    from kvs_toolkit import EndpointUnreachableError, KvsError
+    from kvs_toolkit.retry import RetryPolicy
+
+    aws = kvs_toolkit.AwsAccess(
+        endpoint_url="http://127.0.0.1:9", retry=RetryPolicy(max_attempts=2, base_s=0.01)
+    )
+    producer = Producer("dead", aws=aws)
+    started = time.monotonic()
+    with pytest.raises(KvsError) as raised:
+        for i in range(100_000):
+            producer.put_frame(np.zeros((64, 64, 3), np.uint8), i * 40, fps=25)
+    assert isinstance(raised.value, EndpointUnreachableError)
+    assert time.monotonic() - started < 60

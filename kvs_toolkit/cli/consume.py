@@ -559,5 +559,5 @@ def _consume_many(args: argparse.Namespace) -> int:
     fleet_args = argparse.Namespace(**vars(args))
     fleet_args.start = args.start if isinstance(args.start, str) else args.start.spec()
     fleet_args.model = args.model or "none"
-    fleet_args.out = None if args.out == "-" else args.out
+    fleet_args.out = args.out  # "-": stdout, as kvs consume's
     return run_fleet(fleet_args)

@@ -55,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
+    if args.host in ("127.0.0.1", "::1", "localhost"):
+        # the WebRTC ingestion peer (JoinStorageSession) gathers loopback candidates, as
+        # local masters on this machine do (aioice leaves them out by default)
+        from kvs_toolkit.webrtc.ice import LOOPBACK, use_host_addresses
+
+        use_host_addresses(LOOPBACK)
     run_forever(
         host=args.host,
         port=args.port,

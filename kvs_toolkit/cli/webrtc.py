@@ -237,18 +237,21 @@ async def _viewer(aws: AwsAccess, args: argparse.Namespace) -> int:
 
     async def watch() -> None:
         nonlocal count
-        async for frame in viewer.frames():
-            record = frame.record()
-            if frames_dir is not None:
-                record["jpeg"] = await asyncio.to_thread(_write_jpeg, frames_dir, frame)
-            if analysis is not None:
-                await asyncio.to_thread(analysis.put, frame)
-            if out is not None:
-                out.write(json.dumps(record) + "\n")
-                out.flush()
-            count += 1
-            if args.count is not None and count >= args.count:
-                return
+        # aclosing: leaving early (--count) closes the generator on this loop, not at
+        # garbage collection after the loop is gone
+        async with contextlib.aclosing(viewer.frames()) as frames:
+            async for frame in frames:
+                record = frame.record()
+                if frames_dir is not None:
+                    record["jpeg"] = await asyncio.to_thread(_write_jpeg, frames_dir, frame)
+                if analysis is not None:
+                    await asyncio.to_thread(analysis.put, frame)
+                if out is not None:
+                    out.write(json.dumps(record) + "\n")
+                    out.flush()
+                count += 1
+                if args.count is not None and count >= args.count:
+                    return
 
     watching = asyncio.ensure_future(watch())
     stopping = asyncio.ensure_future(stop.wait())
