@@ -8,7 +8,8 @@ Which blocks run (the marker convention):
   opening fence is ``<!-- runnable -->``; ``<!-- runnable: needs ffmpeg -->`` also names
   programs it needs (the test fails, never skips, when they are missing: CI installs them);
 * other blocks (``make demo``, a long-running ``kvs emulator``, AWS-only commands) are
-  shown, not run.
+  shown, not run; Python that must not run here (two WebRTC peers, which the project's
+  tests run only inside a loopback-only network namespace) is fenced ``py``.
 
 Per file: one in-process emulator and one temporary working directory shared by that
 file's blocks in document order (a later block may use what an earlier one made). The
