@@ -240,13 +240,17 @@ def _acm(track: TrackInfo) -> CodecSetup:
     )
 
 
-def open_context(setup: CodecSetup, track: TrackInfo, threads: int) -> av.CodecContext:
+def open_context(
+    setup: CodecSetup, track: TrackInfo, threads: int, thread_type: str = "AUTO"
+) -> av.CodecContext:
+    """Open FFmpeg's decoder for ``track``; ``threads`` and ``thread_type`` (``AUTO``:
+    frame and slice threads, ``SLICE``: no frame pipeline) apply to video."""
     try:
         ctx = av.CodecContext.create(setup.decoder, "r")
         if setup.extradata:
             ctx.extradata = setup.extradata
         if isinstance(ctx, VideoCodecContext):
-            ctx.thread_type = "AUTO"
+            ctx.thread_type = thread_type
             ctx.thread_count = threads
         elif isinstance(ctx, AudioCodecContext):
             if setup.sample_rate:

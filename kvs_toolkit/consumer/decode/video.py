@@ -73,7 +73,17 @@ class FragmentDecoder:
     (and in the list :meth:`decode` returns), which is what a live consumer wants (the
     next fragment can be seconds away). KVS fragments start on a key frame, so nothing
     is lost. With False, frames still inside a threaded decoder come out with the next
-    fragment, and :meth:`flush` returns the rest at the end.
+    fragment, and :meth:`flush` returns the rest at the end. A drain only happens when
+    the decoder holds a frame: otherwise it stays open and warm, and a fragment that
+    does not start with a key frame (an MKV file's cluster cut mid-GOP) goes on decoding.
+
+    Key frames only: with the default drain each key frame is decoded on one thread
+    (one picture per fragment cannot be split across cores) and comes out before
+    :meth:`iter_decode` ends, which is what a live consumer and a per-fragment
+    checkpoint need. ``flush_each_fragment=False`` keeps FFmpeg's frame threads busy
+    with several key frames at once - about twice the key frames per second on two
+    cores, for files, archives and batch jobs - and each comes out a few fragments
+    later (``threads`` - 1) or from :meth:`flush`, with its own fragment's metadata.
 
     ``drop_duplicates`` (default True): a fragment that repeats one of the last
     fragments is dropped and counted in ``stats.duplicate_fragments``.
@@ -291,7 +301,14 @@ class FragmentDecoder:
             yield from self._drain()
             self.stats.codec_changes += 1
             log.info("track %d: CodecPrivate changed, re-opening the decoder", track.number)
-        ctx = open_context(setup, track, self.threads)
+        # Key frames only, drained after every fragment: one picture per fragment, so
+        # frame threads can never overlap two, and their pipeline only adds a hand-off
+        # and a drain per key frame. Without frame threads each key frame comes out of
+        # the decode call that sent it, nothing is left inside at the fragment's end,
+        # and the decoder stays open and warm (see _drain). Kept warm across fragments
+        # (flush_each_fragment=False), frame threads decode several key frames at once.
+        thread_type = "SLICE" if self.keyframes_only and self.flush_each_fragment else "AUTO"
+        ctx = open_context(setup, track, self.threads, thread_type)
         if not isinstance(ctx, VideoCodecContext):  # pragma: no cover - registry guarantees
             raise DecodeError(f"{setup.decoder} is not a video decoder")
         if self.keyframes_only:
@@ -366,7 +383,9 @@ class FragmentDecoder:
 
     def _drain(self) -> Generator[DecodedFrame, None, None]:
         ctx = self._ctx
-        if ctx is None:
+        if ctx is None or not self._pending:
+            # Every packet sent has come out (or was counted lost): nothing to drain, and
+            # no reason to reset the decoder and wait for the next key frame.
             return
         try:
             decoded = ctx.decode(None)
