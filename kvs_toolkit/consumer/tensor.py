@@ -28,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -55,6 +54,10 @@ FloatArray: TypeAlias = npt.NDArray[np.floating]
 
 #: The grey YOLO pads letterboxed images with.
 YOLO_PAD_VALUE: Final = 114
+#: ``cv2.INTER_LINEAR``. OpenCV is imported on first use, not with this module: the
+#: ``kvs_toolkit.consumer`` package imports this module, and a process that never
+#: batches (``kvs consume`` without a model) need not load OpenCV (~15 ms, ~20 MB).
+INTER_LINEAR: Final = 1
 # Resize targets kept (one per frame size seen; a stream has one or two).
 _MAX_SCRATCH: Final = 8
 
@@ -139,6 +142,8 @@ def letterbox_boxes(boxes: npt.ArrayLike, params: LetterboxParams) -> FloatArray
 
 def _to_three_channels(image: Image) -> Image:
     if image.ndim == 2:
+        import cv2
+
         return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
     if image.ndim == 3 and image.shape[2] == 3:
         return image
@@ -162,6 +167,8 @@ def _place(
     if image.shape[:2] == region.shape[:2]:
         np.copyto(region, image)
     else:
+        import cv2
+
         # dst= makes OpenCV write straight into the canvas (a strided view): no temporary.
         cv2.resize(
             image,
@@ -177,7 +184,7 @@ def letterbox(
     *,
     pad_value: int = YOLO_PAD_VALUE,
     out: Image | None = None,
-    interpolation: int = cv2.INTER_LINEAR,
+    interpolation: int = INTER_LINEAR,
 ) -> tuple[Image, LetterboxParams]:
     """Letterbox one ``(H, W, 3)`` image into ``size`` (W, H), keeping its aspect ratio.
 
@@ -251,7 +258,7 @@ class FrameBatcher:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         input_order: ChannelOrder = "BGR",
-        interpolation: int = cv2.INTER_LINEAR,
+        interpolation: int = INTER_LINEAR,
     ) -> None:
         width, height = (size, size) if isinstance(size, int) else size
         if width <= 0 or height <= 0:
@@ -355,6 +362,8 @@ class FrameBatcher:
             if len(self._scratch) >= _MAX_SCRATCH:  # sizes keep changing: do not hoard
                 self._scratch.clear()
             scratch = self._scratch[shape] = np.empty(shape, dtype=np.uint8)
+        import cv2
+
         cv2.resize(
             image, (params.resized_width, params.resized_height), dst=scratch,
             interpolation=self.interpolation,

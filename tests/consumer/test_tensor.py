@@ -239,3 +239,22 @@ def test_batches_equal_letterbox_then_numpy_for_every_layout_and_input(
                 beta = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(shape)
                 expected = np.multiply(expected, alpha, dtype=np.float32) - beta
             assert np.array_equal(batch.tensor[index], expected), (index, image.shape)
+
+
+def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, numpy as np\n"
+        "from kvs_toolkit.consumer.tensor import FrameBatcher\n"
+        "batcher = FrameBatcher(32)\n"
+        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # already the input size: no resize
+        "print('cv2' in sys.modules)\n"
+        "batcher([np.zeros((64, 32, 3), np.uint8)])\n"
+        "print('cv2' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["False", "True"]
