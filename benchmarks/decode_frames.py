@@ -42,6 +42,7 @@ The last row, memory over live reading, is described at :func:`live_soak`.
 
 from __future__ import annotations
 
+import resource
 import shutil
 import signal
 import statistics
@@ -184,21 +185,23 @@ def _chunks(data: bytes) -> Iterator[memoryview]:
         yield view[start : start + CHUNK_SIZE]
 
 
-def _fragments_decoded(clip: Clip, decoder: FragmentDecoder) -> Iterator[list[DecodedFrame]]:
+def decoded_frames(clip: Clip, decoder: FragmentDecoder) -> Iterator[DecodedFrame]:
+    """The GetMedia bytes in 64 KiB chunks through the reader and ``decoder``, each frame
+    as soon as it is decoded (``iter_decode``: a consumer holds one frame at a time, not
+    a fragment's 60 x 6 MB, which would also make every fragment fault in fresh pages)."""
     reader = FragmentReader()
     for chunk in _chunks(clip.getmedia):
         for fragment in reader.feed(chunk):
-            yield decoder.decode(fragment)
+            yield from decoder.iter_decode(fragment)
     for fragment in reader.close():
-        yield decoder.decode(fragment)
-    yield decoder.flush()
+        yield from decoder.iter_decode(fragment)
+    yield from decoder.flush()
 
 
 def decode_ours(clip: Clip, keep: frozenset[int] | None, **options: Any) -> Collected:
     out = Collected(keep)
-    for frames in _fragments_decoded(clip, FragmentDecoder(**options)):
-        for frame in frames:
-            out.add(frame.image)
+    for frame in decoded_frames(clip, FragmentDecoder(**options)):
+        out.add(frame.image)
     return out
 
 
@@ -220,11 +223,11 @@ def decode_batched(
             out.kept[out.count] = tensor[0].copy()
         out.count += len(frames)
 
-    for frames in _fragments_decoded(clip, decoder):
-        waiting += frames
-        while len(waiting) >= BATCH:
-            emit(waiting[:BATCH])
-            del waiting[:BATCH]
+    for frame in decoded_frames(clip, decoder):
+        waiting.append(frame)
+        if len(waiting) == BATCH:
+            emit(waiting)
+            waiting.clear()
     if waiting:
         emit(waiting)
     return out
@@ -255,11 +258,12 @@ def decode_reference_reused_reformatter(clip: Clip, keep: frozenset[int] | None)
     return out
 
 
-def _time(fn: Callable[[], Collected]) -> tuple[float, Collected]:
+def _time(fn: Callable[[], Collected]) -> tuple[float, float, Collected]:
+    """Wall time, CPU time of this process (every thread, FFmpeg's too) and the result."""
     with gc_paused():
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
-        return time.perf_counter() - start, result
+        return time.perf_counter() - start, time.process_time() - start_cpu, result
 
 
 def _check_same(ours: Collected, reference: Collected, who: str) -> None:
@@ -272,17 +276,20 @@ def _check_same(ours: Collected, reference: Collected, who: str) -> None:
 
 def race(
     rounds: int, contenders: dict[str, Callable[[], Collected]]
-) -> tuple[dict[str, list[float]], dict[str, Collected]]:
-    """Run each contender once per round, in turn (so drift hits all alike)."""
+) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Collected]]:
+    """Run each contender once per round, in turn (so drift hits all alike); wall and
+    CPU seconds per contender and round, and each one's last output."""
     seconds: dict[str, list[float]] = {name: [] for name in contenders}
+    cpu: dict[str, list[float]] = {name: [] for name in contenders}
     last: dict[str, Collected] = {}
     for name, fn in contenders.items():  # warm-up: page cache, swscale tables, threads
         last[name] = fn()
     for _ in range(rounds):
         for name, fn in contenders.items():
-            elapsed, last[name] = _time(fn)
+            elapsed, used, last[name] = _time(fn)
             seconds[name].append(elapsed)
-    return seconds, last
+            cpu[name].append(used)
+    return seconds, cpu, last
 
 
 def median_ratio(seconds: dict[str, list[float]], name: str, reference: str) -> float:
@@ -313,7 +320,7 @@ def decode_rows(options: Options) -> list[Result]:
     spec = clip.spec
     checked = frozenset({0, frames // 2, frames - 1, spec.fps})
     batch_checked = frozenset({0, BATCH * (frames // BATCH // 2)})
-    seconds, outputs = race(
+    seconds, cpu, outputs = race(
         rounds,
         {
             "ours": lambda: decode_ours(clip, checked),
@@ -400,6 +407,14 @@ def decode_rows(options: Options) -> list[Result]:
             f"{ours / b:.2f}"
             for b, ours in zip(seconds["batched-scaled"], seconds["ours"], strict=True)
         )
+        + ". CPU time (all threads; blind to the use of both cores, but barely moved by "
+        "other load on the machine), median ratios: ours / PyAV default "
+        f"{median_ratio(cpu, 'ours', 'reference'):.2f}, key frames (warm) / ours "
+        f"{median_ratio(cpu, 'keyframes', 'ours'):.1f}, key frames (drained) / ours "
+        f"{median_ratio(cpu, 'keyframes-drained', 'ours'):.1f}, decoder-scaled batches / ours "
+        f"{median_ratio(cpu, 'batched-scaled', 'ours'):.2f}, OpenCV batches / ours "
+        f"{median_ratio(cpu, 'batched', 'ours'):.2f}; CPU seconds (median): "
+        + ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in cpu.items())
         + "."
     )
     check = (
@@ -503,16 +518,23 @@ print(count)
 """
 
 
-def _timed_process(command: Sequence[str], env: dict[str, str]) -> tuple[float, str]:
-    start = time.perf_counter()
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed_process(command: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall and CPU seconds of ``command`` as a child process, and its stdout."""
+    start, start_cpu = time.perf_counter(), _children_cpu()
     done = subprocess.run(command, capture_output=True, env=env, check=False)
     elapsed = time.perf_counter() - start
+    used = _children_cpu() - start_cpu
     if done.returncode != 0:
         raise RuntimeError(
             f"{' '.join(command[:3])} ... exited with {done.returncode}: "
             f"{done.stderr.decode(errors='replace')[-2000:]}"
         )
-    return elapsed, done.stdout.decode()
+    return elapsed, used, done.stdout.decode()
 
 
 def whole_process_row(options: Options) -> Result:
@@ -535,11 +557,13 @@ def whole_process_row(options: Options) -> Result:
                     "plain-start": plain_startup}  # fmt: skip
         for command in commands.values():  # warm-up: page cache, .pyc files
             _timed_process(command, env)
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         plain_frames = 0
         for _ in range(rounds):
             for name, command in commands.items():
-                elapsed, stdout = _timed_process(command, env)
+                elapsed, used, stdout = _timed_process(command, env)
                 times[name].append(elapsed)
+                cpu[name].append(used)
                 if name == "plain":
                     plain_frames = int(stdout.strip())
         with out.open("rb") as lines:
@@ -567,7 +591,10 @@ def whole_process_row(options: Options) -> Result:
             "ratio = median over rounds of (script time / kvs time); per round: "
             + ", ".join(f"{p / o:.2f}" for o, p in zip(times["ours"], times["plain"], strict=True))
             + f". Start-up alone (median): `kvs consume --help` {median['ours-start']:.2f} s, "
-            f"`python -c 'import av, numpy'` {median['plain-start']:.2f} s.",
+            f"`python -c 'import av, numpy'` {median['plain-start']:.2f} s. CPU seconds "
+            "(median; all threads): "
+            + ", ".join(f"{name} {statistics.median(values):.2f}" for name, values in cpu.items())
+            + f"; CPU ratio script / kvs {median_ratio(cpu, 'ours', 'plain'):.2f}.",
         ),
     )
 
