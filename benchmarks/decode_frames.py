@@ -93,8 +93,9 @@ START_MS: Final = 1_700_000_000_000
 BATCH: Final = 8
 MODEL_SIZE: Final = 640
 #: Mean |difference| (0-255 levels) allowed between a decoder-scaled tensor and the
-#: OpenCV-resized one of the same frame: swscale's filter widens with the shrink factor,
-#: cv2.resize INTER_LINEAR does not, so 1080p -> 640x360 differs by a few levels.
+#: OpenCV-resized one of the same frame: swscale's AREA filter (fit='s default) averages
+#: the 3x3 pixels each output pixel covers, cv2.resize INTER_LINEAR samples between two,
+#: so on this noisy texture 1080p -> 640x360 differs by a few levels.
 SCALED_MEAN_ERROR_LIMIT: Final = 8.0
 
 
@@ -441,8 +442,9 @@ def decode_rows(options: Options) -> list[Result]:
         f"{BATCH} frames (float32 NCHW RGB x/255, buffers reused), against ours returning "
         f"plain 1080p BGR frames. Decoder scaling: FragmentDecoder(fit=({MODEL_SIZE}, "
         f"{MODEL_SIZE})) has swscale convert each frame straight to 640x360 BGR (the "
-        "letterbox's inner size) and the batcher writes it into its region of the tensor "
-        "(pads once per slot). OpenCV: full-size frames, cv2.resize in the batcher."
+        "letterbox's inner size; AREA filter, fit's default) and the batcher writes it "
+        "into its region of the tensor (pads once per slot). OpenCV: full-size frames, "
+        "cv2.resize in the batcher."
     )
     notes = (method, check, sampling, batches)
 

@@ -61,7 +61,13 @@ class FragmentDecoder:
     (:func:`~kvs_toolkit.consumer.frames.fit_size`: the inner picture of a letterbox;
     it follows resolution changes), so ``FrameBatcher(size=(W, H))`` only pads:
     ``FragmentDecoder(fit=batcher.size)``. Either way each frame's
-    :attr:`DecodedFrame.source_size` is the decoded picture's size. ``track``: the
+    :attr:`DecodedFrame.source_size` is the decoded picture's size. ``interpolation``:
+    swscale's filter (a name of :class:`av.video.reformatter.Interpolation`); by default
+    swscale's own (bilinear) for ``width``/``height`` and ``AREA`` for ``fit``: a model
+    input is a large shrink (1080p to 640x360 is 3x), where swscale's bilinear filter
+    widens with the factor and costs more than the whole same-size conversion (1.5 ms
+    against 1.1 ms a 1080p frame here), while ``AREA`` averages the pixels it covers
+    for 1.0 ms, about one grey level (mean) from the bilinear result. ``track``: the
     track number to decode (default: the first video track of each fragment).
 
     Sampling (see the module docstring): ``keyframes_only``, ``fps`` or ``every``
@@ -130,7 +136,7 @@ class FragmentDecoder:
         self.format: PixelFormat = format
         self.width = width
         self.height = height
-        self.interpolation = interpolation
+        self.interpolation = "AREA" if interpolation is None and fit is not None else interpolation
         self.keyframes_only = keyframes_only
         self.skip_nonref = skip_nonref
         self.track = track
