@@ -7,11 +7,15 @@
     detections = model(batch.tensor)                      # (8, 3, 640, 640) float32 RGB 0..1
     boxes = unletterbox_boxes(detections[0][:, :4], batch.params[0])   # frame pixels
 
-Resizing is OpenCV's ``cv2.resize`` (``INTER_LINEAR``) straight into a preallocated
-``uint8`` canvas; channel order, layout (NCHW or NHWC), dtype and normalisation
-(``x * scale``, then ``(x - mean) / std`` per channel) are single vectorised numpy
-operations over the whole batch into a preallocated output. No Python loop touches a
-pixel; the only loop is over the N frames.
+Each frame goes straight into its slot of a preallocated output tensor: resized (when
+its size differs) by OpenCV's ``cv2.resize`` (``INTER_LINEAR``) into a reused scratch
+buffer, then channel order, layout (NCHW or NHWC), dtype and normalisation (``x *
+scale``, then ``(x - mean) / std`` per channel) in one vectorised numpy pass over the
+picture's region only. The padding of a letterbox is written once per slot and layout,
+not per call. A frame the decoder already scaled to the letterbox's inner size
+(``FragmentDecoder(fit=batcher.size)``) skips the resize; gray frames are broadcast to
+three channels as views, never copied to BGR first. No Python loop touches a pixel;
+the only loop is over the N frames.
 
 The returned tensor is the batcher's own buffer: the next call overwrites it. Copy it
 (``tensor.copy()``) to keep it, or hand it to the model before the next call.
@@ -24,7 +28,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -51,6 +54,12 @@ FloatArray: TypeAlias = npt.NDArray[np.floating]
 
 #: The grey YOLO pads letterboxed images with.
 YOLO_PAD_VALUE: Final = 114
+#: ``cv2.INTER_LINEAR``. OpenCV is imported on first use, not with this module: the
+#: ``kvs_toolkit.consumer`` package imports this module, and a process that never
+#: batches (``kvs consume`` without a model) need not load OpenCV (~15 ms, ~20 MB).
+INTER_LINEAR: Final = 1
+# Resize targets kept (one per frame size seen; a stream has one or two).
+_MAX_SCRATCH: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +142,8 @@ def letterbox_boxes(boxes: npt.ArrayLike, params: LetterboxParams) -> FloatArray
 
 def _to_three_channels(image: Image) -> Image:
     if image.ndim == 2:
+        import cv2
+
         return np.asarray(cv2.cvtColor(image, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
     if image.ndim == 3 and image.shape[2] == 3:
         return image
@@ -156,6 +167,8 @@ def _place(
     if image.shape[:2] == region.shape[:2]:
         np.copyto(region, image)
     else:
+        import cv2
+
         # dst= makes OpenCV write straight into the canvas (a strided view): no temporary.
         cv2.resize(
             image,
@@ -171,7 +184,7 @@ def letterbox(
     *,
     pad_value: int = YOLO_PAD_VALUE,
     out: Image | None = None,
-    interpolation: int = cv2.INTER_LINEAR,
+    interpolation: int = INTER_LINEAR,
 ) -> tuple[Image, LetterboxParams]:
     """Letterbox one ``(H, W, 3)`` image into ``size`` (W, H), keeping its aspect ratio.
 
@@ -245,7 +258,7 @@ class FrameBatcher:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         input_order: ChannelOrder = "BGR",
-        interpolation: int = cv2.INTER_LINEAR,
+        interpolation: int = INTER_LINEAR,
     ) -> None:
         width, height = (size, size) if isinstance(size, int) else size
         if width <= 0 or height <= 0:
@@ -275,10 +288,9 @@ class FrameBatcher:
         self.interpolation = interpolation
         self._alpha, self._beta = self._normalisation(scale, mean, std)
         self._capacity = 0
-        self._canvas: Image = np.empty((0, height, width, 3), dtype=np.uint8)
-        self._out: npt.NDArray[np.float32] | npt.NDArray[np.uint8] = self._canvas
+        self._out: npt.NDArray[np.float32] | npt.NDArray[np.uint8] = np.empty(0, np.uint8)
         self._slot_params: list[LetterboxParams | None] = []
-        self._canvas_is_output = False
+        self._scratch: dict[tuple[int, ...], Image] = {}
         self._allocate(batch_size)
 
     # --- public -------------------------------------------------------------------------
@@ -295,16 +307,7 @@ class FrameBatcher:
             log.debug("growing batch buffers from %d to %d frames", self._capacity, count)
             self._allocate(count)
         params = tuple(self._put(i, frame) for i, frame in enumerate(frames))
-        canvas = self._canvas[:count]
         out = self._out if count == self._capacity else self._out[:count]
-        if not self._canvas_is_output:
-            source = canvas.transpose(0, 3, 1, 2) if self.layout == "NCHW" else canvas
-            if self.dtype == "uint8":
-                np.copyto(out, source)
-            else:
-                np.multiply(source, self._alpha, out=out)
-                if self._beta is not None:
-                    np.subtract(out, self._beta, out=out)
         return Batch(out, params)
 
     # --- internals ----------------------------------------------------------------------
@@ -329,21 +332,50 @@ class FrameBatcher:
     def _allocate(self, capacity: int) -> None:
         width, height = self.size
         self._capacity = capacity
-        self._canvas = np.empty((capacity, height, width, 3), dtype=np.uint8)
         self._slot_params = [None] * capacity
-        self._canvas_is_output = self.dtype == "uint8" and self.layout == "NHWC"
-        if self._canvas_is_output:
-            self._out = self._canvas  # the canvas is the tensor: no second pass at all
-            return
-        shape = (capacity, 3, height, width) if self.layout == "NCHW" else self._canvas.shape
-        self._out = np.empty(shape, dtype=np.uint8 if self.dtype == "uint8" else np.float32)
+        shape = (
+            (capacity, 3, height, width) if self.layout == "NCHW" else (capacity, height, width, 3)
+        )
+        if self.dtype == "uint8":
+            self._out = np.empty(shape, dtype=np.uint8)
+        else:
+            self._out = np.empty(shape, dtype=np.float32)
+        # The padding's value in the output: pad_value through the same operations as a
+        # pixel (so a pad equals a pixel of that grey exactly).
+        channel_shape = (3, 1, 1) if self.layout == "NCHW" else (3,)
+        grey = np.full(channel_shape, self.pad_value, dtype=np.uint8)
+        if self.dtype == "uint8":
+            self._pad: npt.NDArray[np.float32] | npt.NDArray[np.uint8] = grey
+        else:
+            pad = np.multiply(grey, self._alpha, dtype=np.float32)
+            if self._beta is not None:
+                pad = np.subtract(pad, self._beta, dtype=np.float32)
+            self._pad = pad
+
+    def _resized(self, image: Image, params: LetterboxParams) -> Image:
+        size = (params.resized_height, params.resized_width)
+        if image.shape[:2] == size:
+            return image
+        shape = size + image.shape[2:]
+        scratch = self._scratch.get(shape)
+        if scratch is None:
+            if len(self._scratch) >= _MAX_SCRATCH:  # sizes keep changing: do not hoard
+                self._scratch.clear()
+            scratch = self._scratch[shape] = np.empty(shape, dtype=np.uint8)
+        import cv2
+
+        cv2.resize(
+            image, (params.resized_width, params.resized_height), dst=scratch,
+            interpolation=self.interpolation,
+        )  # fmt: skip
+        return scratch
 
     def _put(self, index: int, frame: DecodedFrame | Image) -> LetterboxParams:
         if isinstance(frame, DecodedFrame):
             image = frame.image
             order: ChannelOrder = "RGB" if frame.format == "rgb24" else "BGR"
             # Geometry is from the decoded picture, so boxes map back to its pixels even
-            # when the decoder already scaled it (then _place only copies it in).
+            # when the decoder already scaled it (then no resize happens here).
             source_width, source_height = frame.source_size
         else:
             image = np.asarray(frame)
@@ -351,16 +383,42 @@ class FrameBatcher:
             source_width, source_height = image.shape[1], image.shape[0]
         if image.dtype != np.uint8:
             raise ValueError(f"frame {index}: expected uint8 pixels, got {image.dtype}")
-        image = _to_three_channels(image)  # gray becomes B=G=R, so its order is moot
+        gray = image.ndim == 2
+        if not gray and (image.ndim != 3 or image.shape[2] != 3):
+            raise ValueError(
+                f"expected an (H, W) or (H, W, 3) uint8 image, got shape {image.shape}"
+            )
         params = LetterboxParams.fit(source_width, source_height, self.size, self.mode)
-        slot = self._canvas[index]
+        slot = self._out[index]
         # Padding only needs writing when this slot's layout changed since its last use.
-        fill = None if self._slot_params[index] == params else self.pad_value
-        _place(image, slot, params, fill=fill, interpolation=self.interpolation)
-        self._slot_params[index] = params
-        if order != self.channel_order:
-            # Swap in place on the resized region only (the grey padding is symmetric).
-            x, y = params.pad_x, params.pad_y
-            region = slot[y : y + params.resized_height, x : x + params.resized_width]
-            cv2.cvtColor(region, cv2.COLOR_BGR2RGB, dst=region)
+        if self._slot_params[index] != params:
+            slot[...] = self._pad
+            self._slot_params[index] = params
+        picture = self._resized(image, params)
+        h, w = params.resized_height, params.resized_width
+        x, y = params.pad_x, params.pad_y
+        # A view of the picture in the output's layout and channel order: no copy. Gray
+        # is broadcast (B = G = R, so its order is moot); a swapped order reverses the
+        # channel axis with a negative stride.
+        source: npt.NDArray[np.uint8]
+        if self.layout == "NCHW":
+            region = slot[:, y : y + h, x : x + w]
+            if gray:
+                source = np.broadcast_to(picture, (3, h, w))
+            else:
+                source = picture.transpose(2, 0, 1)
+                if order != self.channel_order:
+                    source = source[::-1]
+        else:
+            region = slot[y : y + h, x : x + w]
+            if gray:
+                source = np.broadcast_to(picture[..., np.newaxis], (h, w, 3))
+            else:
+                source = picture if order == self.channel_order else picture[..., ::-1]
+        if self.dtype == "uint8":
+            np.copyto(region, source)
+        else:
+            np.multiply(source, self._alpha, out=region)
+            if self._beta is not None:
+                np.subtract(region, self._beta, out=region)
         return params

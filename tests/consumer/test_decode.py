@@ -130,6 +130,17 @@ def test_fit_with_width_or_a_bad_box_is_refused() -> None:
         FragmentDecoder(fit=(640, 640, 3))  # type: ignore[arg-type]
 
 
+def test_fit_shrinks_with_an_area_filter_unless_told_otherwise(capture: list[Fragment]) -> None:
+    # A model input is usually a big shrink: fit= defaults to swscale's AREA filter (cheaper
+    # than its bilinear at 3x, which widens with the factor); interpolation= overrides.
+    fitted = FragmentDecoder(fit=320, keyframes_only=True).decode(capture[0])[0]
+    assert fitted.image.shape == (180, 320, 3) and fitted.source_size == (640, 360)
+    area = FragmentDecoder(width=320, height=180, interpolation="AREA", keyframes_only=True)
+    assert np.array_equal(fitted.image, area.decode(capture[0])[0].image)
+    bilinear = FragmentDecoder(fit=320, interpolation="BILINEAR", keyframes_only=True)
+    assert not np.array_equal(fitted.image, bilinear.decode(capture[0])[0].image)
+
+
 def test_gray_is_a_zero_copy_view_of_the_luma_plane(capture: list[Fragment]) -> None:
     luma = reference_decode_h264(capture[0].tracks[0].codec_private, payloads(capture[:1]),
                                  format="yuv420p")  # fmt: skip

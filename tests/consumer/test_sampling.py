@@ -143,3 +143,54 @@ def test_sampler_grid() -> None:
         FrameSampler.every(0)
     with pytest.raises(ValueError, match="positive"):
         FrameSampler.per_second(float("nan"))
+
+
+def test_keyframes_only_kept_warm_gives_the_same_key_frames_with_their_fragments(
+    capture: list[Fragment], reference: list[np.ndarray]
+) -> None:
+    # flush_each_fragment=False: frame threads overlap successive key frames, so a key
+    # frame may come out with a later fragment's call; it still carries its own
+    # fragment's number and time, and flush() returns the rest.
+    decoder = FragmentDecoder(keyframes_only=True, flush_each_fragment=False)
+    frames = [frame for fragment in capture for frame in decoder.iter_decode(fragment)]
+    frames += decoder.flush()
+    assert [f.fragment_number for f in frames] == [f.fragment_number for f in capture]
+    assert [f.mkv_timestamp_ns for f in frames] == [f.frames[0].timestamp_ns for f in capture]
+    for frame, n in zip(frames, range(0, 300, 60), strict=True):
+        assert np.array_equal(frame.image, reference[n])
+    assert decoder.stats.decoder_opens == 1 and decoder.stats.packets_sent == 5
+
+
+def test_keyframes_only_drained_returns_each_key_frame_within_its_fragment(
+    capture: list[Fragment], reference: list[np.ndarray]
+) -> None:
+    decoder = FragmentDecoder(keyframes_only=True)  # drained after every fragment
+    for fragment, n in zip(capture, range(0, 300, 60), strict=True):
+        (frame,) = decoder.decode(fragment)
+        assert frame.fragment_number == fragment.fragment_number
+        assert np.array_equal(frame.image, reference[n])
+    assert decoder.flush() == []
+    assert decoder.stats.decoder_opens == 1 and decoder.stats.packets_without_frame == 0
+
+
+def test_a_fragment_starting_mid_gop_goes_on_when_the_decoder_holds_nothing(
+    capture: list[Fragment], reference: list[np.ndarray]
+) -> None:
+    # A single-threaded decoder returns each picture from the call that sent it, so at
+    # a fragment's end nothing is inside: the decoder is not reset, and a next fragment
+    # that starts with a P-frame (an MKV file's cluster cut mid-GOP) decodes in full
+    # instead of waiting for the next key frame.
+    track = capture[0].tracks[0]
+    first = [
+        FrameData(1, f.timestamp_ns // 1_000_000, bytes(f.data), f.keyframe)
+        for f in capture[0].frames
+    ]
+    halves = read_fragments(
+        getmedia_stream([track], first[:30])
+        + getmedia_stream([track], first[30:], first_fragment=2)
+    )
+    assert len(halves) == 2 and not halves[1].frames[0].keyframe
+    decoder = FragmentDecoder(threads=1)
+    frames = [frame for fragment in halves for frame in decoder.decode(fragment)]
+    assert len(frames) == 60 and decoder.stats.packets_before_keyframe == 0
+    assert all(np.array_equal(f.image, reference[n]) for n, f in enumerate(frames))

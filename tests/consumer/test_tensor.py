@@ -196,3 +196,65 @@ def test_float_batches_of_decoder_scaled_frames_match_the_opencv_path(get_media:
     batch = batcher(scaled)
     assert batch.params == reference.params and batch.tensor.shape == (4, 3, 320, 320)
     assert np.abs(batch.tensor - expected).mean() < 4.0 / 255  # padding included: equal
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_batches_equal_letterbox_then_numpy_for_every_layout_and_input(
+    layout: str, dtype: str, order: str
+) -> None:
+    # The batcher writes each frame straight into its region of the output and pads a
+    # slot only when its geometry changes: check it against the plain definition
+    # (letterbox, reorder, transpose, normalise) over changing sizes, gray and colour,
+    # frames already at the inner size, and a slot reused with a different geometry.
+    rng = np.random.default_rng(11)
+    mean, std = (
+        ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if dtype == "float32" else (None, None)
+    )
+    batcher = FrameBatcher(
+        (96, 64), batch_size=3, layout=layout, dtype=dtype, channel_order=order,  # type: ignore[arg-type]
+        mean=mean, std=std, pad_value=7,
+    )  # fmt: skip
+    rounds = [
+        [rng.integers(0, 256, (120, 200, 3), dtype=np.uint8),
+         rng.integers(0, 256, (90, 60), dtype=np.uint8),  # gray
+         rng.integers(0, 256, (64, 96, 3), dtype=np.uint8)],  # already the target size
+        [rng.integers(0, 256, (90, 60), dtype=np.uint8),  # slots swap geometry
+         rng.integers(0, 256, (120, 200, 3), dtype=np.uint8)],
+    ]  # fmt: skip
+    for images in rounds:
+        batch = batcher(images)
+        for index, image in enumerate(images):
+            gray_to_bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image
+            colour = np.asarray(gray_to_bgr, dtype=np.uint8)
+            boxed, params = letterbox(colour, (96, 64), pad_value=7)
+            assert batch.params[index] == params
+            if order == "RGB":
+                boxed = boxed[..., ::-1]
+            expected: np.ndarray = boxed.transpose(2, 0, 1) if layout == "NCHW" else boxed
+            if dtype == "float32":
+                shape = (3, 1, 1) if layout == "NCHW" else (3,)
+                alpha = (np.float32(1 / 255) / np.asarray(std, np.float32)).reshape(shape)
+                beta = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(shape)
+                expected = np.multiply(expected, alpha, dtype=np.float32) - beta
+            assert np.array_equal(batch.tensor[index], expected), (index, image.shape)
+
+
+def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, numpy as np\n"
+        "from kvs_toolkit.consumer.tensor import FrameBatcher\n"
+        "batcher = FrameBatcher(32)\n"
+        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # already the input size: no resize
+        "print('cv2' in sys.modules)\n"
+        "batcher([np.zeros((64, 32, 3), np.uint8)])\n"
+        "print('cv2' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["False", "True"]
