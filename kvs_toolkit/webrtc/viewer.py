@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -117,7 +117,7 @@ class Viewer:
         self._track: asyncio.Future[Any] | None = None
         self._messages: AsyncIterator[Any] | None = None
 
-    async def frames(self) -> AsyncIterator[ViewerFrame]:
+    async def frames(self) -> AsyncGenerator[ViewerFrame, None]:
         """Connect, negotiate and yield the master's frames until its video ends."""
         from aiortc.mediastreams import MediaStreamError
 
