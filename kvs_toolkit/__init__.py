@@ -17,8 +17,7 @@ Names are imported on first use, so ``import kvs_toolkit`` stays cheap.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 from kvs_toolkit.errors import (
     BitstreamError,
@@ -33,6 +32,7 @@ from kvs_toolkit.errors import (
     MkvError,
     PutMediaError,
 )
+from kvs_toolkit.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from kvs_toolkit.aws import AwsAccess
@@ -71,10 +71,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _LAZY)
