@@ -143,7 +143,7 @@ def _start_cli(
     code = (
         "import sys; from kvs_toolkit.emulator import run_forever; "
         "run_forever('127.0.0.1', 0, sys.argv[1] if len(sys.argv) > 1 else None, "
-        "{'AKIDTEST': 'secret'})"
+        "{'AKIDTEST': 'secret'}, on_ready=lambda emu: print(emu.endpoint_url, flush=True))"
     )
     args = [sys.executable, "-c", code] + ([str(data_dir)] if data_dir else [])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
