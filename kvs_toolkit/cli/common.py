@@ -112,12 +112,15 @@ def configure_logging(args: argparse.Namespace) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("kvs: %(message)s"))
+    if verbose < 2:
+        # botocore's own warnings (e.g. retries) repeat what our messages say; filtered
+        # on this handler, so the library's loggers keep their levels
+        handler.addFilter(
+            lambda record: not record.name.startswith("botocore") or record.levelno >= logging.ERROR
+        )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    if verbose < 2:
-        # botocore's own warnings (e.g. retries) repeat what our messages say
-        logging.getLogger("botocore").setLevel(logging.ERROR)
 
 
 def retry_from_args(args: argparse.Namespace) -> RetryPolicy:

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -442,7 +443,7 @@ class _Upload:
         except ResourceNotFoundError:
             self.stop = True
             return Ack.error(4008, fragment.timecode)
-        except (OSError, KvsError, ValueError, OverflowError) as exc:
+        except (OSError, sqlite3.Error, KvsError, ValueError, OverflowError) as exc:
             # A full disk, a row SQLite refuses: this fragment fails, on this upload.
             log.error("PutMedia %s: archiving a fragment failed: %s", self.stream.name, exc)
             return Ack.error(5001, fragment.timecode)

@@ -513,7 +513,11 @@ class Store:
                 raise
             self._conn.execute("COMMIT")
         except BaseException as exc:
-            logger.exception("persisting %d fragment(s) failed", len(committed))
+            if isinstance(exc, OSError | sqlite3.OperationalError):
+                # a full disk or a failing device: one line; each upload gets its ERROR ack
+                logger.error("persisting %d fragment(s) failed: %s", len(committed), exc)
+            else:
+                logger.exception("persisting %d fragment(s) failed", len(committed))
             for op, _, _ in committed:
                 op.future.set_exception(exc)
             for sync in syncs.values():

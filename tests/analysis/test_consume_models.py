@@ -390,6 +390,8 @@ def test_other_programs_show_their_usage(name: str) -> None:
 
 def test_onnx_program_reports_a_missing_model(tmp_path: Path) -> None:
     done = run_program("onnx_detector.py", "--stream", STREAM, "--model",
-                       str(tmp_path / "missing.onnx"))  # fmt: skip
+                       str(tmp_path / "missing.onnx"), "--endpoint-url",
+                       "http://127.0.0.1:9")  # fmt: skip
     assert done.returncode == 2
-    assert "error:" in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("kvs onnx_detector: ") and "missing.onnx" in last, done.stderr

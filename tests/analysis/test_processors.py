@@ -723,7 +723,7 @@ def test_face_search_alerts_program_prints_who_was_seen(
     when = dt.datetime.fromtimestamp(expected[0][1], dt.timezone.utc)
     assert any(line.startswith(when.isoformat(timespec="milliseconds")) for line in lines)
     assert position.exists()
-    assert program.main([*argv, "--min-similarity", "90"]) == 0  # resumed: nothing new
+    assert program.main([*argv, "--min-similarity", "0.9"]) == 0  # resumed: nothing new
     assert capsys.readouterr().out == ""
 
 
@@ -739,4 +739,6 @@ def test_face_search_alerts_program_usage_and_errors(
     assert "--data-stream" in done.stdout and "--position" in done.stdout
     program = load_program()
     assert program.main(["--data-stream", "nowhere", "--region", "us-east-1", "--once"]) == 2
-    assert "error: Kinesis data stream 'nowhere' not found" in capsys.readouterr().err
+    assert (
+        "kvs face_search_alerts: Kinesis data stream 'nowhere' not found" in capsys.readouterr().err
+    )

@@ -92,7 +92,8 @@ def run_emulator(data_dir: Path, *args: str, timeout: float = 30.0) -> Iterator[
             process.kill()
             _, stderr = process.communicate()
         # No request may end in a traceback (a 500) inside the emulator.
-        assert b"Traceback" not in stderr, stderr.decode(errors="replace")[-3000:]
+        at = stderr.find(b"Traceback")
+        assert at < 0, stderr[max(0, at - 500) : at + 2500].decode(errors="replace")
 
 
 def signed_headers(
