@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Final
 
-__all__ = ["EPOCH", "epoch_seconds"]
+__all__ = ["EPOCH", "epoch_seconds", "now_ms"]
 
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
@@ -17,3 +18,8 @@ def epoch_seconds(value: dt.datetime | None, digits: int | None = 6) -> float | 
         return None
     seconds = (value - EPOCH) / dt.timedelta(seconds=1)
     return seconds if digits is None else round(seconds, digits)
+
+
+def now_ms() -> int:
+    """The wall clock in epoch milliseconds (the unit of KVS timecodes)."""
+    return time.time_ns() // 1_000_000

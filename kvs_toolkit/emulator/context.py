@@ -13,7 +13,6 @@ import ipaddress
 import json
 import logging
 import math
-import time
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -37,6 +36,7 @@ from kvs_toolkit.emulator.validation import (
     parse_stream_arn,
     validate_stream_name,
 )
+from kvs_toolkit.retry import TokenBucket
 
 __all__ = [
     "EMULATOR",
@@ -82,24 +82,6 @@ class EmulatorConfig:
 TPS_LIMITS: Final[Mapping[str, float]] = {"PutMedia": 5.0, "GetMedia": 5.0, "GetClip": 1.0}
 
 
-@dataclass(slots=True)
-class _CallBucket:
-    """A token bucket of one second's calls: ``rate`` calls in any burst, refilled at
-    ``rate`` per second."""
-
-    rate: float
-    tokens: float
-    updated: float
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
-        self.updated = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 @dataclass(eq=False, slots=True)
 class EmulatorContext:
     """Shared state of a running emulator, reachable from handlers as ``request.app[EMULATOR]``.
@@ -117,7 +99,7 @@ class EmulatorContext:
     advertised_url: str | None = None
     streaming_paths: set[str] = field(default_factory=lambda: {"/putMedia"})
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _call_buckets: dict[tuple[int, str], _CallBucket] = field(default_factory=dict)
+    _call_buckets: dict[tuple[int, str], TokenBucket] = field(default_factory=dict)
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str | None = None) -> asyncio.Task[Any]:
         """Run a background task that the emulator cancels and awaits when it stops."""
@@ -142,10 +124,11 @@ class EmulatorContext:
         rate = TPS_LIMITS.get(operation)
         if not self.config.rate_limits or rate is None:
             return
-        now = time.monotonic()
         key = (stream.stream_id, operation)
-        bucket = self._call_buckets.setdefault(key, _CallBucket(rate, rate, now))
-        if not bucket.take(now):
+        bucket = self._call_buckets.get(key)
+        if bucket is None:  # a second's calls in any burst, refilled at the rate
+            bucket = self._call_buckets[key] = TokenBucket(rate, burst=rate)
+        if not bucket.try_acquire():
             raise ClientLimitExceededError(
                 f"{operation} on stream {stream.name} is over its limit of {rate:g} calls "
                 "per second."

@@ -57,7 +57,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +107,7 @@ from kvs_toolkit.emulator.remux import ByteLRU, mpegts_segment
 from kvs_toolkit.emulator.store import FragmentRecord, Store, StreamRecord, TimestampType
 from kvs_toolkit.emulator.validation import query_int
 from kvs_toolkit.errors import DecodeError, MkvError
+from kvs_toolkit.timestamps import now_ms
 
 __all__ = [
     "LIVE_IDLE_TIMEOUT_S",
@@ -144,10 +144,6 @@ _HLS_PREFIX: Final = "/hls/v1/"
 _DASH_PREFIX: Final = "/dash/v1/"
 _M3U8: Final = "application/vnd.apple.mpegurl"
 _MPD: Final = "application/dash+xml"
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(eq=False)
@@ -416,7 +412,7 @@ async def _create_session(request: web.Request, protocol: Protocol) -> PlaybackS
     ctx = request.app[EMULATOR]
     state = request.app[PLAYBACK]
     body = await read_json(request)
-    now = _now_ms()
+    now = now_ms()
     params = parse_session_request(body, protocol, now)
     stream = await ctx.resolve_stream(body)
     if stream.retention_hours == 0:
@@ -483,7 +479,7 @@ async def get_dash_streaming_session_url(request: web.Request) -> web.Response:
 
 
 def _session(request: web.Request, protocol: Protocol | None = None) -> PlaybackSession:
-    session = request.app[PLAYBACK].get(request, _now_ms())
+    session = request.app[PLAYBACK].get(request, now_ms())
     if protocol is not None and session.params.protocol != protocol:
         raise InvalidArgumentError(f"The session token is not for an {protocol} session.")
     return session
@@ -521,7 +517,7 @@ async def get_hls_master_playlist(request: web.Request) -> web.Response:
 
 async def _window(request: web.Request, session: PlaybackSession) -> tuple[PlaylistEntry, ...]:
     async with session.lock:
-        await _refresh(request, session, _now_ms())
+        await _refresh(request, session, now_ms())
         live = session.params.mode != "ON_DEMAND"
         entries = session.index.window(session.params.max_results, newest=live)
         session.target_duration = max(session.target_duration, target_duration_s(entries))
@@ -586,7 +582,7 @@ async def get_dash_manifest(request: web.Request) -> web.Response:
         ),
         dynamic=not session.ended,
         availability_start_ms=session.availability_start_ms,
-        publish_ms=_now_ms(),
+        publish_ms=now_ms(),
         fragment_timestamp=params.selector if params.display_timestamp else None,
         fragment_number=params.display_fragment_number,
     )

@@ -44,7 +44,6 @@ import shutil
 import sqlite3
 import string
 import threading
-import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -52,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from kvs_toolkit import timestamps
 from kvs_toolkit.emulator.async_store import AsyncStore
 from kvs_toolkit.emulator.errors import (
     AccountStreamLimitExceededError,
@@ -130,10 +130,6 @@ _FRAGMENT_NUMBER_PREFIX = "91343852333"
 _MAX_GROUP = 256  # appends committed together at most
 _MAX_OPEN_SEGMENTS = 64
 _VERSION_ALPHABET = string.ascii_letters + string.digits
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _new_version() -> str:
@@ -452,7 +448,7 @@ class Store:
                 stream_id = row[0]
                 server_ts = op.meta.server_timestamp_ms
                 if server_ts is None:
-                    server_ts = _now_ms()
+                    server_ts = timestamps.now_ms()
                 number = op.meta.fragment_number or self._next_fragment_number(stream_id, server_ts)
                 rel_path = f"media/{stream_id}/{segment_name(server_ts)}"
                 fd = self._segment_fd(rel_path)
@@ -639,7 +635,7 @@ class Store:
                     raise AccountStreamLimitExceededError(
                         f"The account has reached its limit of {self.max_streams} streams."
                     )
-            created = _now_ms()
+            created = timestamps.now_ms()
             arn = f"arn:aws:kinesisvideo:{region}:{account_id}:stream/{name}/{created}"
             cur = conn.execute(
                 "INSERT INTO streams (name, arn, version, status, creation_time_ms, "
@@ -830,7 +826,7 @@ class Store:
         Rows are deleted one by one; segment files whole, once their hour is past the
         cutoff.
         """
-        now = _now_ms() if now_ms is None else now_ms
+        now = timestamps.now_ms() if now_ms is None else now_ms
 
         def op(conn: sqlite3.Connection) -> tuple[int, list[Path]]:
             deleted = 0

@@ -29,7 +29,6 @@ the emulator does not grant, so other sites cannot use the page's API.
 from __future__ import annotations
 
 import logging
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Final
@@ -41,6 +40,7 @@ from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, json_respons
 from kvs_toolkit.emulator.errors import InvalidArgumentError, ResourceNotFoundError, ServiceError
 from kvs_toolkit.emulator.store import FragmentRecord, StreamRecord
 from kvs_toolkit.emulator.validation import query_int, validate_stream_name
+from kvs_toolkit.timestamps import now_ms
 
 __all__ = [
     "API_PREFIX",
@@ -93,10 +93,6 @@ _PAGE_HEADERS: Final = {
     "X-Content-Type-Options": "nosniff",
     "Cache-Control": "no-cache",
 }
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def is_page_request(request: web.Request) -> bool:
@@ -219,17 +215,17 @@ async def get_static(request: web.Request) -> web.StreamResponse:
 
 async def get_streams(request: web.Request) -> web.Response:
     ctx = request.app[EMULATOR]
-    now_ms = _now_ms()
+    now = now_ms()
     streams, more = await ctx.store.list_streams(limit=MAX_LISTED_STREAMS)
     listed = []
     for stream in streams:
         try:
-            listed.append(await _stream_json(ctx, stream, now_ms))
+            listed.append(await _stream_json(ctx, stream, now))
         except ResourceNotFoundError:  # deleted while we looked
             continue
     return json_response(
         {
-            "now_ms": now_ms,
+            "now_ms": now,
             "data_rate_window_ms": DATA_RATE_WINDOW_MS,
             "streams": listed,
             "truncated": more,
@@ -256,7 +252,7 @@ async def get_fragments(request: web.Request) -> web.Response:
     return json_response(
         {
             "stream": stream.name,
-            "now_ms": _now_ms(),
+            "now_ms": now_ms(),
             "fragments": [_fragment_json(r) for r in records],
         }
     )
