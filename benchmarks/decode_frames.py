@@ -555,7 +555,7 @@ def whole_process_row(options: Options) -> Result:
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "frames.jsonl"
         ours = [*kvs_command(), "consume", "--from-file", str(clip.path), "--out", str(out),
-                "--no-progress"]  # fmt: skip
+                "--overwrite", "--no-progress"]  # fmt: skip
         plain = [sys.executable, "-c", PLAIN_PYAV_SCRIPT, str(clip.path)]
         ours_startup = [*kvs_command(), "consume", "--help"]
         plain_startup = [sys.executable, "-c", "import av, numpy"]
@@ -652,7 +652,7 @@ def live_soak(seconds: float, interval_s: float) -> tuple[RssGrowth, int]:
             consumer = subprocess.Popen(
                 [*kvs_command(), "consume", "--stream", "live", "--endpoint-url",
                  emulator.endpoint_url, "--duration", f"{seconds:g}", "--out", str(out),
-                 "--no-progress"],
+                 "--overwrite", "--no-progress"],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
