@@ -99,9 +99,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     results: list[Result] = []
+    failed = 0
     for name, run in discover(args.only):
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results.extend(run(options))
+        try:
+            results.extend(run(options))
+        except Exception as exc:  # one broken benchmark must not lose the others' rows
+            failed += 1
+            print(f"{name} failed: {exc!r}", file=sys.stderr, flush=True)
+            results.append(Result(name, "failed", "-", "-", f"{type(exc).__name__}", met=False))
     elapsed = time.perf_counter() - started
 
     now = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -116,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         for note in dict.fromkeys(notes):  # unique, in order
             print(f"- {note}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
