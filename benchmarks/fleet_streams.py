@@ -234,7 +234,7 @@ def _read_streams(path: Path) -> list[str]:
     if not path.exists():
         return []
     lines = path.read_text().splitlines(keepends=True)
-    return [json.loads(line)["stream"] for line in lines if line.endswith("\n")]
+    return [json.loads(line)["stream_name"] for line in lines if line.endswith("\n")]
 
 
 def _failover(url: str, names: list[str], root: Path) -> tuple[float, float]:
