@@ -14,9 +14,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import shutil
 import tempfile
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from fractions import Fraction
@@ -43,12 +46,55 @@ FAST_RETRY = RetryPolicy(max_attempts=4, base_s=0.05, max_s=0.3)
 WIDTH, HEIGHT = 320, 240
 LEFT, RIGHT = (200, 40, 40), (40, 60, 200)  # RGB of the sample's two halves
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux), root"),
-    pytest.mark.skipif(
-        not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
-    ),
-]
+_NEEDS_UNSHARE = pytest.mark.skipif(
+    shutil.which("unshare") is None, reason="needs unshare (util-linux), root"
+)
+_NEEDS_CHROMIUM = pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"
+)
+
+
+def _page_api(emulator: Emulator, path: str, body: Any = None, content_type: str = "") -> Any:
+    """An unsigned request to the page's JSON API: (status, decoded JSON body)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        emulator.endpoint_url + path,
+        data=data,
+        headers={"Content-Type": content_type} if content_type else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_page_api_lists_channels_and_answers_the_wss_endpoint(emulator: Emulator) -> None:
+    # ``emulator`` verifies SigV4: the page's routes still answer unsigned requests.
+    kv = client("kinesisvideo", emulator)
+    arn = kv.create_signaling_channel(ChannelName="cam")["ChannelARN"]
+    kv.close()
+    status, listed = _page_api(emulator, "/_emulator/api/channels")
+    assert status == 200
+    assert [(c["name"], c["arn"]) for c in listed["channels"]] == [("cam", arn)]
+    channel = listed["channels"][0]
+    assert (channel["master_connected"], channel["viewers"]) == (False, 0)
+    assert channel["storage_status"] == "DISABLED"
+    request = {
+        "ChannelARN": arn,
+        "SingleMasterChannelEndpointConfiguration": {"Protocols": ["WSS"], "Role": "VIEWER"},
+    }
+    status, answer = _page_api(
+        emulator, "/_emulator/api/signaling-endpoint", request, "application/json"
+    )
+    assert status == 200
+    [endpoint] = answer["ResourceEndpointList"]
+    assert endpoint["Protocol"] == "WSS"
+    assert endpoint["ResourceEndpoint"].startswith("wss://127.0.0.1:")
+    # Not JSON: refused (another web site could send a form without a CORS preflight).
+    status, error = _page_api(emulator, "/_emulator/api/signaling-endpoint", request, "text/plain")
+    assert status == 400
+    assert "as JSON" in json.dumps(error)
 
 
 def _isolated(request: pytest.FixtureRequest) -> bool:
@@ -192,6 +238,8 @@ _CANVAS = """() => {
 }"""
 
 
+@_NEEDS_UNSHARE
+@_NEEDS_CHROMIUM
 def test_page_watches_a_python_master(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if not _isolated(request):
         return
@@ -248,6 +296,8 @@ def test_page_watches_a_python_master(request: pytest.FixtureRequest, tmp_path: 
     asyncio.run(_run(body))
 
 
+@_NEEDS_UNSHARE
+@_NEEDS_CHROMIUM
 def test_python_viewer_receives_the_pages_camera(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
