@@ -10,7 +10,8 @@ internet access needed.
 Routes:
 
 * ``GET /``: the page.
-* ``GET /_emulator/static/<file>``: its script, style sheet and ``vendor/hls.js/``.
+* ``GET /_emulator/static/<file>``: its script, style sheet, ``vendor/hls.js/`` and
+  ``vendor/kvs-webrtc/`` (the official KVS WebRTC JS SDK).
 * ``GET /_emulator/api/streams``: every stream (at most :data:`MAX_LISTED_STREAMS`)
   with the fields above; timestamps in epoch milliseconds, ``now_ms`` the server clock.
 * ``GET /_emulator/api/fragments?stream=NAME&limit=N``: the stream's latest ``N``
@@ -18,12 +19,20 @@ Routes:
   first, with producer and server timestamps, duration, size and tags.
 * ``POST /_emulator/api/hls-session``: a GetHLSStreamingSessionURL request body,
   answered by that operation's own handler (:func:`.hls.get_hls_streaming_session_url`).
+* ``GET /_emulator/api/channels``: the signaling channels (at most
+  :data:`MAX_LISTED_CHANNELS`) with their ARN, media storage, whether a master is
+  connected and how many viewers are.
+* ``POST /_emulator/api/signaling-endpoint``: a GetSignalingChannelEndpoint request
+  body, answered by that operation's own handler
+  (:func:`.channels.get_signaling_channel_endpoint`); the page's WebRTC panel connects
+  the JS SDK to the ``wss://`` endpoint it names.
 
 These routes are a local developer page: they answer without SigV4 even when the
 emulator verifies signatures (:func:`is_page_request`, used by the server's SigV4
-middleware). They only read, apart from creating HLS sessions, which must be a JSON
-POST: a browser lets another web site send that only after a CORS preflight, which
-the emulator does not grant, so other sites cannot use the page's API.
+middleware). They only read, apart from creating HLS sessions and answering signaling
+endpoints, which must be JSON POSTs: a browser lets another web site send those only
+after a CORS preflight, which the emulator does not grant, so other sites cannot use the
+page's API.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from kvs_toolkit.emulator import hls
+from kvs_toolkit.emulator import channels, hls
 from kvs_toolkit.emulator.context import EMULATOR, EmulatorContext, json_response
 from kvs_toolkit.emulator.errors import InvalidArgumentError, ResourceNotFoundError, ServiceError
 from kvs_toolkit.emulator.store import FragmentRecord, StreamRecord
@@ -47,6 +56,7 @@ __all__ = [
     "DATA_RATE_WINDOW_MS",
     "DEFAULT_FRAGMENTS",
     "MAX_FRAGMENTS",
+    "MAX_LISTED_CHANNELS",
     "MAX_LISTED_STREAMS",
     "PAGE_PREFIX",
     "STATIC_DIR",
@@ -68,6 +78,8 @@ STATIC_DIR: Final = Path(__file__).resolve().parent / "static"
 DATA_RATE_WINDOW_MS: Final = 10_000
 #: Streams listed at most, so one poll of the page costs a bounded number of queries.
 MAX_LISTED_STREAMS: Final = 100
+#: Signaling channels listed at most.
+MAX_LISTED_CHANNELS: Final = 100
 DEFAULT_FRAGMENTS: Final = 60
 MAX_FRAGMENTS: Final = 500
 _PAGE_SIZE: Final = 1000
@@ -258,17 +270,60 @@ async def get_fragments(request: web.Request) -> web.Response:
     )
 
 
-async def create_hls_session(request: web.Request) -> web.Response:
+def _require_json(request: web.Request, operation: str) -> None:
     # A JSON POST from another origin needs a CORS preflight, which is not granted:
-    # other web sites cannot create sessions through the page's unsigned route.
+    # other web sites cannot use the page's unsigned POST routes.
     if request.content_type != "application/json":
         raise InvalidArgumentError(
-            "Send the GetHLSStreamingSessionURL request as JSON "
+            f"Send the {operation} request as JSON "
             f"(Content-Type: application/json, not {request.content_type!r})."
         )
+
+
+async def create_hls_session(request: web.Request) -> web.Response:
+    _require_json(request, "GetHLSStreamingSessionURL")
     if hls.PLAYBACK not in request.app:
         raise ServiceError("HLS playback is not installed in this emulator.")
     return await hls.get_hls_streaming_session_url(request)
+
+
+async def get_channels(request: web.Request) -> web.Response:
+    registry = request.app.get(channels.CHANNELS)
+    if registry is None:
+        raise ServiceError("WebRTC signaling is not installed in this emulator.")
+    from kvs_toolkit.emulator.signaling import HUB  # it imports this package's modules
+
+    hub = request.app.get(HUB)
+    records = sorted(registry, key=lambda record: record.name)
+    listed = []
+    for record in records[:MAX_LISTED_CHANNELS]:
+        listed.append(
+            {
+                "name": record.name,
+                "arn": record.arn,
+                "status": record.status,
+                "creation_time_ms": record.creation_time_ms,
+                "message_ttl_seconds": record.message_ttl_seconds,
+                "storage_status": record.storage_status,
+                "storage_stream_arn": record.storage_stream_arn,
+                "master_connected": hub is not None and hub.master(record.name) is not None,
+                "viewers": 0 if hub is None else len(hub.viewer_ids(record.name)),
+            }
+        )
+    return json_response(
+        {
+            "now_ms": now_ms(),
+            "channels": listed,
+            "truncated": len(records) > MAX_LISTED_CHANNELS,
+        }
+    )
+
+
+async def get_signaling_endpoint(request: web.Request) -> web.Response:
+    _require_json(request, "GetSignalingChannelEndpoint")
+    if channels.CHANNELS not in request.app:
+        raise ServiceError("WebRTC signaling is not installed in this emulator.")
+    return await channels.get_signaling_channel_endpoint(request)
 
 
 # --- installation ---------------------------------------------------------------------------
@@ -295,3 +350,5 @@ def install(app: web.Application) -> None:
     app.router.add_get(API_PREFIX + "streams", get_streams)
     app.router.add_get(API_PREFIX + "fragments", get_fragments)
     app.router.add_post(API_PREFIX + "hls-session", create_hls_session)
+    app.router.add_get(API_PREFIX + "channels", get_channels)
+    app.router.add_post(API_PREFIX + "signaling-endpoint", get_signaling_endpoint)

@@ -38,6 +38,7 @@ from tests.emulator.helpers import RawResponse, raw_post
 CREDENTIALS = Credentials(ACCESS_KEY, SECRET)
 TAGS = {"site": "lab", "camera": "1"}
 HLS_JS = STATIC_DIR / "vendor" / "hls.js" / "hls.min.js"
+KVS_WEBRTC_JS = STATIC_DIR / "vendor" / "kvs-webrtc" / "kvs-webrtc.min.js"
 
 
 @pytest.fixture(scope="module")
@@ -384,7 +385,11 @@ def test_page_and_files_are_served_with_their_content_types(emulator: Emulator) 
     assert page.headers["x-content-type-options"] == "nosniff"
     html = page.body.decode()
     scripts = re.findall(r'<script src="([^"]+)"', html)
-    assert scripts == ["_emulator/static/vendor/hls.js/hls.min.js", "_emulator/static/page.js"]
+    assert scripts == [
+        "_emulator/static/vendor/hls.js/hls.min.js",
+        "_emulator/static/vendor/kvs-webrtc/kvs-webrtc.min.js",
+        "_emulator/static/page.js",
+    ]
     assert re.findall(r'<link rel="stylesheet" href="([^"]+)"', html) == [
         "_emulator/static/page.css"
     ]
@@ -394,6 +399,8 @@ def test_page_and_files_are_served_with_their_content_types(emulator: Emulator) 
         ("page.css", "text/css; charset=utf-8"),
         ("vendor/hls.js/LICENSE", "text/plain; charset=utf-8"),
         ("vendor/hls.js/README.md", "text/plain; charset=utf-8"),
+        ("vendor/kvs-webrtc/kvs-webrtc.min.js", "text/javascript; charset=utf-8"),
+        ("vendor/kvs-webrtc/LICENSE", "text/plain; charset=utf-8"),
     ]:
         response = _get(url, f"/_emulator/static/{path}")
         assert response.status == 200, path
@@ -412,6 +419,20 @@ def test_vendored_hls_js_is_the_release_its_readme_names() -> None:
     assert b"Apache License, Version 2.0" in (HLS_JS.parent / "LICENSE").read_bytes()
     # The release's own version string is inside the bundle.
     assert f'"{version[1]}"'.encode() in head
+
+
+def test_vendored_kvs_webrtc_sdk_is_the_release_its_readme_names() -> None:
+    readme = (KVS_WEBRTC_JS.parent / "README.md").read_text()
+    version = re.search(r"Version: \*\*(2\.\d+\.\d+)\*\*", readme)
+    assert version is not None
+    assert f"amazon-kinesis-video-streams-webrtc-{version[1]}.tgz" in readme
+    bundle = KVS_WEBRTC_JS.read_bytes()
+    assert hashlib.sha256(bundle).hexdigest() in readme
+    assert b"Apache License" in (KVS_WEBRTC_JS.parent / "LICENSE").read_bytes()
+    assert (KVS_WEBRTC_JS.parent / "kvs-webrtc.LICENSE").is_file()
+    # The release's own version string is inside the bundle, which defines KVSWebRTC.
+    assert f'VERSION="{version[1]}"'.encode() in bundle
+    assert b"window.KVSWebRTC=" in bundle
 
 
 # --- a real browser -------------------------------------------------------------------------

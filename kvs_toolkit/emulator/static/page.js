@@ -1,5 +1,7 @@
 // The KVS emulator's web page: polls the JSON API under _emulator/api/, plays a stream
-// through its own HLS session URL with the vendored hls.js. Plain ES2017, no build step.
+// through its own HLS session URL with the vendored hls.js, and watches (or feeds) a
+// signaling channel's master over WebRTC with the vendored KVS WebRTC JS SDK.
+// Plain ES2017, no build step.
 "use strict";
 
 (() => {
@@ -260,6 +262,255 @@
     renderFragmentTable(data.fragments);
   }
 
+  // --- WebRTC -------------------------------------------------------------------------
+
+  // The SDK signs its wss:// URL with SigV4 itself: these placeholders are accepted by an
+  // emulator that does not verify signatures (the default; not with --verify-sigv4).
+  const RTC_CREDENTIALS = {
+    accessKeyId: "AKIDEMULATORWEBPAGE",
+    secretAccessKey: "emulator-web-page-placeholder-secret",
+  };
+  // Offers and answers are sent once ICE gathering is complete (every host candidate in
+  // the SDP) or after this long; later candidates are still trickled.
+  const ICE_GATHER_MS = 2000;
+  const rtc = { session: null };
+
+  function setRtcStatus(text, isError = false) {
+    const status = $("#rtc-status");
+    status.textContent = text;
+    status.classList.toggle("error", isError);
+  }
+
+  function renderChannels(data) {
+    const active = rtc.session ? rtc.session.channel : null;
+    const rows = data.channels.map((channel) => {
+      const tr = document.createElement("tr");
+      tr.dataset.channel = channel.name;
+      if (channel.name === active) tr.className = "selected";
+      const name = cell(channel.name, "", channel.arn);
+      const actions = document.createElement("td");
+      const watchButton = document.createElement("button");
+      watchButton.type = "button";
+      watchButton.className = "watch";
+      watchButton.textContent = "Watch";
+      watchButton.title = "View the master live (role VIEWER)";
+      watchButton.addEventListener("click", () => watch(channel));
+      const cameraButton = document.createElement("button");
+      cameraButton.type = "button";
+      cameraButton.className = "camera";
+      cameraButton.textContent = "Send camera";
+      cameraButton.title = "Be the channel's master with this browser's camera (role MASTER)";
+      cameraButton.addEventListener("click", () => sendCamera(channel));
+      actions.append(watchButton, cameraButton);
+      tr.append(
+        name,
+        cell(channel.master_connected ? "connected" : "none"),
+        cell(String(channel.viewers), "num"),
+        cell(channel.storage_status, "", channel.storage_stream_arn || ""),
+        actions,
+      );
+      return tr;
+    });
+    $("#channels tbody").replaceChildren(...rows);
+    $("#channels-empty").hidden = data.channels.length > 0;
+    $("#channels-truncated").hidden = !data.truncated;
+  }
+
+  async function signalingEndpoint(arn, role) {
+    const answer = await getJson("_emulator/api/signaling-endpoint", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({
+        ChannelARN: arn,
+        SingleMasterChannelEndpointConfiguration: { Protocols: ["WSS"], Role: role },
+      }),
+    });
+    const found = answer.ResourceEndpointList.find((e) => e.Protocol === "WSS");
+    if (!found || !found.ResourceEndpoint.startsWith("wss://")) {
+      throw new Error("the emulator has no wss:// signaling endpoint (install the 'webrtc' extra)");
+    }
+    return found.ResourceEndpoint;
+  }
+
+  const regionOf = (arn) => arn.split(":")[3];
+
+  function iceGathered(pc) {
+    return new Promise((resolve) => {
+      if (pc.iceGatheringState === "complete") { resolve(); return; }
+      const timer = setTimeout(resolve, ICE_GATHER_MS);
+      pc.addEventListener("icegatheringstatechange", () => {
+        if (pc.iceGatheringState === "complete") { clearTimeout(timer); resolve(); }
+      });
+    });
+  }
+
+  function stopRtc() {
+    const session = rtc.session;
+    rtc.session = null;
+    if (session) {
+      session.closed = true;
+      if (session.client) session.client.close();
+      for (const pc of session.peers.values()) pc.close();
+      if (session.stream) session.stream.getTracks().forEach((track) => track.stop());
+    }
+    const video = $("#rtc-video");
+    video.srcObject = null;
+    delete video.dataset.firstFrameMs;
+    $("#rtc-stop").hidden = true;
+    for (const tr of document.querySelectorAll("#channels tbody tr")) tr.classList.remove("selected");
+  }
+
+  function startSession(channel, role) {
+    stopRtc();
+    const session = {
+      channel: channel.name, role, peers: new Map(), client: null, stream: null,
+      closed: false, started: performance.now(),
+    };
+    rtc.session = session;
+    for (const tr of document.querySelectorAll("#channels tbody tr")) {
+      tr.classList.toggle("selected", tr.dataset.channel === channel.name);
+    }
+    $("#rtc-title").textContent = `${channel.name} · ${role}`;
+    $("#rtc-stop").hidden = false;
+    return session;
+  }
+
+  function makeClient(session, channel, endpoint, role, clientId) {
+    if (!window.KVSWebRTC) throw new Error("the KVS WebRTC JS SDK did not load");
+    const client = new window.KVSWebRTC.SignalingClient({
+      channelARN: channel.arn,
+      channelEndpoint: endpoint,
+      role: window.KVSWebRTC.Role[role],
+      clientId,
+      region: regionOf(channel.arn),
+      credentials: RTC_CREDENTIALS,
+      systemClockOffset: 0,
+    });
+    session.client = client;
+    client.on("error", (error) => {
+      if (!session.closed) setRtcStatus(`Signaling error: ${error.message || error}`, true);
+    });
+    client.on("statusResponse", (status) => {
+      if (!session.closed) setRtcStatus(`Signaling refused a message: ${JSON.stringify(status)}`, true);
+    });
+    client.on("close", () => {
+      if (!session.closed) setRtcStatus(`Signaling to ${endpoint} closed.`, true);
+    });
+    return client;
+  }
+
+  async function watch(channel) {
+    const session = startSession(channel, "VIEWER");
+    setRtcStatus(`Connecting to ${channel.name} as a viewer…`);
+    const video = $("#rtc-video");
+    try {
+      const endpoint = await signalingEndpoint(channel.arn, "VIEWER");
+      if (rtc.session !== session) return;
+      const clientId = `web-page-${Math.random().toString(36).slice(2, 12)}`;
+      const client = makeClient(session, channel, endpoint, "VIEWER", clientId);
+      const pc = new RTCPeerConnection({ iceServers: [] });
+      session.peers.set("master", pc);
+      pc.addTransceiver("video", { direction: "recvonly" });
+      pc.addEventListener("track", (event) => {
+        if (session.closed || event.track.kind !== "video") return;
+        video.srcObject = event.streams[0] || new MediaStream([event.track]);
+        video.play().catch((error) => setRtcStatus(`Press play (${error.message})`));
+      });
+      pc.addEventListener("connectionstatechange", () => {
+        if (session.closed) return;
+        if (pc.connectionState === "failed" || pc.connectionState === "disconnected") {
+          setRtcStatus(`The connection to the master of ${channel.name} is ${pc.connectionState}.`, true);
+        }
+      });
+      video.onplaying = () => {
+        if (session.closed) return;
+        const ms = Math.round(performance.now() - session.started);
+        video.dataset.firstFrameMs = String(ms);
+        setRtcStatus(`Watching ${channel.name} live (first frame after ${ms} ms, ` +
+          `${video.videoWidth}x${video.videoHeight}).`);
+      };
+      client.on("open", async () => {
+        try {
+          await pc.setLocalDescription(await pc.createOffer());
+          await iceGathered(pc);
+          if (session.closed) return;
+          client.sendSdpOffer(pc.localDescription);
+          setRtcStatus(`Offer sent to the master of ${channel.name}; waiting for its answer…`);
+        } catch (error) {
+          setRtcStatus(`Cannot make an offer: ${error.message}`, true);
+        }
+      });
+      client.on("sdpAnswer", async (answer) => {
+        try {
+          await pc.setRemoteDescription(answer);
+        } catch (error) {
+          setRtcStatus(`The master's answer was refused: ${error.message}`, true);
+        }
+      });
+      client.on("iceCandidate", (candidate) => {
+        pc.addIceCandidate(candidate).catch((error) => setRtcStatus(`ICE candidate: ${error.message}`, true));
+      });
+      client.open();
+    } catch (error) {
+      if (rtc.session === session) setRtcStatus(`Cannot watch ${channel.name}: ${error.message}`, true);
+    }
+  }
+
+  async function sendCamera(channel) {
+    const session = startSession(channel, "MASTER");
+    setRtcStatus(`Opening the camera for ${channel.name}…`);
+    const video = $("#rtc-video");
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+      if (rtc.session !== session) { stream.getTracks().forEach((track) => track.stop()); return; }
+      session.stream = stream;
+      video.srcObject = stream; // the local preview
+      const endpoint = await signalingEndpoint(channel.arn, "MASTER");
+      if (rtc.session !== session) return;
+      const client = makeClient(session, channel, endpoint, "MASTER", undefined);
+      client.on("open", () => setRtcStatus(`Master of ${channel.name}: waiting for viewers…`));
+      client.on("sdpOffer", async (offer, viewerId) => {
+        try {
+          const old = session.peers.get(viewerId);
+          if (old) old.close();
+          const pc = new RTCPeerConnection({ iceServers: [] });
+          session.peers.set(viewerId, pc);
+          // The offer first, so the tracks go on the viewer's recvonly transceivers.
+          await pc.setRemoteDescription(offer);
+          for (const track of stream.getTracks()) pc.addTrack(track, stream);
+          await pc.setLocalDescription(await pc.createAnswer());
+          await iceGathered(pc);
+          if (session.closed) return;
+          client.sendSdpAnswer(pc.localDescription, viewerId);
+          setRtcStatus(`Master of ${channel.name}: sending the camera to ${session.peers.size} viewer(s).`);
+        } catch (error) {
+          setRtcStatus(`Cannot answer viewer ${viewerId}: ${error.message}`, true);
+        }
+      });
+      client.on("iceCandidate", (candidate, viewerId) => {
+        const pc = session.peers.get(viewerId);
+        if (pc) pc.addIceCandidate(candidate).catch((error) => setRtcStatus(`ICE candidate: ${error.message}`, true));
+      });
+      client.open();
+    } catch (error) {
+      if (rtc.session === session) setRtcStatus(`Cannot send the camera to ${channel.name}: ${error.message}`, true);
+    }
+  }
+
+  $("#rtc-stop").addEventListener("click", () => {
+    stopRtc();
+    setRtcStatus("Stopped.");
+  });
+
+  async function refreshChannels() {
+    try {
+      renderChannels(await getJson("_emulator/api/channels"));
+    } catch (error) {
+      $("#channels-empty").hidden = false;
+      $("#channels-empty").textContent = `No signaling channels: ${error.message}`;
+    }
+  }
+
   // --- polling ------------------------------------------------------------------------
 
   async function refresh() {
@@ -269,6 +520,7 @@
       state.streams = data.streams;
       renderStreams(data);
       await refreshFragments();
+      await refreshChannels();
       connection.textContent = `updated ${clock(data.now_ms)}`;
       connection.classList.remove("error");
     } catch (error) {
