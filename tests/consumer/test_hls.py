@@ -316,8 +316,8 @@ def test_an_expired_session_is_renewed_and_the_read_goes_on(
     fragments = iter(reader)
     first = [next(fragments), next(fragments)]
     # Ten minutes later on the emulator's clock: the session (Expires 300 s) is over.
-    real_now = emulator_hls._now_ms
-    monkeypatch.setattr(emulator_hls, "_now_ms", lambda: real_now() + 600_000)
+    real_now = emulator_hls.now_ms
+    monkeypatch.setattr(emulator_hls, "now_ms", lambda: real_now() + 600_000)
     rest = list(fragments)
     reader.close()
     numbers = [f.fragment_number for f in first + rest]

@@ -768,7 +768,7 @@ def test_session_token_is_the_only_credential_and_expires(
     missing = http_get(url.split("?")[0])
     assert missing[0] == 400 and missing[1]["x-amzn-ErrorType"] == "InvalidArgumentException"
     later = time.time_ns() // 1_000_000 + 301_000
-    monkeypatch.setattr(hls, "_now_ms", lambda: later)
+    monkeypatch.setattr(hls, "now_ms", lambda: later)
     expired = http_get(url)
     assert expired[0] == 403 and expired[1]["x-amzn-ErrorType"] == "NotAuthorizedException"
     assert b"Streaming session token is expired" in expired[2]
@@ -885,10 +885,10 @@ def test_on_demand_keeps_the_oldest_max_results_and_live_replay_adds_as_time_pas
         sample.emulator, sample.name, PlaybackMode="LIVE_REPLAY", HLSFragmentSelector=selector
     )
     media_url = base_of(url) + playlist_uris(http_get(url)[2].decode())[0]
-    real_now = hls._now_ms
+    real_now = hls.now_ms
 
     def playlist_after(seconds: float) -> str:
-        monkeypatch.setattr(hls, "_now_ms", lambda: real_now() + round(seconds * 1000))
+        monkeypatch.setattr(hls, "now_ms", lambda: real_now() + round(seconds * 1000))
         return http_get(media_url)[2].decode()
 
     assert len(playlist_uris(playlist_after(0))) == 1
@@ -900,7 +900,7 @@ def test_on_demand_keeps_the_oldest_max_results_and_live_replay_adds_as_time_pas
         "FragmentSelectorType": "PRODUCER_TIMESTAMP",
         "TimestampRange": {"StartTimestamp": sample.first_ms / 1000},
     }
-    monkeypatch.setattr(hls, "_now_ms", real_now)
+    monkeypatch.setattr(hls, "now_ms", real_now)
     url = hls_url(
         sample.emulator, sample.name, PlaybackMode="LIVE_REPLAY", HLSFragmentSelector=open_ended
     )
