@@ -122,8 +122,9 @@ class AwsAccess:
     """How to reach AWS (or the emulator): give it once, use it everywhere.
 
     ``endpoint_url`` is the Kinesis Video control plane's (the emulator's URL, or None
-    for AWS; ``AWS_ENDPOINT_URL*`` are read when it is None). ``credentials`` overrides
-    the chain (e.g. :class:`~kvs_toolkit.producer.credentials.IotCredentialsProvider`'s).
+    for AWS; ``AWS_ENDPOINT_URL*`` are read when it is None). ``credentials_override``
+    replaces the chain (e.g. the
+    :class:`~kvs_toolkit.producer.credentials.IotCredentialsProvider`'s).
     ``retry`` bounds every retried call of the clients built on it. Session, region and
     credentials are resolved on first use and then kept; thread-safe after that.
     """
