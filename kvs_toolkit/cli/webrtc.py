@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TextIO
@@ -28,6 +27,7 @@ from kvs_toolkit.cli.common import (
     aws_from_args,
     fail,
 )
+from kvs_toolkit.cli.options import stop_event_on_signals
 
 if TYPE_CHECKING:
     from kvs_toolkit.aws import AwsAccess
@@ -181,19 +181,6 @@ def _channel_action(kv: Any, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-
-    def first(signum: signal.Signals) -> None:
-        print(f"kvs webrtc: {signum.name}: stopping", file=sys.stderr)
-        stop.set()
-        loop.remove_signal_handler(signum)  # a second one kills
-
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, first, signum)
-
-
 async def _master(aws: AwsAccess, args: argparse.Namespace) -> int:
     from kvs_toolkit.producer.sources import SourceOptions, open_source
     from kvs_toolkit.webrtc.master import Master
@@ -202,8 +189,7 @@ async def _master(aws: AwsAccess, args: argparse.Namespace) -> int:
     master = Master(
         aws, args.channel, source, ca_file=args.ca_file, encode=args.encode, storage=args.storage
     )
-    stop = asyncio.Event()
-    _on_signals(stop)
+    stop = stop_event_on_signals("kvs webrtc", "closing the peer connections")
     serving = asyncio.ensure_future(master.run())
     stopping = asyncio.ensure_future(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -231,8 +217,7 @@ async def _viewer(aws: AwsAccess, args: argparse.Namespace) -> int:
     elif analysis is None and args.out:
         out = open(args.out, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     viewer = Viewer(aws, args.channel, client_id=args.client_id, ca_file=args.ca_file)
-    stop = asyncio.Event()
-    _on_signals(stop)
+    stop = stop_event_on_signals("kvs webrtc", "closing the peer connections")
     count = 0
 
     async def watch() -> None:

@@ -42,9 +42,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote, urlsplit
 
-import boto3
-import botocore.credentials
-from botocore.credentials import Credentials, RefreshableCredentials
+from botocore.credentials import RefreshableCredentials
 
 from kvs_toolkit.errors import CredentialsError
 
@@ -52,7 +50,6 @@ __all__ = [
     "DEFAULT_ADVISORY_REFRESH_S",
     "DEFAULT_MANDATORY_REFRESH_S",
     "IotCredentialsProvider",
-    "aws_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -300,39 +297,3 @@ def _hint(status: int) -> str:
     if status == 404:
         return " (does the role alias exist in this account and region?)"
     return ""
-
-
-# ---------------------------------------------------------------------------------------
-# boto3 sessions that keep refreshing
-
-
-class _GivenCredentials(botocore.credentials.CredentialProvider):
-    METHOD = "kvs-toolkit"
-
-    def __init__(self, credentials: Credentials) -> None:
-        super().__init__()
-        self._credentials = credentials
-
-    def load(self) -> Credentials:
-        return self._credentials
-
-
-def aws_session(credentials: Credentials | None, region: str | None) -> boto3.session.Session:
-    """A boto3 session whose clients sign with ``credentials`` *as they are*.
-
-    ``boto3.Session(aws_access_key_id=...)`` copies the keys of the moment, so a client
-    made from it fails once temporary credentials expire (an hour for the IoT provider);
-    clients of this session use the object itself, which refreshes. None: botocore's
-    chain. New code uses :class:`kvs_toolkit.aws.AwsAccess` (``credentials_override=``),
-    whose clients do the same; this remains for
-    :class:`~kvs_toolkit.producer.metrics.CloudWatchMetrics` until it takes an AwsAccess.
-    """
-    import botocore.session
-
-    core = botocore.session.get_session()
-    if credentials is not None:
-        core.register_component(
-            "credential_provider",
-            botocore.credentials.CredentialResolver([_GivenCredentials(credentials)]),
-        )
-    return boto3.session.Session(botocore_session=core, region_name=region)

@@ -206,11 +206,15 @@ class CloudWatchMetrics:
 
     # --- the worker thread ---------------------------------------------------------------
     def _make_client(self) -> Any:
-        from kvs_toolkit.producer.credentials import aws_session
+        from botocore.config import Config
 
-        # a session made from frozen keys would fail once temporary credentials expire
-        session = aws_session(self._credentials, self._region)
-        client: Any = session.client("cloudwatch", endpoint_url=self._endpoint_url)
+        from kvs_toolkit.aws import AwsAccess
+
+        # AwsAccess signs with the credentials object as it is (a session made from
+        # frozen keys would fail once temporary credentials expire); botocore's own
+        # retries, as before, for a call that is repeated next period anyway
+        aws = AwsAccess(region_name=self._region, credentials_override=self._credentials)
+        client: Any = aws.client("cloudwatch", endpoint_url=self._endpoint_url, config=Config())
         return client
 
     def _work(self) -> None:

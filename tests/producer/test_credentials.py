@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.cli import build_parser
 from kvs_toolkit.cli import main as cli_main
 from kvs_toolkit.cli.options import producer_aws_from_args
@@ -41,7 +42,7 @@ from kvs_toolkit.consumer import FragmentDecoder
 from kvs_toolkit.emulator import Emulator
 from kvs_toolkit.errors import CredentialsError, PutMediaError
 from kvs_toolkit.mkv import Fragment
-from kvs_toolkit.producer.credentials import IotCredentialsProvider, aws_session
+from kvs_toolkit.producer.credentials import IotCredentialsProvider
 from kvs_toolkit.producer.run import produce
 from kvs_toolkit.producer.sources import SourceOptions, open_source
 from tests.media import read_fragments
@@ -670,14 +671,14 @@ def test_wrong_credentials_fail_once_with_a_clear_error(
             asyncio.run(produce(source, emulator.endpoint_url, "cam", credentials=credentials))
 
 
-def test_clients_of_aws_session_sign_with_the_refreshed_credentials(iot: IotEndpoint) -> None:
+def test_clients_of_aws_access_sign_with_the_refreshed_credentials(iot: IotEndpoint) -> None:
     """boto3.Session(aws_access_key_id=...) would freeze the first key pair; a client of
-    aws_session() signs each call with the credentials as they are now."""
+    AwsAccess signs each call with the credentials as they are now."""
     iot.lifetime_s = 30  # inside the 60 s advisory window: every use refreshes
     with guarded_emulator(iot) as emulator:
         known: dict[str, str] = emulator.config.credentials  # type: ignore[assignment]
         credentials = iot.provider().credentials(advisory_refresh_s=60, mandatory_refresh_s=10)
-        session = aws_session(credentials, "us-east-1")
+        session = AwsAccess(region_name="us-east-1", credentials_override=credentials).session
         assert session.get_credentials() is credentials
         client = session.client("kinesisvideo", endpoint_url=emulator.endpoint_url)
         for _ in range(3):
