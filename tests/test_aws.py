@@ -92,3 +92,19 @@ def test_token_bucket_with_an_injected_clock() -> None:
     now[0] = 0.5  # one token back at 2/s
     assert bucket.try_acquire() and not bucket.try_acquire()
     assert bucket.acquire() == pytest.approx(0.5) and slept == [pytest.approx(0.5)]
+
+
+def test_aws_region_reaches_the_rekognition_model(
+    fresh_machine: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`AWS_REGION=us-east-1 kvs consume ... --model rekognition-labels` used to stop with
+    "You must specify a region" (boto3 without AWS_DEFAULT_REGION); building the model
+    sends no request."""
+    from kvs_toolkit.analysis.models import model_detector
+
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDENV")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    detector = model_detector("rekognition-labels", min_confidence=0.8)
+    client = detector.detector._client  # type: ignore[attr-defined]
+    assert client.meta.region_name == "us-east-1"
