@@ -55,11 +55,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import av
 import av.error
-import boto3
 import urllib3
 import urllib3.exceptions
 
@@ -88,6 +87,9 @@ from kvs_toolkit.mkv.model import (
     Frame,
 )
 from kvs_toolkit.timestamps import EPOCH
+
+if TYPE_CHECKING:
+    import boto3.session
 
 __all__ = [
     "DEFAULT_MAX_SEGMENT_BYTES",

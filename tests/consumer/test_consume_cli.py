@@ -189,6 +189,24 @@ def test_consume_from_a_getmedia_capture(captures: Path, tmp_path: Path) -> None
     assert all(r["fragment_number"] for r in records)
 
 
+def test_reading_a_file_never_imports_the_aws_sdk(captures: Path, tmp_path: Path) -> None:
+    # boto3 takes ~0.15 s to import, a tenth of decoding a 20 s 1080p file: a file read,
+    # which needs no AWS, must not pay it (issue 15's whole-process benchmark row).
+    out = tmp_path / "file.jsonl"
+    code = (
+        "import sys; from kvs_toolkit.cli import main; "
+        f"rc = main(['consume', '--from-file', {str(captures / 'output_get_media.mkv')!r}, "
+        f"'--out', {str(out)!r}, '--no-progress']); "
+        "print(rc, sorted(m for m in ('boto3', 'botocore.session') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=1) == ["0", "[]\n"]
+    assert read_jsonl(out)
+
+
 def test_consume_errors(
     emulator: Emulator, aws_env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
