@@ -25,7 +25,7 @@ typecheck: $(STAMP)
 	$(BIN)/lint-imports
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=25
 
 test: lint typecheck pytest
 

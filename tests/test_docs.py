@@ -13,6 +13,9 @@ Which blocks run (the marker convention):
 
 Per file: one in-process emulator and one temporary working directory shared by that
 file's blocks in document order (a later block may use what an earlier one made). The
+files are independent of each other, so two of them run at a time (their examples spend
+much of their time waiting: real-time uploads, ``timeout``): each file's test waits for
+its own file's run and fails with that file's first failing block. The
 text ``http://127.0.0.1:4567`` is replaced by the emulator's URL. The environment is a
 fresh machine's: no ``AWS_*`` variables, no AWS config or credentials files, ``HOME`` and
 ``XDG_STATE_HOME`` in the temporary directory; the venv's ``python`` and ``kvs`` first on
@@ -29,8 +32,10 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -44,6 +49,8 @@ DOCUMENTS = [
 ]
 PLACEHOLDER_URL = "http://127.0.0.1:4567"
 BLOCK_TIMEOUT_S = 60.0
+# documents run at a time (the CI machine has 2 cores)
+PARALLEL_DOCUMENTS = 2
 
 _FENCE = re.compile(r"^```(\w*)[^\n]*$")
 _MARKER = re.compile(r"^<!--\s*runnable(?::\s*needs\s+(?P<needs>[\w\s,.-]+?))?\s*-->$")
@@ -109,51 +116,79 @@ def _fresh_environment(home: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def emulator() -> Iterator[Emulator]:
-    with Emulator() as emu:
-        yield emu
-
-
 def _with_examples() -> list[Path]:
     return [d for d in DOCUMENTS if runnable_blocks(d.read_text(encoding="utf-8"))]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("document", _with_examples(), ids=lambda d: str(d.relative_to(ROOT)))
-def test_examples_run(document: Path, emulator: Emulator, tmp_path: Path) -> None:
+def run_examples(document: Path, tmp_path: Path) -> None:
+    """Run ``document``'s blocks in order against a fresh emulator; fail at the first
+    block that exits non-zero, prints a traceback or runs too long."""
     blocks = runnable_blocks(document.read_text(encoding="utf-8"))
     work = tmp_path / "work"
     work.mkdir()
     (work / "samples").symlink_to(ROOT / "samples")
     env = _fresh_environment(tmp_path)
-    for block in blocks:
-        missing = [tool for tool in block.needs if shutil.which(tool) is None]
-        assert not missing, f"{document.name}:{block.line} needs {missing} (install them)"
-        code = block.code.replace(PLACEHOLDER_URL, emulator.endpoint_url)
-        if block.language == "python":
-            script = work / f"_example_{block.line}.py"
-            script.write_text(code, encoding="utf-8")
-            command = [sys.executable, script.name]
-        else:
-            command = ["bash", "-euo", "pipefail", "-c", code]
-        try:
-            done = subprocess.run(
-                command,
-                check=False,
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=BLOCK_TIMEOUT_S,
+    with Emulator() as emulator:
+        for block in blocks:
+            missing = [tool for tool in block.needs if shutil.which(tool) is None]
+            assert not missing, f"{document.name}:{block.line} needs {missing} (install them)"
+            code = block.code.replace(PLACEHOLDER_URL, emulator.endpoint_url)
+            if block.language == "python":
+                script = work / f"_example_{block.line}.py"
+                script.write_text(code, encoding="utf-8")
+                command = [sys.executable, script.name]
+            else:
+                command = ["bash", "-euo", "pipefail", "-c", code]
+            try:
+                done = subprocess.run(
+                    command,
+                    check=False,
+                    cwd=work,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=BLOCK_TIMEOUT_S,
+                )
+            except subprocess.TimeoutExpired as exc:
+                pytest.fail(f"{document.name}:{block.line}: still running after {exc.timeout} s")
+            assert done.returncode == 0, (
+                f"{document.name}:{block.line} exited {done.returncode}\n--- block\n{code}"
+                f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
             )
-        except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"{document.name}:{block.line}: still running after {exc.timeout} s")
-        assert done.returncode == 0, (
-            f"{document.name}:{block.line} exited {done.returncode}\n--- block\n{code}"
-            f"--- stdout\n{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}"
-        )
-        assert "Traceback" not in done.stderr, f"{document.name}:{block.line}\n{done.stderr}"
+            assert "Traceback" not in done.stderr, f"{document.name}:{block.line}\n{done.stderr}"
+
+
+@pytest.fixture(scope="module")
+def example_runs(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[Path, Future[None]]]:
+    """Every selected document's examples, started at once, two documents at a time
+    (in test order), each in its own emulator and folder: document -> its run."""
+    selected: list[Path] = [
+        cast(Path, item.callspec.params["document"])
+        for item in request.session.items
+        if isinstance(item, pytest.Function)
+        and item.originalname == "test_examples_run"
+        and item.path == Path(__file__)
+    ]
+    with ThreadPoolExecutor(max_workers=PARALLEL_DOCUMENTS, thread_name_prefix="docs") as pool:
+        runs = {
+            document: pool.submit(
+                run_examples, document, tmp_path_factory.mktemp(f"docs-{document.stem}")
+            )
+            for document in dict.fromkeys(selected)
+        }
+        try:
+            yield runs
+        finally:
+            for run in runs.values():
+                run.cancel()  # those not started yet (a test stopped early)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", _with_examples(), ids=lambda d: str(d.relative_to(ROOT)))
+def test_examples_run(document: Path, example_runs: dict[Path, Future[None]]) -> None:
+    example_runs[document].result()  # re-raises the run's failure here
 
 
 def test_the_readme_quick_starts_are_all_run() -> None:

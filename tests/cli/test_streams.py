@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+from typing import Any
 
+import boto3
 import pytest
 
 from kvs_toolkit.cli.streams import retention_change
@@ -78,18 +81,40 @@ def test_create_describe_list_with_placeholder_credentials(kvs: Kvs, emulator: E
     assert streams[1]["DataRetentionInHours"] == 24  # the default, as kvs produce --create-stream
 
 
+def control(emulator: Emulator) -> Any:
+    """A boto3 client of the emulator in this process (checks and set-up that are not
+    what a test is about cost no ``kvs`` process start)."""
+    return boto3.client(
+        "kinesisvideo",
+        endpoint_url=emulator.endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="any",
+        aws_secret_access_key="any",
+    )
+
+
+def stored(emulator: Emulator, name: str) -> dict[str, Any]:
+    """What the emulator holds for stream ``name`` (DescribeStream and its tags), read in
+    this process: ``kvs streams describe`` itself is checked above."""
+    client = control(emulator)
+    info: dict[str, Any] = client.describe_stream(StreamName=name)["StreamInfo"]
+    info["Tags"] = client.list_tags_for_stream(StreamName=name).get("Tags", {})
+    client.close()
+    return info
+
+
 def test_update_retention_tag_untag_delete(kvs: Kvs, emulator: Emulator) -> None:
     url = emulator.endpoint_url
     created = kvs("streams", "create", "ret", "--retention-hours", "2", "--endpoint-url", url)
     assert created.returncode == 0, created.stderr
-    assert describe(kvs, url, "ret")["DataRetentionInHours"] == 2
+    assert stored(emulator, "ret")["DataRetentionInHours"] == 2
 
     steps = [("--hours", "10", 10), ("--increase-hours", "5", 15), ("--decrease-hours", "12", 3),
              ("--hours", "1", 1)]  # fmt: skip
     for option, value, expected in steps:
         result = kvs("streams", "update-retention", "ret", option, value, "--endpoint-url", url)
         assert result.returncode == 0, result.stderr
-        assert describe(kvs, url, "ret")["DataRetentionInHours"] == expected
+        assert stored(emulator, "ret")["DataRetentionInHours"] == expected
     assert "-> 1 h" in result.stderr
     same = kvs("streams", "update-retention", "ret", "--hours", "1", "--endpoint-url", url)
     assert same.returncode == 0 and "already 1 h" in same.stderr
@@ -99,9 +124,9 @@ def test_update_retention_tag_untag_delete(kvs: Kvs, emulator: Emulator) -> None
     assert "cannot be decreased by 2 h" in one_error_line(below, "streams update-retention")
 
     assert kvs("streams", "tag", "ret", "a=1", "b=2", "--endpoint-url", url).returncode == 0
-    assert describe(kvs, url, "ret")["Tags"] == {"a": "1", "b": "2"}
+    assert stored(emulator, "ret")["Tags"] == {"a": "1", "b": "2"}
     assert kvs("streams", "untag", "ret", "a", "--endpoint-url", url).returncode == 0
-    assert describe(kvs, url, "ret")["Tags"] == {"b": "2"}
+    assert stored(emulator, "ret")["Tags"] == {"b": "2"}
 
     deleted = kvs("streams", "delete", "ret", "--endpoint-url", url)
     assert deleted.returncode == 0, deleted.stderr
@@ -128,7 +153,10 @@ def test_errors_are_one_line(
     kvs: Kvs, emulator: Emulator, args: tuple[str, ...], command: str, expected: str
 ) -> None:
     url = emulator.endpoint_url
-    kvs("streams", "create", "dup", "--endpoint-url", url)
+    client = control(emulator)  # stream "dup" exists
+    with contextlib.suppress(client.exceptions.ResourceInUseException):
+        client.create_stream(StreamName="dup")
+    client.close()
     result = kvs("streams", *args, "--endpoint-url", url)
     assert expected in one_error_line(result, command)
 

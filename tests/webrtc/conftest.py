@@ -12,10 +12,31 @@ from botocore.credentials import Credentials
 
 from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.emulator import Emulator
+from tests.webrtc import media
 
 ACCESS_KEY = "AKIDWEBRTC"
 SECRET = "webrtc-secret"
 REGION = "us-east-1"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Note the selected tests marked ``loopback_namespace``, per test file."""
+    if media.inside_namespace():
+        return
+    media.SELECTED.clear()
+    marked = [item for item in session.items if item.get_closest_marker(media.MARK)]
+    for item in marked:
+        media.SELECTED.setdefault(item.nodeid.split("::", 1)[0], []).append(item.nodeid)
+    # The first marked test of a file to run waits for the whole file's batch: it gets
+    # pytest-timeout's limit (pyproject.toml) once per test of the batch.
+    limit = float(session.config.getini("timeout") or 120)
+    for item in marked:
+        batch = media.SELECTED[item.nodeid.split("::", 1)[0]]
+        item.add_marker(pytest.mark.timeout(limit * len(batch)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    media.record_outcome(report)
 
 
 @pytest.fixture

@@ -240,6 +240,7 @@ _CANVAS = """() => {
 
 @_NEEDS_UNSHARE
 @_NEEDS_CHROMIUM
+@pytest.mark.loopback_namespace
 def test_page_watches_a_python_master(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if not _isolated(request):
         return
@@ -298,6 +299,7 @@ def test_page_watches_a_python_master(request: pytest.FixtureRequest, tmp_path: 
 
 @_NEEDS_UNSHARE
 @_NEEDS_CHROMIUM
+@pytest.mark.loopback_namespace
 def test_python_viewer_receives_the_pages_camera(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:

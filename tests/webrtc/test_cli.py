@@ -52,6 +52,7 @@ def test_channel_commands(
     assert _kvs(emulator, "channel", "create", "x", "--ttl", "500") == 2
 
 
+@pytest.mark.loopback_namespace
 @pytest.mark.parametrize("model", [None, "motion"])
 def test_master_and_viewer_commands(
     request: pytest.FixtureRequest, tmp_path: Path, model: str | None

@@ -36,9 +36,12 @@ from tests.webrtc.media import (
     write_clip,
 )
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("unshare") is None, reason="needs unshare (util-linux) and root"
-)
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("unshare") is None, reason="needs unshare (util-linux) and root"
+    ),
+    pytest.mark.loopback_namespace,
+]
 
 FAST_RETRY = RetryPolicy(max_attempts=4, base_s=0.05, max_s=0.3)
 
