@@ -329,6 +329,10 @@ class _Strand:
         # With a process pool the decoder and handler live in the stream's process.
         self.process = worker._assign(stream)
         self.queue = worker._queue_of(self.process)
+        if self.process is not None:
+            # The process builds the handler (and imports what it needs) while the
+            # reader connects, not when the first fragment is due.
+            self.queue.put(_StreamItem(stream, opening=True))
         self.decoder = worker._decoder_factory() if self.process is None else None
         self.handler: Callable[[DecodedFrame], Any] | None = None
         self.reader: LiveReader | None = None
@@ -559,7 +563,7 @@ class _Strand:
                 reader.close()
         if self.process is not None:
             self.process.release(self.stream)
-            self.queue.put(_CloseStream(self.stream))  # sent by the process's own thread
+            self.queue.put(_StreamItem(self.stream))  # sent by the process's own thread
         if self.decoder is not None:
             self.decoder.close()
         close = getattr(self.handler, "close", None)
@@ -575,13 +579,15 @@ class _Strand:
 
 
 @dataclass(frozen=True, slots=True)
-class _CloseStream:
-    """A process-pool queue item: drop this stream's state in its process."""
+class _StreamItem:
+    """A process-pool queue item: build (``opening``) or drop this stream's decoder and
+    handler in its process."""
 
     stream: str
+    opening: bool = False
 
 
-_PoolItem = _Strand | _CloseStream | None
+_PoolItem = _Strand | _StreamItem | None
 
 
 # --- the worker ---------------------------------------------------------------------------
@@ -867,8 +873,11 @@ class FleetWorker:
                 item = items.get()
                 if item is None:
                     return
-                if isinstance(item, _CloseStream):
-                    process.close_stream(item.stream)
+                if isinstance(item, _StreamItem):
+                    if item.opening:
+                        process.open_stream(item.stream)
+                    else:
+                        process.close_stream(item.stream)
                 elif not self.failed.is_set():
                     item.work()
         finally:
@@ -896,7 +905,8 @@ class FleetWorker:
         if not process.died():
             message = (
                 f"{exc} while decoding fragment {fragment.fragment_number} of {stream}: it "
-                "died too often to be started again; the worker stops"
+                "died too often to be started again; the worker stops (a script that starts "
+                "a process pool must be importable: main code under if __name__ == '__main__')"
             )
             self._error(message)
             self.failure = message
@@ -912,6 +922,8 @@ class FleetWorker:
             streams,
         )
         process.restart()
+        for held in sorted(process.streams):
+            process.open_stream(held)
 
     def _control_loop(self) -> None:
         next_balance = self._monotonic()

@@ -163,15 +163,18 @@ def _serve(
             if kind == "close":
                 _close_stream(stream, decoders, handlers)
                 continue
+            if kind == "open":
+                try:
+                    _open_stream(stream, decoders, handlers, decoder_factory, handler_factory)
+                except Exception:  # the first fragment tries again, and reports it
+                    log.exception("%s: setting up the stream failed", stream)
+                continue
             fragment = unpack_fragment(message[2])
             error: str | None = None
             try:
-                decoder = decoders.get(stream)
-                if decoder is None:
-                    decoder = decoders[stream] = decoder_factory()
-                handler = handlers.get(stream)
-                if handler is None:
-                    handler = handlers[stream] = handler_factory(stream)
+                decoder, handler = _open_stream(
+                    stream, decoders, handlers, decoder_factory, handler_factory
+                )
                 for frame in decoder.iter_decode(fragment):
                     conn.send(("frame", frame.timestamp_ns, handler(frame)))
             except (EOFError, OSError, BrokenPipeError):
@@ -183,6 +186,22 @@ def _serve(
     finally:
         for stream in list(decoders) + [s for s in handlers if s not in decoders]:
             _close_stream(stream, decoders, handlers)
+
+
+def _open_stream(
+    stream: str,
+    decoders: dict[str, FragmentDecoder],
+    handlers: dict[str, Callable[[DecodedFrame], Any]],
+    decoder_factory: Callable[[], FragmentDecoder],
+    handler_factory: HandlerFactory,
+) -> tuple[FragmentDecoder, Callable[[DecodedFrame], Any]]:
+    decoder = decoders.get(stream)
+    if decoder is None:
+        decoder = decoders[stream] = decoder_factory()
+    handler = handlers.get(stream)
+    if handler is None:
+        handler = handlers[stream] = handler_factory(stream)
+    return decoder, handler
 
 
 def _close_stream(
@@ -304,13 +323,20 @@ class DecodeProcess:
                 return error
             on_frame(message[1], message[2])
 
+    def open_stream(self, stream: str) -> None:
+        """Have the process build the stream's decoder and handler now (best effort)."""
+        self._post("open", stream)
+
     def close_stream(self, stream: str) -> None:
         """Drop the stream's decoder and handler in the process (best effort)."""
+        self._post("close", stream)
+
+    def _post(self, kind: str, stream: str) -> None:
         conn = self.conn
         if conn is None:
             return
         with contextlib.suppress(BrokenPipeError, OSError):
-            conn.send(("close", stream, None))
+            conn.send((kind, stream, None))
 
     def died(self) -> bool:
         """Record a death; False when the process died too often to be started again."""
