@@ -241,8 +241,9 @@ def _delays(lags_ms: Sequence[float]) -> dict[str, Any]:
 
 
 def _warm_up(started: float, warmup: float, delivered: Callable[[int], bool]) -> float | None:
-    """Wait until every stream delivered 2 fragments (steady state: connections made,
-    processes up, decoders and detectors built), and ``warmup`` seconds at least.
+    """Wait until every stream delivered 2 fragments and caught up (steady state:
+    connections made, processes up, decoders and detectors built, no backlog from the
+    start), and ``warmup`` seconds at least.
     Returns how long it took until every stream had delivered its first."""
     first: float | None = None
     deadline = started + warmup + 60
@@ -276,7 +277,12 @@ def consume_ours(
 
     def delivered(least: int) -> bool:
         stats = worker.stats()
-        return all(name in stats and stats[name].fragments >= least for name in names)
+        if not all(name in stats and stats[name].fragments >= least for name in names):
+            return False
+        # Caught up: a key frame is the first frame of its 2 s fragment, so it is about
+        # GOP_S old when its fragment is complete; more means a backlog is draining.
+        lags = [stats[name].producer_lag_ms for name in names]
+        return least < 2 or all(lag is not None and lag < GOP_S * 1000 + 500 for lag in lags)
 
     startup = _warm_up(started, warmup, delivered)
     worker.lags = LagHistogram()  # the window's fragments only
@@ -386,7 +392,8 @@ def _measure(
 ) -> dict[str, Any]:  # fmt: skip
     """Run a consumer in its own process (pinned to the consumer core when the machine
     has cores to spare); it reports its CPU and delays over ``window`` after ``warmup``."""
-    pin = "pin" if _other_cores() is not None else "nopin"
+    pinning = os.environ.get("KVS_BENCH_FLEET_PIN", "1") != "0"
+    pin = "pin" if pinning and _other_cores() is not None else "nopin"
     with open(root / "consumer.log", "ab") as log:
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.fleet_streams", "--consume", which, pin, url,
@@ -521,6 +528,10 @@ def _failover(url: str, names: list[str], root: Path) -> tuple[float, float]:
         moto_log.close()
 
 
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
 def _fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
@@ -536,7 +547,9 @@ def _delay_text(run: dict[str, Any]) -> str:
 def _where(run: dict[str, Any]) -> str:
     if run["pinned"]:
         return f"pinned to core {CONSUMER_CORE} (emulator and producers on the other cores)"
-    return "not pinned (too few cores to split)"
+    if _other_cores() is None:
+        return "not pinned (too few cores to split)"
+    return "on every core (KVS_BENCH_FLEET_PIN=0; emulator and producers on the others)"
 
 
 def _key_rows(
@@ -545,6 +558,12 @@ def _key_rows(
 ) -> list[Result]:  # fmt: skip
     due = count * window / GOP_S
     rows = []
+    ratio = processes["cores"] / max(threads["cores"], 1e-6)
+    winner = "threads" if ratio > 1 else "processes"
+    verdict = (
+        f"{winner} win: {min(ratio, 1 / ratio):.2f}x the other's CPU for the same key frames "
+        f"(processes/threads {ratio:.2f}x)"
+    )
     for pool, run in (("threads", threads), ("processes", processes)):
         per_core = count / max(run["cores"], 1e-6)
         in_time = run["late"] == 0 and run["analysed"] >= 0.8 * due
@@ -566,10 +585,12 @@ def _key_rows(
                     f"JSON record per frame; CPU of the consumer process and its children "
                     f"over {window:.0f} s after a warm-up: {run['cores']:.2f} cores (the "
                     f"{'processes' if pool == 'threads' else 'threads'} pool "
-                    f"{other['cores']:.2f}: processes/threads CPU "
-                    f"{processes['cores'] / max(threads['cores'], 1e-6):.2f}x); "
+                    f"{other['cores']:.2f}; {verdict}); "
                     f"{run['frames']} key frames analysed (about {due:.0f} due); "
-                    f"{_delay_text(run)}. Reference (thread per stream, GetMedia + PyAV + "
+                    f"{_delay_text(run)}; startup: every stream's first key frame analysed "
+                    f"{_fmt_s(run['startup_s'])} after the worker started (the window starts "
+                    "once every stream delivered 2 fragments with no backlog). Reference "
+                    "(thread per stream, GetMedia + PyAV + "
                     f"the same detector, same pinning): {reference['frames']} key frames, "
                     f"{_delay_text(reference)} (from the document being cut, which waits for "
                     "the next fragment's first bytes); ratio = reference CPU / ours",
