@@ -570,8 +570,8 @@ def _key_rows(
         other = processes if pool == "threads" else threads
         rows.append(
             Result(
-                benchmark=f"fleet: {count} x 1080p30 on one core, --keyframes-only --model "
-                f"motion, {pool} pool",
+                benchmark=f"fleet: {count} x 1080p30{' on one core' if run['pinned'] else ''}"
+                f", --keyframes-only --model motion, {pool} pool",
                 ours=f"{per_core:.0f} streams/core ({run['cores']:.2f} cores)",
                 reference=f"{count / reference['cores']:.0f} ({reference['cores']:.2f} cores, "
                 "thread/stream PyAV)",
