@@ -109,8 +109,8 @@ def test_a_decode_process_killed_mid_fragment_is_started_again_and_loses_nothing
     streams = ["crash-0", "crash-1"]
     produced(url, streams, tmp_path)
     marker = tmp_path / "died"
-    # The 7th frame of crash-1 is the 3rd of its 2nd fragment: 2 of that fragment's
-    # frames were delivered when the process died.
+    # The 7th frame of crash-1 is the 2nd of its 2nd fragment (5 frames a fragment): the
+    # fragment's first frame was delivered when the process died, and is not again.
     factory = DieOnce("crash-1", 7, marker)
     with caplog.at_level(logging.ERROR, logger="kvs_toolkit.consumer.fleet"):
         results, worker = run_worker(
@@ -173,10 +173,15 @@ def test_cli_process_pool_with_motion_stops_cleanly_on_ctrl_c(
     tmp_path: Path, emulator: Emulator, aws_env: dict[str, str]
 ) -> None:
     from kvs_toolkit.cli import build_parser
+    from kvs_toolkit.cli.consume import run as consume
 
     for command in (["fleet", "run", "--streams", "a"], ["consume", "--streams", "a"]):
         parsed = build_parser(command[0]).parse_args([*command, "--decode-pool", "processes"])
         assert parsed.decode_pool == "processes"
+    single = build_parser("consume").parse_args(
+        ["consume", "--stream", "a", "--decode-pool", "threads"]
+    )
+    assert consume(single) == 2  # --decode-pool applies to --streams
     url = emulator.endpoint_url
     streams = ["gate-0", "gate-1"]
     produced(url, streams, tmp_path)
