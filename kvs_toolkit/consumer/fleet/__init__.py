@@ -62,10 +62,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.consumer.checkpoint import (
     DEFAULT_LEASE_DURATION_S,
     Checkpoint,
@@ -84,7 +85,6 @@ from kvs_toolkit.errors import CheckpointError, DecodeError, KvsError, LeaseLost
 from kvs_toolkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from kvs_toolkit.aws import AwsAccess
     from kvs_toolkit.consumer.decode import FragmentDecoder
     from kvs_toolkit.consumer.frames import DecodedFrame
     from kvs_toolkit.mkv import Fragment
@@ -590,6 +590,24 @@ class _StreamItem:
 _PoolItem = _Strand | _StreamItem | None
 
 
+@dataclass
+class _SerialClients(AwsAccess):
+    """The readers' access: one boto3 session for every stream, whose clients are made
+    one at a time (a boto3 session must not create clients from several threads at
+    once). A session per reader would parse the service models again for each stream:
+    about 65 ms of Python holding the GIL per stream, seconds at the start of a worker
+    taking up 40 streams, while key frames wait for the GIL; from one session a
+    reader's clients cost about 3 ms."""
+
+    _client_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def client(self, service: str, *, endpoint_url: str | None = None, config: Any = None) -> Any:
+        with self._client_lock:
+            return super().client(service, endpoint_url=endpoint_url, config=config)
+
+
 # --- the worker ---------------------------------------------------------------------------
 class FleetWorker:
     """Reads the streams ``streams`` selects (see :class:`StreamSelection`), alone or
@@ -671,11 +689,7 @@ class FleetWorker:
             raise ValueError("decode_threads must be at least 1")
         if lease_duration_s <= 0 or relist_interval_s <= 0:
             raise ValueError("lease_duration_s and relist_interval_s must be positive")
-        if aws is None:
-            from kvs_toolkit.aws import AwsAccess
-
-            aws = AwsAccess()
-        self.aws = aws
+        self.aws = aws if aws is not None else AwsAccess()
         self.selection = (
             streams if isinstance(streams, StreamSelection) else StreamSelection.parse(streams)
         )
@@ -728,7 +742,7 @@ class FleetWorker:
         self._checkpoints: CheckpointStore | None = checkpoint_store
         if lease_table is not None:
             store = DynamoDBCheckpointStore.from_aws(
-                aws,
+                self.aws,
                 lease_table,
                 endpoint_url=dynamodb_endpoint_url,
                 timeout_s=dynamodb_timeout_s,
@@ -752,6 +766,8 @@ class FleetWorker:
         self._strands: dict[str, _Strand] = {}
         self._retired: dict[str, StreamStats] = {}
         self._lock = threading.Lock()  # guards _strands
+        self._readers_aws: _SerialClients | None = None
+        self._readers_aws_lock = threading.Lock()
         self._ready: queue.SimpleQueue[_PoolItem] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._wake = threading.Event()
@@ -1056,23 +1072,20 @@ class FleetWorker:
             strand.revoke()
 
     def _make_reader(self, stream: str, start: StartSelector) -> LiveReader:
-        from kvs_toolkit.aws import AwsAccess
-
-        # A boto3 session must not create clients from several threads at once: each
-        # reader gets its own, signing with the same (possibly refreshing) credentials.
-        aws = AwsAccess(
-            region_name=self.aws.region,
-            endpoint_url=self.aws.endpoint_url,
-            profile=self.aws.profile,
-            credentials_override=self.aws.credentials,
-            retry=self.aws.retry,
-        )
+        with self._readers_aws_lock:
+            if self._readers_aws is None:
+                self._readers_aws = _SerialClients(
+                    region_name=self.aws.region,
+                    endpoint_url=self.aws.endpoint_url,
+                    profile=self.aws.profile,
+                    credentials_override=self.aws.credentials,
+                    retry=self.aws.retry,
+                )
+            aws = self._readers_aws
         return LiveReader(
             stream,
             start=start,
-            endpoint_url=aws.endpoint_url,
-            region=aws.region,
-            session=aws.session,
+            aws=aws,
             read_timeout_s=self.read_timeout_s,
             backoff=Backoff(base_s=0.25, max_s=5.0),
         )
