@@ -330,37 +330,47 @@ async def collect_acks(session: PutMediaSession, log: StreamLog) -> None:
 
 
 async def produce(
-    url: str, log: StreamLog, frames: Sequence[bytes], start: float, fragments: int
+    url: str,
+    log: StreamLog,
+    frames: Sequence[bytes],
+    start: float,
+    fragments: int,
+    *,
+    track: TrackInfo = VIDEO,
+    fps: float = FPS,
 ) -> None:
-    """Send ``fragments`` fragments in real time from ``start`` (a loop time)."""
+    """Send ``fragments`` fragments in real time from ``start`` (a loop time): each
+    fragment is ``frames`` (a key frame first) at ``fps``, on ``track``.
+
+    (Shared with benchmarks/fleet_streams.py, which sends real H.264 this way.)"""
     loop = asyncio.get_running_loop()
+    per_fragment = len(frames)
     async with (
         aiohttp.ClientSession(timeout=NO_TIMEOUT) as http,
         PutMediaSession(http, url, log.name) as session,
     ):
         acks = asyncio.create_task(collect_acks(session, log))
-        writer = MkvWriter([VIDEO])
+        writer = MkvWriter([track])
         await session.write(writer.header())
         # ABSOLUTE timecodes: the wall clock at each frame's scheduled time.
         wall0_ms = round((time.time() + start - loop.time()) * 1000)
-        frame_ms = 1000 // FPS
         fragment_tc = wall0_ms
-        for k in range(fragments * FRAMES_PER_FRAGMENT):
-            due = start + k / FPS
+        for k in range(fragments * per_fragment):
+            due = start + k / fps
             delay = due - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
             else:
                 log.max_lateness = max(log.max_lateness, -delay)
-            i = k % FRAMES_PER_FRAGMENT
-            timecode = wall0_ms + k * frame_ms
+            i = k % per_fragment
+            timecode = wall0_ms + round(k * 1000 / fps)
             if i == 0:
                 fragment_tc = timecode
                 data = writer.fragment(timecode, [FrameData(1, timecode, frames[0], keyframe=True)])
             else:
                 data = simple_block(FrameData(1, timecode, frames[i]), fragment_tc)
             await session.write(data)
-            if i == FRAMES_PER_FRAGMENT - 1:
+            if i == per_fragment - 1:
                 await session.write(END_OF_FRAGMENT)
                 log.sent.append(fragment_tc)
                 log.sent_at[fragment_tc] = time.monotonic()

@@ -1,33 +1,45 @@
-"""Consumer fleets: live streams per core, and failover time.
+"""Consumer fleets: live streams per core (threads and processes), and failover time.
 
 Everything runs as separate processes on this machine: the emulator (``kvs emulator``),
-one producer process uploading a 1080p30 H.264 file at about 2 Mbit/s to N streams in
-real time (pass-through, looped), and the consumers being measured, one at a time
-against the same live streams.
+one producer process, and the consumers being measured, one at a time against the
+same live streams.
 
-* **Streams per core.** Ours: a :class:`~kvs_toolkit.consumer.fleet.FleetWorker` on
-  all N streams with ``keyframes_only=True``, ``format="gray"`` and a callback that
-  does nothing with the frame (model-free), decode pool of one thread per core.
-  Reference: a plain script that reads each stream with boto3 GetMedia in one thread
-  per stream, cuts the payload into its per-fragment MKV documents at the EBML magic,
-  and decodes each with PyAV (``skip_frame = "NONKEY"``): FFmpeg's Matroska demuxer
-  stops at the end of the first document, so it cannot read a GetMedia payload
-  whole. Each side's CPU (its process, /proc) over the same window gives
-  ``N / cores used`` streams per core; the ratio is ours over the reference. Ours
-  also reports the largest delay from a fragment's arrival to its key frame having
-  been handed to the callback (the goal: within 1 s).
+* **Producers.** One process sends N streams with the load generator of
+  :mod:`benchmarks.emulator_load` (``produce``: real-time pacing, ABSOLUTE wall-clock
+  timecodes, start phases spread evenly over one fragment period, as independent
+  cameras are): each fragment is the same real 1080p30 H.264 GOP of 2 s at about
+  2 Mbit/s (x264, encoded here once), so a 40-stream run costs one encode, not 40.
+* **Cores.** On a machine with 2 cores or more the consumer being measured is pinned
+  to core 0 (``os.sched_setaffinity``; its decode processes inherit it) and the
+  emulator and producers to the other cores: "streams per core" is measured on one
+  core, not extrapolated. The machine is shared, so others' work can land on core 0
+  too; the notes give each consumer's CPU.
+* **Streams per core** (``--keyframes-only --model motion``, the issue's goal): ours,
+  a :class:`~kvs_toolkit.consumer.fleet.FleetWorker` on the N streams decoding key
+  frames to BGR and running one :class:`~kvs_toolkit.analysis.motion.MotionDetector`
+  per stream (what ``kvs fleet run --keyframes-only --model motion`` does), once with
+  each decode pool (threads, processes; pool size = cores). Reference: a plain script
+  that reads each stream with boto3 GetMedia in one thread per stream, cuts the
+  payload into its per-fragment MKV documents at the EBML magic, decodes each with
+  PyAV (``skip_frame = "NONKEY"``) and runs the same motion detector. Each consumer
+  reports its CPU (its process and its children, /proc) over the same window after a
+  warm-up, and the delay from each fragment's arrival (its last byte parsed; the
+  emulator sends a fragment once it is complete, so that is also its key frame's
+  arrival) to its key frame having been analysed: p50, p99, max, and the count later
+  than 1 s. Goal: N >= 40 streams on the one core with none late.
+* **720p --fps 1**: the same at 720p with every frame decoded and one a second kept
+  (report only).
 * **Failover.** Two ``kvs fleet run`` workers share 4 of the live streams through
   leases in a moto DynamoDB server (its own process); the one holding the most
   streams is SIGKILLed, and the time from the kill to the first frame its successor
   wrote for one of its streams is measured (goal: lease timeout + 2 s).
 
-``KVS_BENCH_FLEET_STREAMS`` sets N (default 8; 4 with ``--quick``): the issue's 40
-streams at 1080p need about 80 Mbit/s through the emulator, which a shared 2-core
-machine cannot carry next to the consumers being measured.
+``KVS_BENCH_FLEET_STREAMS`` sets N (default 40; 6 with ``--quick``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -35,15 +47,22 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import boto3
 import numpy as np
 
 from benchmarks.common import Options, Result, fmt_ratio
-from benchmarks.emulator_load import server_process
+from benchmarks.emulator_load import StreamLog, cpu_seconds, produce, server_process
+
+if TYPE_CHECKING:
+    from kvs_toolkit.consumer.frames import DecodedFrame
+    from kvs_toolkit.mkv import TrackInfo
 
 ACCESS_KEY: Final = "AKIDBENCH"
 SECRET: Final = "bench-secret"
@@ -51,6 +70,8 @@ REGION: Final = "us-east-1"
 FPS, GOP_S = 30, 2
 BITRATE: Final = 2_000_000
 LEASE_S: Final = 6.0
+LATE_MS: Final = 1000.0
+CONSUMER_CORE: Final = 0
 
 
 def _env() -> dict[str, str]:
@@ -66,6 +87,13 @@ def _env() -> dict[str, str]:
         PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parent.parent), *sys.path]),
     )
     return env
+
+
+def _other_cores() -> set[int] | None:
+    """The cores the emulator and producers run on (None: too few cores to split)."""
+    cores = os.sched_getaffinity(0)
+    others = cores - {CONSUMER_CORE}
+    return others if CONSUMER_CORE in cores and others else None
 
 
 def encode_sample(path: Path, seconds: float, width: int, height: int) -> Path:
@@ -95,129 +123,302 @@ def encode_sample(path: Path, seconds: float, width: int, height: int) -> Path:
     return path
 
 
-_PRODUCERS: Final = """
-import asyncio, sys
-from botocore.credentials import Credentials
-from kvs_toolkit.producer.run import produce
-from kvs_toolkit.producer.sources import SourceOptions, open_source
+def load_gop(path: Path) -> tuple[TrackInfo, list[bytes]]:
+    """The track (avcC from the file) and the AVCC payloads of the file's first GOP."""
+    import av
 
-url, sample, names = sys.argv[1], sys.argv[2], sys.argv[3:]
+    from kvs_toolkit.mkv import TrackInfo
 
-async def one(name):
-    source = open_source(sample, SourceOptions(realtime=True, loop=True, audio=False))
-    await produce(source, url, name, credentials=Credentials({key!r}, {secret!r}),
-                  fragment_duration_ms=2000)
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        track = TrackInfo(
+            1,
+            "V_MPEG4/ISO/AVC",
+            bytes(video.codec_context.extradata or b""),
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+        )
+        frames: list[bytes] = []
+        for packet in container.demux(video):
+            if packet.size == 0:
+                continue
+            if packet.is_keyframe and frames:
+                break
+            frames.append(bytes(packet))
+    return track, frames
 
-async def main():
-    await asyncio.gather(*(one(n) for n in names))
 
-asyncio.run(main())
-"""
+def producers_main(url: str, sample: str, names: Sequence[str]) -> None:
+    """The producer process: every stream sends the sample's GOP as one 2 s fragment
+    after another, in real time, phases spread over the fragment period (until it is
+    terminated)."""
+    track, frames = load_gop(Path(sample))
 
-_OURS: Final = """
-import json, sys, threading, time
-from kvs_toolkit.aws import AwsAccess
-from kvs_toolkit.consumer.fleet import FleetWorker
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.5
+        await asyncio.gather(
+            *(
+                produce(url, StreamLog(name), frames, start + i * GOP_S / len(names), 100_000,
+                        track=track, fps=FPS)
+                for i, name in enumerate(names)
+            )
+        )  # fmt: skip
 
-url, seconds, mode, names = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
-keyframes = [0]
+    asyncio.run(main())
 
-def on_frame(frame, stream):
-    keyframes[0] += 1
 
-sampling = dict(keyframes_only=True) if mode == "key" else dict(fps=1.0)
-worker = FleetWorker(names, on_frame=on_frame, aws=AwsAccess(endpoint_url=url),
-                     format="gray", start_at="now", **sampling)
-worker.start()
-time.sleep(seconds)
-cpu0, wall0, first = time.process_time(), time.monotonic(), keyframes[0]
-time.sleep(seconds)
-cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-stats = worker.stats()
-worker.stop()
-print(json.dumps({{
-    "cores": cpu / wall,
-    "keyframes": keyframes[0] - first,
-    "late": sum(s.late_fragments for s in stats.values()),
-    "max_lag_ms": max((s.max_delivery_lag_ms for s in stats.values()), default=0.0),
-    "fragments": sum(s.fragments for s in stats.values()),
-}}), flush=True)
-"""
+def _start_producers(url: str, sample: Path, names: list[str], root: Path) -> Any:
+    with open(root / "producers.log", "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.fleet_streams", "--produce", url, str(sample),
+             *names],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=log,
+        )  # fmt: skip
+    cores = _other_cores()
+    if cores is not None:
+        os.sched_setaffinity(process.pid, cores)
+    return process
 
-_REFERENCE: Final = """
-import io, json, sys, threading, time
-import av, boto3
 
-url, seconds, mode, names = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4:]
-MAGIC = b"\\x1a\\x45\\xdf\\xa3"  # EBML header: every GetMedia fragment is one document
-keyframes = [0]
-lock = threading.Lock()
-stop = threading.Event()
+# --- the consumers ----------------------------------------------------------------------
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of a process and its descendants alive now (/proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            total += cpu_seconds(current)
+        except OSError:
+            continue
+        todo += children.get(current, [])
+    return total
 
-def decode(document, kept):
-    with av.open(io.BytesIO(document), format="matroska") as container:
-        stream = container.streams.video[0]
-        if mode == "key":
-            stream.codec_context.skip_frame = "NONKEY"
-        for frame in container.decode(stream):
-            second = int(frame.time)
-            if mode == "key" or second not in kept:  # --fps 1: the first of each second
-                kept.add(second)
-                frame.to_ndarray(format="gray")
+
+@dataclass(frozen=True)
+class MotionRecords:
+    """Per stream, what ``kvs fleet run --model motion`` does with a frame: a motion
+    detector, and the frame's JSON record with its detections (the small result that
+    comes back from a decode process). The detector's warm-up is 0 (the CLI's is 25
+    frames, 50 s of key frames): every key frame of the window goes through detection."""
+
+    def __call__(self, stream: str) -> Callable[[DecodedFrame], str]:
+        from kvs_toolkit.analysis.motion import MotionDetector
+        from kvs_toolkit.consumer.pipeline import frame_record
+
+        detector = MotionDetector(warmup=0)
+
+        def handle(frame: DecodedFrame) -> str:
+            detections = detector.detect([frame])[0]
+            record = {**frame_record(frame), "stream_name": stream,
+                      "detections": [d.to_json() for d in detections]}  # fmt: skip
+            return json.dumps(record, separators=(",", ":"))
+
+        return handle
+
+
+def _delays(lags_ms: Sequence[float]) -> dict[str, Any]:
+    if not lags_ms:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None, "late": 0, "analysed": 0}
+    p50, p99 = np.percentile(np.asarray(lags_ms), [50, 99])
+    return {
+        "p50_ms": float(p50),
+        "p99_ms": float(p99),
+        "max_ms": max(lags_ms),
+        "late": sum(1 for lag in lags_ms if lag > LATE_MS),
+        "analysed": len(lags_ms),
+    }
+
+
+def _warm_up(started: float, warmup: float, delivered: Callable[[int], bool]) -> float | None:
+    """Wait until every stream delivered 2 fragments and caught up (steady state:
+    connections made, processes up, decoders and detectors built, no backlog from the
+    start), and ``warmup`` seconds at least.
+    Returns how long it took until every stream had delivered its first."""
+    first: float | None = None
+    deadline = started + warmup + 60
+    while time.monotonic() < deadline:
+        if first is None and delivered(1):
+            first = time.monotonic() - started
+        if delivered(2) and time.monotonic() - started >= warmup:
+            break
+        time.sleep(0.05)
+    return first
+
+
+def consume_ours(
+    url: str, names: Sequence[str], *, warmup: float, window: float, mode: str, pool: str
+) -> dict[str, Any]:
+    from kvs_toolkit.aws import AwsAccess
+    from kvs_toolkit.consumer.fleet import FleetWorker, LagHistogram
+
+    records = [0]
+
+    def on_result(line: str, stream: str) -> None:
+        records[0] += 1
+
+    sampling: dict[str, Any] = {"keyframes_only": True} if mode == "key" else {"fps": 1.0}
+    worker = FleetWorker(
+        names, handler_factory=MotionRecords(), on_result=on_result,
+        aws=AwsAccess(endpoint_url=url), start_at="now", decode_pool=pool, **sampling,
+    )  # fmt: skip
+    started = time.monotonic()
+    worker.start()
+
+    def delivered(least: int) -> bool:
+        stats = worker.stats()
+        if not all(name in stats and stats[name].fragments >= least for name in names):
+            return False
+        # Caught up: a key frame is the first frame of its 2 s fragment, so it is about
+        # GOP_S old when its fragment is complete; more means a backlog is draining.
+        lags = [stats[name].producer_lag_ms for name in names]
+        return least < 2 or all(lag is not None and lag < GOP_S * 1000 + 500 for lag in lags)
+
+    startup = _warm_up(started, warmup, delivered)
+    worker.lags = LagHistogram()  # the window's fragments only
+    cpu0, wall0, first = tree_cpu_seconds(os.getpid()), time.monotonic(), records[0]
+    time.sleep(window)
+    cpu, wall = tree_cpu_seconds(os.getpid()) - cpu0, time.monotonic() - wall0
+    lags, frames = worker.lags, records[0] - first
+    worker.stop()
+    late = sum(lags.counts[int(LATE_MS / lags.BIN_MS) :])
+    return {
+        "cores": cpu / wall,
+        "startup_s": startup,
+        "frames": frames,
+        "analysed": lags.count,
+        "p50_ms": lags.percentile(50),
+        "p99_ms": lags.percentile(99),
+        "max_ms": lags.max_ms,
+        "late": late,
+    }
+
+
+def consume_reference(
+    url: str, names: Sequence[str], *, warmup: float, window: float, mode: str, pool: str
+) -> dict[str, Any]:
+    """One thread per stream: boto3 GetMedia, the payload cut at each EBML header
+    (FFmpeg's Matroska demuxer stops at the end of the first document), PyAV, the same
+    motion detector."""
+    import io
+
+    import av
+
+    from kvs_toolkit.analysis.motion import MotionDetector
+
+    magic = b"\x1a\x45\xdf\xa3"
+    frames, lock = [0], threading.Lock()
+    documents: dict[str, int] = {}
+    lags: list[float] = []
+    stop, measuring = threading.Event(), threading.Event()
+
+    def decode(document: bytes, kept: set[int], detector: MotionDetector, arrived: float) -> None:
+        with av.open(io.BytesIO(document), format="matroska") as container:
+            stream = container.streams.video[0]
+            if mode == "key":
+                stream.codec_context.skip_frame = "NONKEY"
+            for frame in container.decode(stream):
+                second = int(frame.time or 0)
+                if mode == "key" or second not in kept:  # --fps 1: the first of each second
+                    kept.add(second)
+                    detector.detect_image(frame.to_ndarray(format="bgr24"), "bgr24",
+                                          timestamp_s=frame.time)  # fmt: skip
+                    with lock:
+                        frames[0] += 1
+        with lock:
+            if measuring.is_set():
+                lags.append((time.monotonic() - arrived) * 1000)
+
+    def read(name: str) -> None:
+        control = boto3.client("kinesisvideo", endpoint_url=url, region_name=REGION)
+        endpoint = control.get_data_endpoint(StreamName=name, APIName="GET_MEDIA")
+        media = boto3.client(
+            "kinesis-video-media", endpoint_url=endpoint["DataEndpoint"], region_name=REGION
+        )
+        body = media.get_media(StreamName=name, StartSelector={"StartSelectorType": "NOW"})
+        payload = body["Payload"]
+        buffer, detector = b"", MotionDetector(warmup=0)
+        kept: set[int] = set()
+        while not stop.is_set():
+            chunk = payload.read(16384)
+            if not chunk:
+                return
+            buffer += chunk
+            start = buffer.find(magic)
+            end = buffer.find(magic, start + 4)
+            while start >= 0 and end > start:
+                decode(buffer[start:end], kept, detector, time.monotonic())
                 with lock:
-                    keyframes[0] += 1
+                    documents[name] = documents.get(name, 0) + 1
+                buffer = buffer[end:]
+                start, end = 0, buffer.find(magic, 4)
 
-def read(name):
-    control = boto3.client("kinesisvideo", endpoint_url=url, region_name="us-east-1")
-    endpoint = control.get_data_endpoint(StreamName=name, APIName="GET_MEDIA")["DataEndpoint"]
-    media = boto3.client("kinesis-video-media", endpoint_url=endpoint, region_name="us-east-1")
-    payload = media.get_media(StreamName=name, StartSelector={{"StartSelectorType": "NOW"}})
-    body = payload["Payload"]
-    buffer = b""
-    kept = set()
-    while not stop.is_set():
-        chunk = body.read(16384)
-        if not chunk:
-            return
-        buffer += chunk
-        start = buffer.find(MAGIC)
-        end = buffer.find(MAGIC, start + 4)
-        while start >= 0 and end > start:
-            decode(buffer[start:end], kept)
-            buffer = buffer[end:]
-            start, end = 0, buffer.find(MAGIC, 4)
+    started = time.monotonic()
+    threads = [threading.Thread(target=read, args=(n,), daemon=True) for n in names]
+    for thread in threads:
+        thread.start()
 
-threads = [threading.Thread(target=read, args=(n,), daemon=True) for n in names]
-for thread in threads:
-    thread.start()
-time.sleep(seconds)
-cpu0, wall0, first = time.process_time(), time.monotonic(), keyframes[0]
-time.sleep(seconds)
-cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
-stop.set()
-print(json.dumps({{"cores": cpu / wall, "keyframes": keyframes[0] - first}}), flush=True)
-"""
+    def delivered(least: int) -> bool:
+        with lock:
+            return all(documents.get(name, 0) >= least for name in names)
+
+    startup = _warm_up(started, warmup, delivered)
+    measuring.set()
+    cpu0, wall0, first = tree_cpu_seconds(os.getpid()), time.monotonic(), frames[0]
+    time.sleep(window)
+    cpu, wall = tree_cpu_seconds(os.getpid()) - cpu0, time.monotonic() - wall0
+    stop.set()
+    with lock:
+        done = list(lags)
+    return {"cores": cpu / wall, "startup_s": startup, "frames": frames[0] - first, **_delays(done)}
+
+
+_CONSUMERS: Final = {"ours": consume_ours, "reference": consume_reference}
 
 
 def _measure(
-    script: str, url: str, mode: str, names: list[str], *, seconds: float, root: Path
-) -> dict[str, Any]:
-    """Run a consumer: it reports its own CPU (all its threads) over its second
-    ``seconds`` (the first warms up: connections, decoders, imports)."""
+    which: str, url: str, mode: str, pool: str, names: list[str], *, warmup: float,
+    window: float, root: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Run a consumer in its own process (pinned to the consumer core when the machine
+    has cores to spare); it reports its CPU and delays over ``window`` after ``warmup``."""
+    pinning = os.environ.get("KVS_BENCH_FLEET_PIN", "1") != "0"
+    pin = "pin" if pinning and _other_cores() is not None else "nopin"
     with open(root / "consumer.log", "ab") as log:
         done = subprocess.run(
-            [sys.executable, "-c", script, url, str(seconds), mode, *names],
-            env=_env(),
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-            timeout=seconds * 2 + 120,
-            check=False,
-        )
+            [sys.executable, "-m", "benchmarks.fleet_streams", "--consume", which, pin, url,
+             str(warmup), str(window), mode, pool, *names],
+            env=_env(), stdout=subprocess.PIPE, stderr=log, text=True,
+            timeout=warmup + window + 120, check=False,
+        )  # fmt: skip
     if done.returncode != 0 or not done.stdout.strip():
         raise RuntimeError(f"consumer failed ({done.returncode}), see {root / 'consumer.log'}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["pinned"] = pin == "pin"
     return result
+
+
+def _consumer_main(argv: Sequence[str]) -> None:
+    which, pin, url, warmup, window, mode, pool, *names = argv
+    if pin == "pin":
+        os.sched_setaffinity(0, {CONSUMER_CORE})  # threads and decode processes inherit it
+    result = _CONSUMERS[which](
+        url, names, warmup=float(warmup), window=float(window), mode=mode, pool=pool
+    )
+    print(json.dumps(result), flush=True)
+    # Not the interpreter's shutdown: daemon threads still reading (the reference's)
+    # can abort it while they hold stdio locks.
+    os._exit(0)
 
 
 def _kvs(url: str) -> Any:
@@ -327,53 +528,104 @@ def _failover(url: str, names: list[str], root: Path) -> tuple[float, float]:
         moto_log.close()
 
 
-def _streams_per_core(
-    url: str, mode: str, names: list[str], window: float, root: Path
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    ours = _measure(_OURS.format(), url, mode, names, seconds=window, root=root)
-    reference = _measure(_REFERENCE.format(), url, mode, names, seconds=window, root=root)
-    return ours, reference
+def _fmt_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
 
 
-def _row(
-    label: str,
-    mode: str,
-    count: int,
-    *,
-    window: float,
-    ours: dict[str, Any],
+def _fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _delay_text(run: dict[str, Any]) -> str:
+    return (
+        f"arrival-to-analysis p50 {_fmt_ms(run['p50_ms'])} / p99 {_fmt_ms(run['p99_ms'])} / "
+        f"max {_fmt_ms(run['max_ms'])} ms over {run['analysed']} fragments, "
+        f"{run['late']} later than 1 s"
+    )
+
+
+def _where(run: dict[str, Any]) -> str:
+    if run["pinned"]:
+        return f"pinned to core {CONSUMER_CORE} (emulator and producers on the other cores)"
+    if _other_cores() is None:
+        return "not pinned (too few cores to split)"
+    return "on every core (KVS_BENCH_FLEET_PIN=0; emulator and producers on the others)"
+
+
+def _key_rows(
+    count: int, window: float, threads: dict[str, Any], processes: dict[str, Any],
     reference: dict[str, Any],
-) -> Result:
-    ours_per_core = count / ours["cores"]
-    reference_per_core = count / reference["cores"]
-    per_stream_s = 1 / GOP_S if mode == "key" else 1.0
-    expected = count * window * per_stream_s
-    in_time = ours["late"] == 0 and ours["keyframes"] >= 0.8 * expected
-    what = "key frames only" if mode == "key" else "--fps 1 (every frame decoded, 1/s kept)"
+) -> list[Result]:  # fmt: skip
+    due = count * window / GOP_S
+    rows = []
+    ratio = processes["cores"] / max(threads["cores"], 1e-6)
+    winner = "threads" if ratio > 1 else "processes"
+    verdict = (
+        f"{winner} win: {min(ratio, 1 / ratio):.2f}x the other's CPU for the same key frames "
+        f"(processes/threads {ratio:.2f}x)"
+    )
+    for pool, run in (("threads", threads), ("processes", processes)):
+        per_core = count / max(run["cores"], 1e-6)
+        in_time = run["late"] == 0 and run["analysed"] >= 0.8 * due
+        other = processes if pool == "threads" else threads
+        rows.append(
+            Result(
+                benchmark=f"fleet: {count} x 1080p30{' on one core' if run['pinned'] else ''}"
+                f", --keyframes-only --model motion, {pool} pool",
+                ours=f"{per_core:.0f} streams/core ({run['cores']:.2f} cores)",
+                reference=f"{count / reference['cores']:.0f} ({reference['cores']:.2f} cores, "
+                "thread/stream PyAV)",
+                ratio=fmt_ratio(reference["cores"] / max(run["cores"], 1e-6)),
+                goal=">= 40 streams on 1 core, key frames within 1 s",
+                met=count >= 40 and in_time and run["cores"] <= 1.0,
+                notes=(
+                    f"fleet 1080p {pool}: {count} live 1080p30 ~2 Mbit/s streams (GOP {GOP_S} "
+                    f"s, phases spread) from the emulator; consumer {_where(run)}; FleetWorker "
+                    f"decode_pool={pool!r}, key frames to BGR, a motion detector per stream, "
+                    f"JSON record per frame; CPU of the consumer process and its children "
+                    f"over {window:.0f} s after a warm-up: {run['cores']:.2f} cores (the "
+                    f"{'processes' if pool == 'threads' else 'threads'} pool "
+                    f"{other['cores']:.2f}; {verdict}); "
+                    f"{run['frames']} key frames analysed (about {due:.0f} due); "
+                    f"{_delay_text(run)}; startup: every stream's first key frame analysed "
+                    f"{_fmt_s(run['startup_s'])} after the worker started (the window starts "
+                    "once every stream delivered 2 fragments with no backlog). Reference "
+                    "(thread per stream, GetMedia + PyAV + "
+                    f"the same detector, same pinning): {reference['frames']} key frames, "
+                    f"{_delay_text(reference)} (from the document being cut, which waits for "
+                    "the next fragment's first bytes); ratio = reference CPU / ours",
+                ),
+            )
+        )
+    return rows
+
+
+def _fps_row(count: int, window: float, ours: dict[str, Any], reference: dict[str, Any]) -> Result:
+    per_core = count / max(ours["cores"], 1e-6)
     return Result(
-        benchmark=f"fleet: streams per core ({count} x {label}, {mode})",
-        ours=f"{ours_per_core:.1f} ({ours['cores']:.2f} cores)",
-        reference=f"{reference_per_core:.1f} ({reference['cores']:.2f} cores, thread/stream)",
-        ratio=fmt_ratio(ours_per_core / reference_per_core),
-        goal=">= 40 streams/core, frames within 1 s" if mode == "key" else "report",
-        met=(ours_per_core >= 40 and in_time) if mode == "key" else None,
+        benchmark=f"fleet: {count} x 720p30 --fps 1 --model motion",
+        ours=f"{per_core:.0f} streams/core ({ours['cores']:.2f} cores)",
+        reference=f"{count / reference['cores']:.0f} ({reference['cores']:.2f} cores, "
+        "thread/stream PyAV)",
+        ratio=fmt_ratio(reference["cores"] / max(ours["cores"], 1e-6)),
+        goal="report",
         notes=(
-            f"fleet {label} {mode}: {count} live {label} ~2 Mbit/s streams (GOP {GOP_S} s) from "
-            f"the emulator, {what}, gray, model-free callback; CPU of each consumer process over "
-            f"{window:.0f} s after {window:.0f} s of warm-up; ours delivered "
-            f"{ours['keyframes']} frames (reference {reference['keyframes']}, about "
-            f"{expected:.0f} due), largest arrival-to-callback delay "
-            f"{ours['max_lag_ms']:.0f} ms, {ours['late']} fragments later than 1 s",
+            f"fleet 720p --fps 1: {count} live 720p30 ~2 Mbit/s streams, every frame decoded, "
+            f"one a second converted to BGR and given to the motion detector; consumer "
+            f"{_where(ours)}, default pool; CPU over {window:.0f} s: ours {ours['cores']:.2f}, "
+            f"reference {reference['cores']:.2f} cores; ours {ours['frames']} frames "
+            f"(reference {reference['frames']}); {_delay_text(ours)}",
         ),
     )
 
 
 def run(options: Options | None = None) -> list[Result]:
+    from kvs_toolkit.consumer.fleet import DEFAULT_DECODE_POOL
+
     options = options or Options()
-    count = int(os.environ.get("KVS_BENCH_FLEET_STREAMS", "4" if options.quick else "8"))
-    count_720 = max(1, count // 2)
-    window = 8.0 if options.quick else 20.0
-    seconds = 6.0 if options.quick else 10.0
+    count = int(os.environ.get("KVS_BENCH_FLEET_STREAMS", "6" if options.quick else "40"))
+    count_720 = max(1, count // 4)
+    warmup, window = (4.0, 6.0) if options.quick else (5.0, 10.0)
     names = [f"bench-{n:02d}" for n in range(count)]
     names_720 = [f"small-{n:02d}" for n in range(count_720)]
     results: list[Result] = []
@@ -381,33 +633,44 @@ def run(options: Options | None = None) -> list[Result]:
         root = Path(folder)
         argv = [sys.executable, "-m", "kvs_toolkit.cli", "emulator", "--port", "0"]
         with server_process(argv, root / "emulator.log") as emulator:
+            cores = _other_cores()
+            if cores is not None:
+                os.sched_setaffinity(emulator.pid, cores)
             control = _kvs(emulator.url)
             for name in names + names_720:
                 control.create_stream(StreamName=name, DataRetentionInHours=1)
-            for label, size, streams, mode in (
-                ("1080p30", (1920, 1080), names, "key"),
-                ("720p30", (1280, 720), names_720, "fps1"),
-            ):
-                sample = encode_sample(root / f"{label}.mkv", seconds, *size)
-                producers = _start_producers(emulator.url, sample, streams, root)
-                try:
-                    time.sleep(3)
-                    ours, reference = _streams_per_core(emulator.url, mode, streams, window, root)
-                    results.append(
-                        _row(
-                            label,
-                            mode,
-                            len(streams),
-                            window=window,
-                            ours=ours,
-                            reference=reference,
-                        )
-                    )
-                    if mode == "key":
-                        failover, lease = _failover(emulator.url, streams[:4], root)
-                finally:
-                    producers.terminate()
-                    producers.wait(20)
+            sample = encode_sample(root / "1080p.mkv", GOP_S, 1920, 1080)
+            producers = _start_producers(emulator.url, sample, names, root)
+            try:
+                time.sleep(GOP_S + 1)
+                measured = {
+                    key: _measure(which, emulator.url, "key", pool, names, warmup=warmup,
+                                  window=window, root=root)
+                    for key, which, pool in (("threads", "ours", "threads"),
+                                             ("processes", "ours", "processes"),
+                                             ("reference", "reference", "threads"))
+                }  # fmt: skip
+                results += _key_rows(
+                    count, window, measured["threads"], measured["processes"],
+                    measured["reference"],
+                )  # fmt: skip
+                failover, lease = _failover(emulator.url, names[:4], root)
+            finally:
+                producers.terminate()
+                producers.wait(20)
+            sample = encode_sample(root / "720p.mkv", GOP_S, 1280, 720)
+            producers = _start_producers(emulator.url, sample, names_720, root)
+            try:
+                time.sleep(GOP_S + 1)
+                ours, reference = (
+                    _measure(which, emulator.url, "fps1", DEFAULT_DECODE_POOL, names_720,
+                             warmup=warmup, window=window, root=root)
+                    for which in ("ours", "reference")
+                )  # fmt: skip
+                results.append(_fps_row(count_720, window, ours, reference))
+            finally:
+                producers.terminate()
+                producers.wait(20)
     results.append(
         Result(
             benchmark="fleet: failover, SIGKILL to successor's first frame",
@@ -426,12 +689,10 @@ def run(options: Options | None = None) -> list[Result]:
     return results
 
 
-def _start_producers(url: str, sample: Path, names: list[str], root: Path) -> Any:
-    code = _PRODUCERS.format(key=ACCESS_KEY, secret=SECRET)
-    with open(root / "producers.log", "ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", code, url, str(sample), *names],
-            env=_env(),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+if __name__ == "__main__":
+    if sys.argv[1] == "--produce":
+        producers_main(sys.argv[2], sys.argv[3], sys.argv[4:])
+    elif sys.argv[1] == "--consume":
+        _consumer_main(sys.argv[2:])
+    else:
+        raise SystemExit("usage: python -m benchmarks.fleet_streams --produce|--consume ...")

@@ -31,6 +31,7 @@ from kvs_toolkit.cli.common import (
     aws_from_args,
     fail,
 )
+from kvs_toolkit.cli.fleet import add_decode_pool_option
 from kvs_toolkit.consumer.queue_policy import QUEUE_POLICIES
 from kvs_toolkit.consumer.selectors import StartSelector, parse_timestamp
 
@@ -88,6 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="dynamodb:TABLE",
         help="with --streams: share the streams with other processes on DynamoDB leases",
     )
+    add_decode_pool_option(parser)
     parser.add_argument(
         "--start",
         type=_start,
@@ -400,8 +402,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.streams:
         return _consume_many(args)
-    if args.lease_table:
-        return fail("consume", "--lease-table applies to --streams")
+    if args.lease_table or args.decode_pool:
+        return fail("consume", "--lease-table and --decode-pool apply to --streams")
     if args.max_fragments is not None and args.max_fragments < 0:
         return fail("consume", "--max-fragments must not be negative")
     model_options = (args.to_kinesis, args.to_s3, args.webhook, args.annotate_to)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Any
 
 from kvs_toolkit.cli.common import (
+    EXIT_INCOMPLETE,
     EXIT_INVALID,
     EXIT_OK,
     GracefulStop,
@@ -37,7 +38,14 @@ from kvs_toolkit.cli.common import (
 if TYPE_CHECKING:
     from kvs_toolkit.consumer.frames import DecodedFrame
 
-__all__ = ["add_arguments", "add_run_arguments", "run", "run_fleet", "run_status"]
+__all__ = [
+    "add_arguments",
+    "add_decode_pool_option",
+    "add_run_arguments",
+    "run",
+    "run_fleet",
+    "run_status",
+]
 
 
 def _positive(text: str) -> float:
@@ -70,6 +78,16 @@ def _add_table_options(parser: argparse.ArgumentParser, *, required: bool) -> No
         metavar="URL",
         help="DynamoDB endpoint (AWS_ENDPOINT_URL_DYNAMODB; default AWS); --endpoint-url "
         "is the Kinesis Video one",
+    )
+
+
+def add_decode_pool_option(parser: argparse.ArgumentParser) -> None:
+    """``--decode-pool``, the same in ``kvs fleet run`` and ``kvs consume --streams``."""
+    parser.add_argument(
+        "--decode-pool",
+        choices=("threads", "processes"),
+        help="with --streams: decode and analyse in a pool of threads (the default) or of "
+        "processes (each stream in one process; see docs/fleet.md for which is faster)",
     )
 
 
@@ -106,8 +124,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="analysis per frame: none (default) or motion (OpenCV, one model per stream)",
     )
     parser.add_argument(
-        "--decode-threads", type=int, metavar="N", help="decoding pool size (default: cores)"
+        "--decode-threads",
+        type=int,
+        metavar="N",
+        help="decoding pool size, threads or processes (default: cores)",
     )
+    add_decode_pool_option(parser)
     parser.add_argument(
         "--lease-duration",
         type=_positive,
@@ -152,6 +174,23 @@ def run(args: argparse.Namespace) -> int:
 def _dynamodb_endpoint(args: argparse.Namespace) -> str | None:
     given: str | None = getattr(args, "dynamodb_endpoint_url", None)
     return given or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or None
+
+
+@dataclass(frozen=True)
+class _RecordHandlers:
+    """Per stream: the frame's JSON line (with ``detections`` under ``--model
+    motion``, one detector per stream). A module-level class, so that a process pool
+    can run it where the frames are decoded (only the line comes back)."""
+
+    model: str = "none"
+
+    def __call__(self, stream: str) -> Callable[[DecodedFrame], str]:
+        if self.model != "motion":
+            return lambda frame: _record(frame, stream)
+        from kvs_toolkit.analysis.motion import MotionDetector
+
+        detector = MotionDetector()
+        return lambda frame: _record(frame, stream, detector.detect([frame])[0])
 
 
 def _record(frame: DecodedFrame, stream: str, detections: Any = None) -> str:
@@ -203,6 +242,7 @@ class _RunOptions:
     format: str = "bgr24"
     model: str = "none"
     decode_threads: int | None = None
+    decode_pool: str | None = None
     lease_duration: float = 30.0
     relist_interval: float = 60.0
     worker_id: str | None = None
@@ -248,29 +288,16 @@ def run_fleet(args: argparse.Namespace) -> int:
     finally:
         control.close()
     out = _Output(opt.out)
-    on_frame = None
-    factory = None
-    if opt.model == "motion":
-        from kvs_toolkit.analysis.motion import MotionDetector
 
-        def factory(stream: str) -> Callable[[DecodedFrame], None]:
-            detector = MotionDetector()
+    def write(line: str, _stream: str) -> None:
+        out.write(line)
 
-            def handle(frame: DecodedFrame) -> None:
-                out.write(_record(frame, stream, detector.detect([frame])[0]))
-
-            return handle
-
-    else:
-
-        def on_frame(frame: DecodedFrame, stream: str) -> None:
-            out.write(_record(frame, stream))
-
+    pool: dict[str, Any] = {"decode_pool": opt.decode_pool} if opt.decode_pool else {}
     try:
         worker = FleetWorker(
             selection,
-            on_frame=on_frame,
-            handler_factory=factory,
+            handler_factory=_RecordHandlers(opt.model),
+            on_result=write,
             aws=aws,
             lease_table=opt.lease_table,
             dynamodb_endpoint_url=_dynamodb_endpoint(args),
@@ -281,6 +308,7 @@ def run_fleet(args: argparse.Namespace) -> int:
             start_at=start,
             relist_interval_s=opt.relist_interval,
             decode_threads=opt.decode_threads,
+            **pool,
             keyframes_only=opt.keyframes_only,
             fps=opt.fps,
             format=opt.format,
@@ -294,7 +322,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     with graceful.installed():
         worker.start()
         try:
-            while not stop.wait(1.0):
+            while not stop.wait(1.0) and not worker.failed.is_set():
                 if status is not None:
                     held = sorted(worker.held)
                     status.show(f"{worker.owner_id}: {summarize(worker.stats(), held)}")
@@ -303,6 +331,8 @@ def run_fleet(args: argparse.Namespace) -> int:
             out.close()
     if status is not None:
         status.show(f"{worker.owner_id}: stopped; {summarize(worker.stats())}", final=True)
+    if worker.failure is not None:
+        return fail("fleet", worker.failure, EXIT_INCOMPLETE)
     return EXIT_OK
 
 

@@ -24,11 +24,15 @@ How the work is laid out, and why:
   fragment is cheap next to decoding it. Each stream buffers at most
   ``max_pending_fragments`` parsed fragments: a slow stream blocks only its own reader
   (TCP back-pressure), never the others, and memory stays bounded.
-* **Decoding and the callback** run in a bounded pool of ``decode_threads`` threads
-  (FFmpeg releases the GIL while it decodes). Each stream is a *strand*: at most one
-  pool thread works on it at a time, one fragment per turn, so its own
+* **Decoding and the callback** run in a bounded pool of ``decode_threads`` workers:
+  threads (``decode_pool="threads"``; FFmpeg releases the GIL while it decodes) or
+  processes (``decode_pool="processes"``, see :mod:`.processes`: each stream is
+  assigned to one process, which owns its decoder and handler; fragments go there,
+  small results come back, frames never leave it). Each stream is a *strand*: at
+  most one pool worker works on it at a time, one fragment per turn, so its own
   :class:`~kvs_toolkit.consumer.decode.FragmentDecoder` (not thread-safe) needs no
-  lock and streams take turns fairly.
+  lock and streams take turns fairly. Which pool wins on a 2-core machine, and why
+  threads are the default: docs/fleet.md.
 * **Checkpoints**: after the last frame of a fragment was handed to the callback, the
   strand saves the fragment's checkpoint before it starts the next fragment (retrying
   a failed save). A worker that dies therefore repeats at most the fragment in
@@ -52,15 +56,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pickle
 import queue
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from kvs_toolkit.aws import AwsAccess
 from kvs_toolkit.consumer.checkpoint import (
     DEFAULT_LEASE_DURATION_S,
     Checkpoint,
@@ -68,19 +74,27 @@ from kvs_toolkit.consumer.checkpoint import (
     DynamoDBCheckpointStore,
     LeaseCoordinator,
 )
-from kvs_toolkit.consumer.decode import FragmentDecoder
+from kvs_toolkit.consumer.fleet.processes import (
+    DecodeProcess,
+    DecoderSpec,
+    PerStreamCallback,
+    ProcessDied,
+)
 from kvs_toolkit.consumer.readers import Backoff, LiveReader, StartSelector
-from kvs_toolkit.errors import CheckpointError, KvsError, LeaseLostError
+from kvs_toolkit.errors import CheckpointError, DecodeError, KvsError, LeaseLostError
 from kvs_toolkit.retry import RetryPolicy
 
 if TYPE_CHECKING:
-    from kvs_toolkit.aws import AwsAccess
+    from kvs_toolkit.consumer.decode import FragmentDecoder
     from kvs_toolkit.consumer.frames import DecodedFrame
     from kvs_toolkit.mkv import Fragment
 
 __all__ = [
+    "DECODE_POOLS",
     "FleetWorker",
     "FrameCallback",
+    "LagHistogram",
+    "ResultCallback",
     "StreamHandler",
     "StreamSelection",
     "StreamStats",
@@ -93,6 +107,9 @@ log = logging.getLogger(__name__)
 MAX_LIST_PAGE: Final = 10000
 DEFAULT_RELIST_INTERVAL_S: Final = 60.0
 DEFAULT_PENDING_FRAGMENTS: Final = 2
+DECODE_POOLS: Final = ("threads", "processes")
+# Measured by benchmarks/fleet_streams.py (docs/fleet.md "Threads or processes").
+DEFAULT_DECODE_POOL: Final = "threads"
 # A fragment delivered later than this after it arrived counts as late (stats only).
 DEFAULT_LATE_AFTER_S: Final = 1.0
 # A stream whose reader failed (e.g. GetMedia refused) is tried again after this long.
@@ -209,7 +226,44 @@ def list_matching_streams(
 
 
 # --- callbacks and stats --------------------------------------------------------------------
-FrameCallback = Callable[["DecodedFrame", str], None]
+FrameCallback = Callable[["DecodedFrame", str], Any]
+#: ``on_result(result, stream)``: what a handler returned for a frame (when not None).
+ResultCallback = Callable[[Any, str], None]
+
+
+class LagHistogram:
+    """Delivery lags of every fragment, in 5 ms bins up to 10 s (and the exact
+    largest): percentiles over any number of fragments in 16 kB."""
+
+    BIN_MS: Final = 5.0
+    BINS: Final = 2000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = [0] * (self.BINS + 1)  # the last bin: 10 s and more
+        self.count = 0
+        self.max_ms = 0.0
+
+    def add(self, lag_ms: float) -> None:
+        index = min(self.BINS, max(0, int(lag_ms / self.BIN_MS)))
+        with self._lock:
+            self.counts[index] += 1
+            self.count += 1
+            self.max_ms = max(self.max_ms, lag_ms)
+
+    def percentile(self, q: float) -> float | None:
+        """The upper edge of the bin holding the ``q``-th percentile (ms), capped by the
+        largest lag seen; None before any fragment."""
+        with self._lock:
+            if not self.count:
+                return None
+            rank = q / 100 * self.count
+            seen = 0
+            for index, count in enumerate(self.counts):
+                seen += count
+                if seen >= rank and count:
+                    return min(self.max_ms, (index + 1) * self.BIN_MS)
+            return self.max_ms
 
 
 class StreamHandler(Protocol):
@@ -272,8 +326,15 @@ class _Strand:
         self.worker = worker
         self.stream = stream
         self.stats = StreamStats(stream, held_since=worker._monotonic())
-        self.decoder = worker._decoder_factory()
-        self.handler: Callable[[DecodedFrame], None] | None = None
+        # With a process pool the decoder and handler live in the stream's process.
+        self.process = worker._assign(stream)
+        self.queue = worker._queue_of(self.process)
+        if self.process is not None:
+            # The process builds the handler (and imports what it needs) while the
+            # reader connects, not when the first fragment is due.
+            self.queue.put(_StreamItem(stream, opening=True))
+        self.decoder = worker._decoder_factory() if self.process is None else None
+        self.handler: Callable[[DecodedFrame], Any] | None = None
         self.reader: LiveReader | None = None
         self.pending: deque[tuple[Fragment, float]] = deque()
         self.cond = threading.Condition()
@@ -292,7 +353,7 @@ class _Strand:
     def _read(self) -> None:
         worker = self.worker
         try:
-            if worker._on_frame is None and worker._handler_factory is not None:
+            if self.process is None:
                 self.handler = worker._handler_factory(self.stream)
             checkpoint = worker._checkpoints.load(self.stream) if worker._checkpoints else None
             start = StartSelector.from_checkpoint(checkpoint) if checkpoint else worker.start_at
@@ -317,7 +378,7 @@ class _Strand:
                     schedule = not self.scheduled
                     self.scheduled = True
                 if schedule:
-                    worker._ready.put(self)
+                    self.queue.put(self)
         except KvsError as exc:
             self.stats.last_error = str(exc)
             self.failed_at = worker._monotonic()
@@ -357,21 +418,20 @@ class _Strand:
                 self.scheduled = again
                 self.cond.notify_all()
             if again:
-                self.worker._ready.put(self)
+                self.queue.put(self)
 
     def _deliver(self, fragment: Fragment, arrived: float) -> None:
         worker = self.worker
         stats = self.stats
-        for frame in self.decoder.iter_decode(fragment):
-            if self.revoked:
-                return  # the lease may be someone else's now: not one more frame
-            if self.handler is not None:
-                self.handler(frame)
-            else:
-                assert worker._on_frame is not None
-                worker._on_frame(frame, self.stream)
-            stats.frames += 1
-            stats.producer_lag_ms = (worker._clock() - frame.timestamp_ns / 1e9) * 1000
+        if self.process is not None:
+            if not self._deliver_remote(fragment):
+                return
+        else:
+            assert self.decoder is not None and self.handler is not None
+            for frame in self.decoder.iter_decode(fragment):
+                if self.revoked:
+                    return  # the lease may be someone else's now: not one more frame
+                self._handled(frame.timestamp_ns, self.handler(frame))
         if self.revoked:
             return
         lag_s = worker._monotonic() - arrived
@@ -379,10 +439,59 @@ class _Strand:
         stats.last_fragment_number = fragment.fragment_number
         stats.delivery_lag_ms = lag_s * 1000
         stats.max_delivery_lag_ms = max(stats.max_delivery_lag_ms, lag_s * 1000)
+        worker.lags.add(lag_s * 1000)
         if lag_s > worker.late_after_s:
             stats.late_fragments += 1
         if worker._checkpoints is not None and fragment.fragment_number is not None:
             self._save(Checkpoint.of(fragment))
+
+    def _handled(self, timestamp_ns: int, result: Any) -> None:
+        worker = self.worker
+        if result is not None and worker._on_result is not None:
+            worker._on_result(result, self.stream)
+        self.stats.frames += 1
+        self.stats.producer_lag_ms = (worker._clock() - timestamp_ns / 1e9) * 1000
+
+    def _deliver_remote(self, fragment: Fragment) -> bool:
+        """Decode and analyse ``fragment`` in the stream's process; True when it was
+        delivered whole (then it is checkpointed)."""
+        process = self.process
+        assert process is not None
+        answered = 0  # frames the process answered for, this attempt
+        delivered = 0  # frames handed over, over every attempt
+
+        def on_frame(timestamp_ns: int, result: Any) -> None:
+            nonlocal answered, delivered
+            answered += 1
+            if answered <= delivered or self.revoked:
+                return  # delivered before the process died, or the lease is gone
+            delivered += 1
+            self._handled(timestamp_ns, result)
+
+        for attempt in (1, 2):
+            answered = 0
+            try:
+                error = process.deliver(self.stream, fragment, on_frame)
+            except ProcessDied as exc:
+                self.worker._process_died(process, exc, self.stream, fragment)
+                if attempt == 1:
+                    continue
+                raise DecodeError(
+                    f"{self.stream}: fragment {fragment.fragment_number} killed its decode "
+                    "process twice: skipped"
+                ) from exc
+            if error is not None:
+                self.stats.last_error = error
+                log.error(
+                    "%s: fragment %s failed in %s: %s",
+                    self.stream,
+                    fragment.fragment_number,
+                    process.describe(),
+                    error,
+                )
+                return False
+            return not self.revoked
+        return False
 
     def _save(self, checkpoint: Checkpoint) -> None:
         # The next fragment is not started before this one is checkpointed: a worker
@@ -452,7 +561,11 @@ class _Strand:
         if reader is not None:
             with contextlib.suppress(Exception):
                 reader.close()
-        self.decoder.close()
+        if self.process is not None:
+            self.process.release(self.stream)
+            self.queue.put(_StreamItem(self.stream))  # sent by the process's own thread
+        if self.decoder is not None:
+            self.decoder.close()
         close = getattr(self.handler, "close", None)
         if callable(close):
             try:
@@ -465,6 +578,36 @@ class _Strand:
         return not (self.stopping or self.reader_done)
 
 
+@dataclass(frozen=True, slots=True)
+class _StreamItem:
+    """A process-pool queue item: build (``opening``) or drop this stream's decoder and
+    handler in its process."""
+
+    stream: str
+    opening: bool = False
+
+
+_PoolItem = _Strand | _StreamItem | None
+
+
+@dataclass
+class _SerialClients(AwsAccess):
+    """The readers' access: one boto3 session for every stream, whose clients are made
+    one at a time (a boto3 session must not create clients from several threads at
+    once). A session per reader would parse the service models again for each stream:
+    about 65 ms of Python holding the GIL per stream, seconds at the start of a worker
+    taking up 40 streams, while key frames wait for the GIL; from one session a
+    reader's clients cost about 3 ms."""
+
+    _client_lock: threading.Lock = field(
+        default_factory=threading.Lock, init=False, repr=False, compare=False
+    )
+
+    def client(self, service: str, *, endpoint_url: str | None = None, config: Any = None) -> Any:
+        with self._client_lock:
+            return super().client(service, endpoint_url=endpoint_url, config=config)
+
+
 # --- the worker ---------------------------------------------------------------------------
 class FleetWorker:
     """Reads the streams ``streams`` selects (see :class:`StreamSelection`), alone or
@@ -472,9 +615,19 @@ class FleetWorker:
 
     Exactly one of ``on_frame(frame, stream)`` and ``handler_factory(stream)`` (which
     returns a per-stream callable, e.g. a Pipeline) receives the frames; it runs on a
-    pool thread, one call at a time per stream, in stream order. Decoding:
+    pool worker, one call at a time per stream, in stream order. What it returns, when
+    not None, goes to ``on_result(result, stream)`` (optional) in this process. Decoding:
     ``keyframes_only``, ``fps``, ``format`` as :class:`FragmentDecoder` takes them, or
     a ``decoder_factory``.
+
+    ``decode_pool``: ``"threads"`` (the default: ``decode_threads`` threads, default
+    one per core) or ``"processes"`` (``decode_threads`` processes; each stream is
+    assigned to the least loaded one, which owns its decoder and handler: see
+    :mod:`kvs_toolkit.consumer.fleet.processes`). With processes, the frame callback or
+    handler factory and the decoder factory run in the processes and must be picklable
+    (module-level functions or classes); only their results come back, to
+    ``on_result``. If the processes cannot stay up the worker stops itself and
+    :attr:`failure` says why.
 
     Checkpoints: with ``lease_table`` they live in the same table (and a save by a
     worker that lost the lease is refused); otherwise ``checkpoint_store`` (any
@@ -497,7 +650,8 @@ class FleetWorker:
         streams: StreamSelection | Iterable[str],
         *,
         on_frame: FrameCallback | None = None,
-        handler_factory: Callable[[str], Callable[[DecodedFrame], None]] | None = None,
+        handler_factory: Callable[[str], Callable[[DecodedFrame], Any]] | None = None,
+        on_result: ResultCallback | None = None,
         aws: AwsAccess | None = None,
         lease_table: str | None = None,
         dynamodb_endpoint_url: str | None = None,
@@ -511,6 +665,7 @@ class FleetWorker:
         relist_interval_s: float = DEFAULT_RELIST_INTERVAL_S,
         list_page_size: int = MAX_LIST_PAGE,
         decode_threads: int | None = None,
+        decode_pool: str = DEFAULT_DECODE_POOL,
         max_pending_fragments: int = DEFAULT_PENDING_FRAGMENTS,
         keyframes_only: bool = False,
         fps: float | None = None,
@@ -528,13 +683,13 @@ class FleetWorker:
             raise ValueError("with lease_table the checkpoints live in that table")
         if max_pending_fragments < 1:
             raise ValueError("max_pending_fragments must be at least 1")
+        if decode_pool not in DECODE_POOLS:
+            raise ValueError(f"decode_pool must be one of {DECODE_POOLS}, not {decode_pool!r}")
+        if decode_threads is not None and decode_threads < 1:
+            raise ValueError("decode_threads must be at least 1")
         if lease_duration_s <= 0 or relist_interval_s <= 0:
             raise ValueError("lease_duration_s and relist_interval_s must be positive")
-        if aws is None:
-            from kvs_toolkit.aws import AwsAccess
-
-            aws = AwsAccess()
-        self.aws = aws
+        self.aws = aws if aws is not None else AwsAccess()
         self.selection = (
             streams if isinstance(streams, StreamSelection) else StreamSelection.parse(streams)
         )
@@ -555,28 +710,39 @@ class FleetWorker:
         self.late_after_s = late_after_s
         self.read_timeout_s = read_timeout_s
         self.save_retry = save_retry or RetryPolicy(max_attempts=None, base_s=0.2, max_s=2.0)
-        self._on_frame = on_frame
+        if on_frame is not None:
+            handler_factory = PerStreamCallback(on_frame)
+        assert handler_factory is not None
         self._handler_factory = handler_factory
+        self._on_result = on_result
         self._clock = clock
         self._monotonic = monotonic
-        if decoder_factory is None:
-
-            def decoder_factory() -> FragmentDecoder:
-                # One FFmpeg thread per decoder: the pool is the parallelism.
-                return FragmentDecoder(
-                    keyframes_only=keyframes_only,
-                    fps=fps,
-                    format=format,  # type: ignore[arg-type]
-                    threads=1,
-                )
-
-        self._decoder_factory = decoder_factory
+        self._decoder_factory: Callable[[], FragmentDecoder] = decoder_factory or DecoderSpec(
+            keyframes_only=keyframes_only, fps=fps, format=format
+        )
+        self.decode_pool = decode_pool
         self.decode_threads = decode_threads or max(1, os.cpu_count() or 1)
+        if decode_pool == "processes":
+            try:
+                pickle.dumps((self._decoder_factory, self._handler_factory))
+            except Exception as exc:
+                raise ValueError(
+                    "with decode_pool='processes' the frame callback (or handler factory) and "
+                    "the decoder factory run in the decode processes and must be picklable "
+                    f"(module-level functions or classes): {exc}"
+                ) from exc
+        self._processes: list[DecodeProcess] = []
+        self._process_queues: dict[int, queue.SimpleQueue[_PoolItem]] = {}
+        #: Delivery lags of every fragment delivered (for percentiles).
+        self.lags = LagHistogram()
+        #: Why the worker stopped itself (its decode processes kept dying), else None.
+        self.failure: str | None = None
+        self.failed = threading.Event()
         self.coordinator: LeaseCoordinator | None = None
         self._checkpoints: CheckpointStore | None = checkpoint_store
         if lease_table is not None:
             store = DynamoDBCheckpointStore.from_aws(
-                aws,
+                self.aws,
                 lease_table,
                 endpoint_url=dynamodb_endpoint_url,
                 timeout_s=dynamodb_timeout_s,
@@ -600,7 +766,9 @@ class FleetWorker:
         self._strands: dict[str, _Strand] = {}
         self._retired: dict[str, StreamStats] = {}
         self._lock = threading.Lock()  # guards _strands
-        self._ready: queue.SimpleQueue[_Strand | None] = queue.SimpleQueue()
+        self._readers_aws: _SerialClients | None = None
+        self._readers_aws_lock = threading.Lock()
+        self._ready: queue.SimpleQueue[_PoolItem] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -614,8 +782,16 @@ class FleetWorker:
         if self._threads:
             raise RuntimeError("FleetWorker.start() was called already")
         for n in range(self.decode_threads):
+            if self.decode_pool == "processes":
+                process = DecodeProcess(n, self._decoder_factory, self._handler_factory)
+                self._processes.append(process)
+                self._process_queues[n] = queue.SimpleQueue()
+                target: Callable[..., None] = self._process_loop
+                args: tuple[Any, ...] = (process,)
+            else:
+                target, args = self._decode_loop, ()
             self._threads.append(
-                threading.Thread(target=self._decode_loop, name=f"fleet-decode-{n}", daemon=True)
+                threading.Thread(target=target, args=args, name=f"fleet-decode-{n}", daemon=True)
             )
         self._threads.append(
             threading.Thread(target=self._control_loop, name="fleet-control", daemon=True)
@@ -657,9 +833,15 @@ class FleetWorker:
             self._strands.clear()
         for _thread in range(self.decode_threads):
             self._ready.put(None)
+        for pool_queue in self._process_queues.values():
+            pool_queue.put(None)  # each process's thread stops its process, then ends
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(max(0.1, deadline - time.monotonic()))
+        for process in self._processes:
+            if process.process is not None and process.process.is_alive():
+                log.warning("%s still busy at the stop timeout: killed", process.describe())
+                process.process.kill()
         if self._kvs is not None:
             self._kvs.close()
             self._kvs = None
@@ -695,7 +877,69 @@ class FleetWorker:
             strand = self._ready.get()
             if strand is None:
                 return
+            assert isinstance(strand, _Strand)
             strand.work()
+
+    def _process_loop(self, process: DecodeProcess) -> None:
+        """The one thread that talks to ``process``: its strands' fragments, the
+        streams to drop, and at the end its stop."""
+        items = self._process_queues[process.index]
+        try:
+            while True:
+                item = items.get()
+                if item is None:
+                    return
+                if isinstance(item, _StreamItem):
+                    if item.opening:
+                        process.open_stream(item.stream)
+                    else:
+                        process.close_stream(item.stream)
+                elif not self.failed.is_set():
+                    item.work()
+        finally:
+            process.stop()
+
+    def _assign(self, stream: str) -> DecodeProcess | None:
+        """The process a newly held stream goes to: the one with the fewest streams."""
+        if not self._processes:
+            return None
+        process = min(self._processes, key=lambda p: (p.load, p.index))
+        process.assign(stream)
+        return process
+
+    def _queue_of(self, process: DecodeProcess | None) -> queue.SimpleQueue[_PoolItem]:
+        return self._ready if process is None else self._process_queues[process.index]
+
+    def _process_died(
+        self, process: DecodeProcess, exc: ProcessDied, stream: str, fragment: Fragment
+    ) -> None:
+        """Called by the process's own thread: start it again, or fail the worker."""
+        streams = len(process.streams)
+        if self._stopping.is_set():
+            log.error("%s died while the worker stops: %s", process.describe(), exc)
+            raise exc
+        if not process.died():
+            message = (
+                f"{exc} while decoding fragment {fragment.fragment_number} of {stream}: it "
+                "died too often to be started again; the worker stops (a script that starts "
+                "a process pool must be importable: main code under if __name__ == '__main__')"
+            )
+            self._error(message)
+            self.failure = message
+            self.failed.set()
+            threading.Thread(target=self.stop, name="fleet-fail", daemon=True).start()
+            raise exc
+        log.error(
+            "%s died while decoding fragment %s of %s: started again; its %d streams "
+            "continue there with fresh decoders",
+            exc,
+            fragment.fragment_number,
+            stream,
+            streams,
+        )
+        process.restart()
+        for held in sorted(process.streams):
+            process.open_stream(held)
 
     def _control_loop(self) -> None:
         next_balance = self._monotonic()
@@ -828,23 +1072,20 @@ class FleetWorker:
             strand.revoke()
 
     def _make_reader(self, stream: str, start: StartSelector) -> LiveReader:
-        from kvs_toolkit.aws import AwsAccess
-
-        # A boto3 session must not create clients from several threads at once: each
-        # reader gets its own, signing with the same (possibly refreshing) credentials.
-        aws = AwsAccess(
-            region_name=self.aws.region,
-            endpoint_url=self.aws.endpoint_url,
-            profile=self.aws.profile,
-            credentials_override=self.aws.credentials,
-            retry=self.aws.retry,
-        )
+        with self._readers_aws_lock:
+            if self._readers_aws is None:
+                self._readers_aws = _SerialClients(
+                    region_name=self.aws.region,
+                    endpoint_url=self.aws.endpoint_url,
+                    profile=self.aws.profile,
+                    credentials_override=self.aws.credentials,
+                    retry=self.aws.retry,
+                )
+            aws = self._readers_aws
         return LiveReader(
             stream,
             start=start,
-            endpoint_url=aws.endpoint_url,
-            region=aws.region,
-            session=aws.session,
+            aws=aws,
             read_timeout_s=self.read_timeout_s,
             backoff=Backoff(base_s=0.25, max_s=5.0),
         )
