@@ -402,8 +402,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.streams:
         return _consume_many(args)
-    if args.lease_table or args.decode_pool:
-        return fail("consume", "--lease-table and --decode-pool apply to --streams")
+    if args.lease_table or args.decode_pool or args.decode_threads is not None:
+        return fail(
+            "consume", "--lease-table, --decode-pool and --decode-threads apply to --streams"
+        )
     if args.max_fragments is not None and args.max_fragments < 0:
         return fail("consume", "--max-fragments must not be negative")
     model_options = (args.to_kinesis, args.to_s3, args.webhook, args.annotate_to)

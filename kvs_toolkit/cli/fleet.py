@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import IO, TYPE_CHECKING, Any
 
+from kvs_toolkit.cli import options
 from kvs_toolkit.cli.common import (
     EXIT_INCOMPLETE,
     EXIT_INVALID,
@@ -46,16 +47,6 @@ __all__ = [
     "run_fleet",
     "run_status",
 ]
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, not {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
 
 
 def _table(text: str) -> str:
@@ -82,12 +73,19 @@ def _add_table_options(parser: argparse.ArgumentParser, *, required: bool) -> No
 
 
 def add_decode_pool_option(parser: argparse.ArgumentParser) -> None:
-    """``--decode-pool``, the same in ``kvs fleet run`` and ``kvs consume --streams``."""
+    """``--decode-pool`` and ``--decode-threads``, the same in ``kvs fleet run`` and
+    ``kvs consume --streams``."""
     parser.add_argument(
         "--decode-pool",
         choices=("threads", "processes"),
         help="with --streams: decode and analyse in a pool of threads (the default) or of "
         "processes (each stream in one process; see docs/fleet.md for which is faster)",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=options.positive_int,
+        metavar="N",
+        help="with --streams: the decoding pool's size, threads or processes (default: cores)",
     )
 
 
@@ -113,7 +111,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--out", metavar="FILE.jsonl", help="one JSON line per frame")
     parser.add_argument("--keyframes-only", action="store_true", help="decode key frames only")
-    parser.add_argument("--fps", type=_positive, help="keep at most N frames per second")
+    parser.add_argument(
+        "--fps", type=options.positive_float, help="keep at most N frames per second"
+    )
     parser.add_argument(
         "--format", choices=("bgr24", "rgb24", "gray"), default="bgr24", help="pixel format"
     )
@@ -123,23 +123,17 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="analysis per frame: none (default) or motion (OpenCV, one model per stream)",
     )
-    parser.add_argument(
-        "--decode-threads",
-        type=int,
-        metavar="N",
-        help="decoding pool size, threads or processes (default: cores)",
-    )
     add_decode_pool_option(parser)
     parser.add_argument(
         "--lease-duration",
-        type=_positive,
+        type=options.positive_float,
         default=30.0,
         metavar="S",
         help="lease timeout in seconds (default 30): a dead worker's streams move after it",
     )
     parser.add_argument(
         "--relist-interval",
-        type=_positive,
+        type=options.positive_float,
         default=60.0,
         metavar="S",
         help="list the streams again every S seconds (default 60)",
