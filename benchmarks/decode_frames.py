@@ -75,7 +75,7 @@ from benchmarks.common import (
     soak_seconds,
 )
 from benchmarks.producer_upload import child_environment
-from kvs_toolkit.consumer import DecodedFrame, FragmentDecoder, FrameBatcher
+from kvs_toolkit.consumer import Batch, DecodedFrame, FragmentDecoder, FrameBatcher
 from kvs_toolkit.mkv import FragmentReader, FrameData, MkvWriter, Tag, TrackInfo, getmedia_document
 from kvs_toolkit.mkv.model import (
     TAG_CONTINUATION_TOKEN,
@@ -209,28 +209,26 @@ def decode_ours(clip: Clip, keep: frozenset[int] | None, **options: Any) -> Coll
 def decode_batched(
     clip: Clip, keep: frozenset[int] | None, *, decoder_scales: bool = False
 ) -> Collected:
-    """Ours, then every ``BATCH`` frames into one model-ready tensor (kept: batch n's
-    first frame's slice, as index n * BATCH). ``decoder_scales``: the decoder's swscale
-    scales to the letterbox's inner size (``fit=batcher.size``) in its colour conversion,
-    so the batcher only pads and normalises; otherwise it resizes full frames with OpenCV."""
+    """Ours, each frame into a model-ready tensor of ``BATCH`` as soon as it is decoded
+    (``FrameBatcher.add``), a batch handed on every ``BATCH`` frames (kept: batch n's
+    first frame's slice, as index n * BATCH). ``decoder_scales``: the decoder hands each
+    picture to the batcher (``fit=batcher``), whose swscale converts it straight to planar
+    float RGB at the letterbox's inner size in its slot; otherwise the decoder makes full
+    1080p BGR frames and the batcher resizes them with OpenCV."""
     batcher = FrameBatcher(MODEL_SIZE, batch_size=BATCH)
-    decoder = FragmentDecoder(fit=batcher.size) if decoder_scales else FragmentDecoder()
+    decoder = FragmentDecoder(fit=batcher) if decoder_scales else FragmentDecoder()
     out = Collected(keep)
-    waiting: list[DecodedFrame] = []
 
-    def emit(frames: Sequence[DecodedFrame]) -> None:
-        tensor = batcher(frames).tensor
+    def emit(batch: Batch | None) -> None:
+        if batch is None:
+            return
         if out.keep is None or out.count in out.keep:
-            out.kept[out.count] = tensor[0].copy()
-        out.count += len(frames)
+            out.kept[out.count] = batch.tensor[0].copy()
+        out.count += len(batch)
 
     for frame in decoded_frames(clip, decoder):
-        waiting.append(frame)
-        if len(waiting) == BATCH:
-            emit(waiting)
-            waiting.clear()
-    if waiting:
-        emit(waiting)
+        emit(batcher.add(frame))
+    emit(batcher.flush())
     return out
 
 

@@ -241,7 +241,9 @@ def test_batches_equal_letterbox_then_numpy_for_every_layout_and_input(
             assert np.array_equal(batch.tensor[index], expected), (index, image.shape)
 
 
-def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
+def test_the_batcher_module_loads_opencv_only_when_it_needs_it() -> None:
+    # `kvs_toolkit.consumer` imports the module; a process that never batches colour
+    # frames (kvs consume without a model) must not pay for OpenCV's import.
     import subprocess
     import sys
 
@@ -249,12 +251,14 @@ def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
         "import sys, numpy as np\n"
         "from kvs_toolkit.consumer.tensor import FrameBatcher\n"
         "batcher = FrameBatcher(32)\n"
-        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # already the input size: no resize
         "print('cv2' in sys.modules)\n"
-        "batcher([np.zeros((64, 32, 3), np.uint8)])\n"
+        "batcher([np.zeros((32, 32), np.uint8)])\n"  # gray at the input size: numpy only
+        "FrameBatcher(32, layout='NHWC')([np.zeros((32, 32, 3), np.uint8)])\n"
+        "print('cv2' in sys.modules)\n"
+        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # colour planes: cv2.split
         "print('cv2' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
-    assert out == ["False", "True"]
+    assert out == ["False", "False", "True"]
