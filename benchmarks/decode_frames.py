@@ -94,9 +94,10 @@ START_MS: Final = 1_700_000_000_000
 BATCH: Final = 8
 MODEL_SIZE: Final = 640
 #: Mean |difference| (0-255 levels) allowed between a decoder-scaled tensor and the
-#: OpenCV-resized one of the same frame: swscale's AREA filter (fit='s default) averages
-#: the 3x3 pixels each output pixel covers, cv2.resize INTER_LINEAR samples between two,
-#: so on this noisy texture 1080p -> 640x360 differs by a few levels.
+#: OpenCV-resized one of the same frame. With fit=batcher swscale's FAST_BILINEAR (the
+#: batcher's match for INTER_LINEAR) gives about half a level; an AREA filter (fit=size's
+#: default, or interpolation="AREA") averages the 3x3 pixels each output pixel covers
+#: where cv2.resize INTER_LINEAR samples between two, a few levels on this noisy texture.
 SCALED_MEAN_ERROR_LIMIT: Final = 8.0
 
 
@@ -442,7 +443,8 @@ def decode_rows(options: Options) -> list[Result]:
         "pads written once per slot, buffers reused), against ours returning plain 1080p "
         "BGR frames. Decoder scaling: FragmentDecoder(fit=batcher) hands each picture to the "
         "batcher, whose swscale converts it straight to planar float RGB (gbrpf32le, 0-1) "
-        f"at the letterbox's inner size ({MODEL_SIZE}x360, AREA filter, fit's default) and "
+        f"at the letterbox's inner size ({MODEL_SIZE}x360; FAST_BILINEAR, the batcher's match "
+        "for cv2 INTER_LINEAR, the same picture as the OpenCV row within a grey level) and "
         "copies the three planes into the slot's channel rows; no BGR image in between. "
         "OpenCV: full-size BGR frames, cv2.resize in the batcher, then cv2.split and one "
         "contiguous multiply per channel. Writing each frame at once, while its pixels are "

@@ -77,6 +77,11 @@ FloatArray: TypeAlias = npt.NDArray[np.floating]
 
 #: The grey YOLO pads letterboxed images with.
 YOLO_PAD_VALUE: Final = 114
+#: swscale's filter for each OpenCV interpolation, for pictures the decoder hands over
+#: (:meth:`FrameBatcher.write_picture`): swscale's ``FAST_BILINEAR`` into planar float
+#: gives what ``cv2.resize`` ``INTER_LINEAR`` gives from BGR, within 0.6-0.7 grey levels
+#: (mean; 1080p, 720p and 540p into 640x360 and 416x234), and is the cheapest filter.
+_SWSCALE_FILTERS: Final = {0: "POINT", 1: "FAST_BILINEAR", 2: "BICUBIC", 3: "AREA", 4: "LANCZOS"}
 #: ``cv2.INTER_LINEAR``. OpenCV is imported on first use, not with this module: the
 #: ``kvs_toolkit.consumer`` package imports this module, and a process that never
 #: batches (``kvs consume`` without a model) need not load OpenCV (~15 ms, ~20 MB).
@@ -337,10 +342,10 @@ class FrameBatcher:
         self._scratch: dict[tuple[int, ...], Image] = {}
         self._planes: dict[tuple[int, int], list[Image]] = {}
         # write_picture(): swscale contexts (one per output format, so neither is rebuilt
-        # for every frame), and the frame written but not yet add()ed: (its image, slot,
-        # placement).
+        # for every frame), and the picture written but not yet add()ed: (the image its
+        # frame carries, its placement).
         self._reformatters: dict[str, VideoReformatter] = {}
-        self._staged: tuple[Image, int, LetterboxParams] | None = None
+        self._staged: tuple[Image, LetterboxParams] | None = None
         self._allocate(batch_size)
 
     # --- public -------------------------------------------------------------------------
@@ -366,6 +371,7 @@ class FrameBatcher:
         if count > self._capacity:
             log.debug("growing batch buffers from %d to %d frames", self._capacity, count)
             self._allocate(count)
+        self._staged = None  # a picture written for add() is overwritten now
         self._select_buffer()
         params = tuple(self._put(i, frame) for i, frame in enumerate(frames))
         return self._finish(params)
@@ -380,10 +386,7 @@ class FrameBatcher:
         """
         staged, self._staged = self._staged, None
         if staged is not None and isinstance(frame, DecodedFrame) and frame.image is staged[0]:
-            _, slot, params = staged  # written by write_picture(): only count it
-            if slot != len(self._pending):
-                raise ValueError("a frame was added between its picture's write and its own add")
-            self._pending.append(params)
+            self._pending.append(staged[1])  # written by write_picture(): only count it
         else:
             if not self._pending:
                 self._select_buffer()
@@ -401,11 +404,19 @@ class FrameBatcher:
         For a float32 NCHW tensor swscale converts the picture, scaled to the
         letterbox's inner size, to planar float RGB (``gbrpf32le``, 0-1), and each
         plane is copied to its channel's rows: one conversion, no uint8 image in
-        between, no ``cv2.resize``. Other layouts and dtypes go through ``bgr24`` at the
-        inner size. Returns the picture's luma plane (a view; the decoder's frame
-        carries it as a ``gray`` image) and True: its colour is in the tensor. The
-        frame counts once it is added (:meth:`add`); a picture whose frame is not added
-        is overwritten by the next.
+        between, no ``cv2.resize``. Its filter (``interpolation`` None) is the swscale
+        one matching the batcher's own ``interpolation``: for ``INTER_LINEAR``,
+        ``FAST_BILINEAR``, the same picture as the OpenCV path within a grey level.
+        Other layouts and dtypes go through ``bgr24`` at the inner size, with
+        ``AREA`` by default as ``FragmentDecoder(fit=size)`` (swscale's packed 8-bit
+        output with ``FAST_BILINEAR`` is several grey levels off at a 3x shrink).
+
+        Returns the picture's luma plane, which the decoder's frame carries as its
+        ``gray`` image (its colour is in the tensor), and whether that shares the
+        decoder's memory (a view; 10-bit and RGB pictures get a converted copy). The
+        frame counts once it is added (:meth:`add`), which must happen before the next
+        picture is written: the decoder's frames are added in the order they come, and
+        a picture whose frame is not added is overwritten by the next.
         """
         if not self._pending:
             self._select_buffer()
@@ -414,6 +425,8 @@ class FrameBatcher:
         size = {"width": params.resized_width, "height": params.resized_height}
         if self.layout == "NCHW" and self.dtype == "float32":
             region = self._padded_slot(index, params)
+            if interpolation is None:
+                interpolation = _SWSCALE_FILTERS.get(self.interpolation, "FAST_BILINEAR")
             planar = self._reformatter("gbrpf32le").reformat(
                 picture, format="gbrpf32le", interpolation=interpolation, threads=threads,
                 **size,
@@ -421,7 +434,7 @@ class FrameBatcher:
             self._put_float_planes(planar, region)
         else:
             image, _ = frame_to_ndarray(
-                picture, "bgr24", self._reformatter("bgr24"), interpolation=interpolation,
+                picture, "bgr24", self._reformatter("bgr24"), interpolation=interpolation or "AREA",
                 threads=threads, **size,
             )  # fmt: skip
             self._put(index, image, order="BGR", source=(picture.width, picture.height))
@@ -429,7 +442,7 @@ class FrameBatcher:
         shared = luma is not None
         if luma is None:  # no 8-bit luma plane to view (RGB, 10-bit): convert one
             luma, _ = frame_to_ndarray(picture, "gray", self._reformatter("gray"), threads=threads)
-        self._staged = (luma, index, params)
+        self._staged = (luma, params)
         return luma, shared
 
     def flush(self) -> Batch | None:

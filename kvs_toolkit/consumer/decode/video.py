@@ -77,7 +77,8 @@ class FragmentDecoder:
     tensor (planar float RGB at the inner size: no BGR image in between), and each
     frame's ``image`` is the picture's luma plane (``gray``, a zero-copy view), for
     whatever else looks at the frame; pass the frame to ``batcher.add`` to count it
-    in the batch. ``format`` must then be left as it is (or ``gray``).
+    in the batch. ``format`` must then be left as it is (or ``gray``), and the filter
+    is the batcher's unless ``interpolation`` is given (see ``FrameBatcher.write_picture``).
 
     Sampling (see the module docstring): ``keyframes_only``, ``fps`` or ``every``
     (seconds), and ``skip_nonref`` (allow leaving out non-reference pictures that the
@@ -151,7 +152,9 @@ class FragmentDecoder:
         self.format: PixelFormat = format
         self.width = width
         self.height = height
-        self.interpolation = "AREA" if interpolation is None and fit is not None else interpolation
+        # With fit=batcher, None lets the batcher choose (it matches its own resize).
+        area = fit is not None and self._sink is None
+        self.interpolation = "AREA" if interpolation is None and area else interpolation
         self.keyframes_only = keyframes_only
         self.skip_nonref = skip_nonref
         self.track = track
