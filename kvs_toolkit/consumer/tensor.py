@@ -3,31 +3,37 @@
 ::
 
     batcher = FrameBatcher(640, batch_size=8)             # YOLO-style: letterbox to 640x640
-    decoder = FragmentDecoder(fit=batcher.size)           # swscale scales to 640x360
+    decoder = FragmentDecoder(fit=batcher)                # pictures straight into the slots
     for frame in decoder.decode_all(fragments):
-        batch = batcher.add(frame)                        # into its slot now; a Batch when full
+        batch = batcher.add(frame)                        # counted; a Batch when full
         if batch is not None:
             detections = model(batch.tensor)              # (8, 3, 640, 640) float32 RGB 0..1
             boxes = batch.unletterbox(0, detections[0][:, :4])   # frame 0's pixels
     last = batcher.flush()                                # the last, partial batch (or None)
 
-or ``batcher(frames)`` for a list of frames at once. Each frame goes straight into its
-slot of a preallocated output tensor: resized (when its size differs) by OpenCV's
-``cv2.resize`` (``INTER_LINEAR``) into a reused scratch buffer, then channel order,
-layout (NCHW or NHWC), dtype and normalisation (``x * scale``, then ``(x - mean) / std``
-per channel) over the picture's region only. The padding of a letterbox is written once
-per slot and geometry, not per call. A frame the decoder already scaled to the
-letterbox's inner size (``FragmentDecoder(fit=batcher.size)``) skips the resize. No
-Python loop touches a pixel; the only loops are over the N frames and the 3 channels.
+``batcher.add(frame)`` also takes any :class:`DecodedFrame` or array, and
+``batcher(frames)`` a list at once. Each frame goes straight into its slot of a
+preallocated output tensor: resized (when its size differs) by OpenCV's ``cv2.resize``
+(``INTER_LINEAR``) into a reused scratch buffer, then channel order, layout (NCHW or
+NHWC), dtype and normalisation (``x * scale``, then ``(x - mean) / std`` per channel)
+over the picture's region only. The padding of a letterbox is written once per slot and
+geometry, not per call. A frame the decoder already scaled to the letterbox's inner
+size (``FragmentDecoder(fit=batcher.size)``) skips the resize. No Python loop touches a
+pixel; the only loops are over the N frames and the 3 channels.
 
 Where the time goes (float32 NCHW, the usual model input): a 640x640 RGB float tensor
-is 4.9 MB a frame, 39 MB for 8, several times the CPU's cache. Two things keep it cheap:
+is 4.9 MB a frame, 39 MB for 8, several times the CPU's cache. What keeps it cheap:
 
+* With ``FragmentDecoder(fit=batcher)`` the decoder hands each picture to
+  :meth:`FrameBatcher.write_picture`: swscale scales and converts it once, from YUV
+  straight to planar float RGB (0-1) at the inner size, and the three planes are copied
+  into the slot's channel rows. No uint8 BGR image is made, split or converted; that
+  copy (2.8 MB a 640x360 frame) is the only work on top of the decoder's own conversion.
 * :meth:`FrameBatcher.add` writes each frame while its pixels are still in the cache
   (swscale has just written them); batching 8 frames at once reads them back from
   memory, and the 22 MB of floats written in one go evict the decoder's reference
   frames as well. On a 1080p stream this was most of the cost of batching.
-* A colour frame is split into three contiguous uint8 planes by ``cv2.split`` (reused
+* A colour uint8 frame is split into three contiguous planes by ``cv2.split`` (reused
   buffers; 0.02 ms for 640x360), then each plane becomes its channel's rows in one
   contiguous ``np.multiply``. numpy converting the interleaved ``(H, W, 3)`` picture
   through a transposed view is 2x slower (strided reads in its casting loop).
@@ -261,13 +267,16 @@ class FrameBatcher:
     output; the input's is taken from each :class:`DecodedFrame`'s format, or
     ``input_order`` for bare arrays (2-D arrays are gray).
 
-    Decoder-side scaling: ``FragmentDecoder(fit=batcher.size)`` has swscale scale each
-    frame to the letterbox's inner size (e.g. 640x360 for 1920x1080 into 640x640) in the
-    colour conversion it does anyway; the batcher then only copies it in, pads and
-    normalises (no ``cv2.resize``). The reported :class:`LetterboxParams` are the same
-    as for the full-size frame (taken from :attr:`DecodedFrame.source_size`), so boxes
-    map back to the decoded picture's pixels. Pixels differ slightly from the OpenCV
-    path (swscale's bilinear filter from YUV, not ``INTER_LINEAR`` from BGR).
+    Decoder-side scaling: ``FragmentDecoder(fit=batcher)`` (the fastest) hands each
+    decoded picture to the batcher, whose swscale converts it straight into the next
+    slot, scaled to the letterbox's inner size (e.g. 640x360 for 1920x1080 into
+    640x640); see :meth:`write_picture`. ``FragmentDecoder(fit=batcher.size)`` instead
+    has the decoder make BGR frames at the inner size, which the batcher only copies
+    in, pads and normalises (no ``cv2.resize``). Either way the reported
+    :class:`LetterboxParams` are the same as for the full-size frame (from the decoded
+    picture's size), so boxes map back to the decoded picture's pixels. Pixels differ
+    slightly from the OpenCV path (swscale's filter from YUV, not ``INTER_LINEAR`` from
+    BGR): within a grey level with ``fit=batcher``, a few with ``AREA``.
 
     Frames arrive one at a time with :meth:`add` (written at once, the batch returned
     when ``batch_size`` frames are in; :meth:`flush` returns a partial one) or as a list
