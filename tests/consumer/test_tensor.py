@@ -380,3 +380,20 @@ def test_a_picture_whose_frame_is_not_added_is_overwritten(
     skipped = other([full[1]]).tensor[0].astype(np.float32)
     wanted = expected.tensor[1].astype(np.float32)
     assert np.abs(slot - wanted).mean() < np.abs(slot - skipped).mean()
+
+
+def test_decoder_written_stretch_batches_fill_the_whole_input(get_media: bytes) -> None:
+    fragment = read_fragments(get_media)[0]
+    batcher = FrameBatcher((160, 120), mode="resize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    decoder = FragmentDecoder(keyframes_only=True, fit=batcher)
+    batch = next(b for b in map(batcher.add, decoder.decode(fragment)) if b is not None)
+    params = batch.params[0]
+    assert (params.pad_x, params.pad_y, params.resized_width, params.resized_height) == (
+        0, 0, 160, 120,
+    )  # fmt: skip
+    reference = FrameBatcher((160, 120), mode="resize", mean=(0.5, 0.4, 0.3),
+                             std=(0.2, 0.3, 0.4))  # fmt: skip
+    expected = reference(FragmentDecoder(keyframes_only=True).decode(fragment)).tensor
+    # Normalised per channel the same way (x / 255 - mean) / std; pixels within ~1 level.
+    difference = np.abs(batch.tensor - expected) * np.array([0.2, 0.3, 0.4]).reshape(3, 1, 1)
+    assert difference.mean() < 2.0 / 255
