@@ -49,6 +49,8 @@ asynchronous model call, a queue to an inference thread) while the next one fill
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
@@ -92,6 +94,8 @@ _SWSCALE_FILTERS: Final = {0: "POINT", 1: "FAST_BILINEAR", 2: "BICUBIC", 3: "ARE
 #: ``kvs_toolkit.consumer`` package imports this module, and a process that never
 #: batches (``kvs consume`` without a model) need not load OpenCV (~15 ms, ~20 MB).
 INTER_LINEAR: Final = 1
+# Pictures remembered by write_picture() to recognise their frames (see add()).
+_MAX_WRITTEN: Final = 64
 # Resize targets kept (one per frame size seen; a stream has one or two).
 _MAX_SCRATCH: Final = 8
 
@@ -355,6 +359,9 @@ class FrameBatcher:
         # frame carries, its placement).
         self._reformatters: dict[str, VideoReformatter] = {}
         self._staged: tuple[Image, LetterboxParams] | None = None
+        # The images of the last pictures written, to refuse a frame whose picture was
+        # overwritten (its image is only luma: batching it would put gray in the tensor).
+        self._written: deque[weakref.ref[Image]] = deque(maxlen=_MAX_WRITTEN)
         self._allocate(batch_size)
 
     # --- public -------------------------------------------------------------------------
@@ -393,10 +400,18 @@ class FrameBatcher:
         cache, is what makes batching cheap (see the module docstring). The returned
         batch's tensor is the whole buffer (``(capacity, ...)``).
         """
-        staged, self._staged = self._staged, None
+        staged = self._staged
         if staged is not None and isinstance(frame, DecodedFrame) and frame.image is staged[0]:
+            self._staged = None
             self._pending.append(staged[1])  # written by write_picture(): only count it
+        elif isinstance(frame, DecodedFrame) and any(r() is frame.image for r in self._written):
+            raise ValueError(
+                "this frame's picture was overwritten by a later one: with "
+                "FragmentDecoder(fit=batcher), add each frame as the decoder yields it "
+                "(iterate iter_decode or decode_all, not the list decode returns)"
+            )
         else:
+            self._staged = None  # its slot is this frame's now
             if not self._pending:
                 self._select_buffer()
             self._pending.append(self._put(len(self._pending), frame))
@@ -452,6 +467,7 @@ class FrameBatcher:
         if luma is None:  # no 8-bit luma plane to view (RGB, 10-bit): convert one
             luma, _ = frame_to_ndarray(picture, "gray", self._reformatter("gray"), threads=threads)
         self._staged = (luma, params)
+        self._written.append(weakref.ref(luma))
         return luma, shared
 
     def flush(self) -> Batch | None:

@@ -349,6 +349,12 @@ def test_decoder_writes_pictures_straight_into_the_batch(get_media: bytes) -> No
         assert ours.source_size == (640, 360)
     with pytest.raises(ValueError, match="gray frames"):
         FragmentDecoder(fit=batcher, format="rgb24")
+    # decode() returns a list: every picture was written over the one before, and the
+    # early frames carry only their luma. Refused, not batched as gray.
+    listed = FragmentDecoder(fps=2, fit=batcher).decode(fragment)
+    with pytest.raises(ValueError, match="overwritten"):
+        batcher.add(listed[0])
+    assert batcher.add(listed[-1]) is None and batcher.pending == 1  # the last one is there
 
 
 @pytest.mark.parametrize(("layout", "dtype"), [("NHWC", "uint8"), ("NCHW", "float32")])
