@@ -77,8 +77,9 @@ class FragmentDecoder:
     tensor (planar float RGB at the inner size: no BGR image in between), and each
     frame's ``image`` is the picture's luma plane (``gray``, a zero-copy view), for
     whatever else looks at the frame; pass each frame to ``batcher.add`` as it is
-    yielded (:meth:`iter_decode`, :meth:`decode_all`) to count it in the batch. ``format`` must then be left as it is (or ``gray``), and the filter
-    is the batcher's unless ``interpolation`` is given (see ``FrameBatcher.write_picture``).
+    yielded (:meth:`iter_decode`, :meth:`decode_all`) to count it in the batch.
+    ``format`` must then be left as it is (or ``gray``), and the filter is the
+    batcher's unless ``interpolation`` is given (see ``FrameBatcher.write_picture``).
 
     Sampling (see the module docstring): ``keyframes_only``, ``fps`` or ``every``
     (seconds), and ``skip_nonref`` (allow leaving out non-reference pictures that the
