@@ -8,6 +8,16 @@ the fragment.
 Conversion from the decoder's frame (usually ``yuv420p``) runs in C: swscale through
 PyAV's :class:`~av.video.reformatter.VideoReformatter` for colour conversion and resizing,
 or a zero-copy numpy view of the luma plane for ``gray``. No pixel is touched in Python.
+
+``gray`` is the coded luma (Y') plane, never range-converted, at any size: for
+limited-range video (typical H.264/H.265, ``yuv420p``) its values span 16-235, for
+full-range video (``yuvj420p``, MJPEG) 0-255. At the decoded size it is a view of the
+decoder's plane (no copy); resized, swscale scales that plane with no range expansion,
+so a resized gray frame is the same picture as the full-size one, only smaller. (A
+``gray`` conversion left to swscale's defaults would stretch 16-235 to 0-255, so the
+same stream would give different grey levels with and without a resize.) A frame whose
+pixel format has no 8-bit luma plane (RGB, 10-bit) is converted by swscale with the
+same rule: its luma scaled to 8 bits, not stretched.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import wave
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +43,7 @@ __all__ = [
     "DecodedAudio",
     "DecodedFrame",
     "Image",
+    "PictureSink",
     "PixelFormat",
     "Samples",
     "fit_size",
@@ -74,8 +85,10 @@ class DecodedFrame:
     """One decoded video frame.
 
     ``image`` has shape ``(height, width, 3)`` for ``bgr24``/``rgb24`` and
-    ``(height, width)`` for ``gray``; dtype ``uint8``. Its rows may be padded (the
-    decoder's line size is aligned): ``image.strides[0]`` can exceed ``width * channels``.
+    ``(height, width)`` for ``gray``; dtype ``uint8``. ``gray`` is the coded luma plane
+    at every size (16-235 for limited-range video; see the module docstring). Its rows
+    may be padded (the decoder's line size is aligned): ``image.strides[0]`` can exceed
+    ``width * channels``.
     Use ``np.ascontiguousarray(frame.image)`` when packed rows are needed.
 
     Memory: for ``bgr24``/``rgb24`` (and any resize) the array is a view of the buffer
@@ -147,13 +160,33 @@ def fit_size(width: int, height: int, target: tuple[int, int]) -> tuple[int, int
     return min(target_w, max(1, round(width * scale))), min(target_h, max(1, round(height * scale)))
 
 
+@runtime_checkable
+class PictureSink(Protocol):
+    """Takes each decoded picture straight from the decoder: ``FragmentDecoder(fit=sink)``.
+
+    :class:`~kvs_toolkit.consumer.FrameBatcher` is one: it converts the picture (swscale,
+    to its network input's inner size and channel layout) into the next slot of its
+    tensor at once, instead of the decoder making an image for it to convert again.
+    ``size`` is the ``(width, height)`` the pictures are fitted into. ``write_picture``
+    returns the image the decoder's :class:`DecodedFrame` carries and whether that
+    image shares memory with the decoder; its format is ``gray``.
+    """
+
+    @property
+    def size(self) -> tuple[int, int]: ...
+
+    def write_picture(
+        self, picture: VideoFrame, *, interpolation: str | None, threads: int | None
+    ) -> tuple[Image, bool]: ...
+
+
 def luma_view(frame: VideoFrame) -> Image | None:
     """A zero-copy ``(height, width)`` view of an 8-bit frame's luma plane, or None.
 
     The view shares memory with ``frame`` (and keeps it alive). None when the frame's
     pixel format has no full-size 8-bit luma plane first (RGB, 10-bit, ...).
     Values are the coded luma: for limited-range video (``yuv420p``) they span 16-235,
-    not 0-255 as swscale's ``gray`` conversion would give.
+    as :func:`frame_to_ndarray`'s resized ``gray`` does too.
     """
     if frame.format.name not in _LUMA_FIRST_FORMATS:
         return None
@@ -183,13 +216,18 @@ def frame_to_ndarray(
     """Convert a decoded frame; return the array and whether it shares decoder memory.
 
     ``gray`` at the frame's own size is a view of the luma plane (no copy, see
-    :func:`luma_view`). Everything else goes through swscale with ``reformatter`` (one
-    per decoder, so swscale's context is reused) into a new buffer, viewed without a
-    further copy. ``threads``: swscale's (None or 0: automatic).
+    :func:`luma_view`); resized, the same coded luma values scaled (no range
+    conversion; see the module docstring). Everything else goes through swscale with
+    ``reformatter`` (one per decoder, so swscale's context is reused) into a new
+    buffer, viewed without a further copy. ``threads``: swscale's (None or 0: automatic).
     """
     resize = (width is not None and width != frame.width) or (
         height is not None and height != frame.height
     )
+    # swscale maps a limited-range source to full-range gray unless both ends are given
+    # the same range; "full range in, full range out" makes it copy the luma values as
+    # they are (scaled, and shifted to 8 bits for 10-bit video).
+    same_range = "JPEG" if format == "gray" else None
     if format == "gray" and not resize:
         view = luma_view(frame)
         if view is not None:
@@ -201,6 +239,8 @@ def frame_to_ndarray(
         format=format,
         interpolation=interpolation,
         threads=threads,
+        src_color_range=same_range,
+        dst_color_range=same_range,
     )
     array = np.asarray(converted.to_ndarray(), dtype=np.uint8)
     # reformat() hands back the very same frame when nothing needs converting.

@@ -3,35 +3,66 @@
 ::
 
     batcher = FrameBatcher(640, batch_size=8)             # YOLO-style: letterbox to 640x640
-    batch = batcher(frames)                               # DecodedFrame objects or arrays
-    detections = model(batch.tensor)                      # (8, 3, 640, 640) float32 RGB 0..1
-    boxes = unletterbox_boxes(detections[0][:, :4], batch.params[0])   # frame pixels
+    decoder = FragmentDecoder(fit=batcher)                # pictures straight into the slots
+    for frame in decoder.decode_all(fragments):
+        batch = batcher.add(frame)                        # counted; a Batch when full
+        if batch is not None:
+            detections = model(batch.tensor)              # (8, 3, 640, 640) float32 RGB 0..1
+            boxes = batch.unletterbox(0, detections[0][:, :4])   # frame 0's pixels
+    last = batcher.flush()                                # the last, partial batch (or None)
 
-Each frame goes straight into its slot of a preallocated output tensor: resized (when
-its size differs) by OpenCV's ``cv2.resize`` (``INTER_LINEAR``) into a reused scratch
-buffer, then channel order, layout (NCHW or NHWC), dtype and normalisation (``x *
-scale``, then ``(x - mean) / std`` per channel) in one vectorised numpy pass over the
-picture's region only. The padding of a letterbox is written once per slot and layout,
-not per call. A frame the decoder already scaled to the letterbox's inner size
-(``FragmentDecoder(fit=batcher.size)``) skips the resize; gray frames are broadcast to
-three channels as views, never copied to BGR first. No Python loop touches a pixel;
-the only loop is over the N frames.
+``batcher.add(frame)`` also takes any :class:`DecodedFrame` or array, and
+``batcher(frames)`` a list at once. Each frame goes straight into its slot of a
+preallocated output tensor: resized (when its size differs) by OpenCV's ``cv2.resize``
+(``INTER_LINEAR``) into a reused scratch buffer, then channel order, layout (NCHW or
+NHWC), dtype and normalisation (``x * scale``, then ``(x - mean) / std`` per channel)
+over the picture's region only. The padding of a letterbox is written once per slot and
+geometry, not per call. A frame the decoder already scaled to the letterbox's inner
+size (``FragmentDecoder(fit=batcher.size)``) skips the resize. No Python loop touches a
+pixel; the only loops are over the N frames and the 3 channels.
 
-The returned tensor is the batcher's own buffer: the next call overwrites it. Copy it
-(``tensor.copy()``) to keep it, or hand it to the model before the next call.
+Where the time goes (float32 NCHW, the usual model input): a 640x640 RGB float tensor
+is 4.9 MB a frame, 39 MB for 8, several times the CPU's cache. What keeps it cheap:
+
+* With ``FragmentDecoder(fit=batcher)`` the decoder hands each picture to
+  :meth:`FrameBatcher.write_picture`: swscale scales and converts it once, from YUV
+  straight to planar float RGB (0-1) at the inner size, and the three planes are copied
+  into the slot's channel rows. No uint8 BGR image is made, split or converted; that
+  copy (2.8 MB a 640x360 frame) is the only work on top of the decoder's own conversion.
+* :meth:`FrameBatcher.add` writes each frame while its pixels are still in the cache
+  (swscale has just written them); batching 8 frames at once reads them back from
+  memory, and the 22 MB of floats written in one go evict the decoder's reference
+  frames as well. On a 1080p stream this was most of the cost of batching.
+* A colour uint8 frame is split into three contiguous planes by ``cv2.split`` (reused
+  buffers; 0.02 ms for 640x360), then each plane becomes its channel's rows in one
+  contiguous ``np.multiply``. numpy converting the interleaved ``(H, W, 3)`` picture
+  through a transposed view is 2x slower (strided reads in its casting loop).
+
+Buffer lifetime: a :class:`Batch`'s tensor is the batcher's own buffer, overwritten when
+the batcher next writes into it. With ``buffers=1`` (the default) that is the next
+:meth:`~FrameBatcher.add` after a full batch (or the next call): finish with the tensor
+(or ``tensor.copy()`` it) before adding more frames. ``buffers=2`` or more rotates
+through that many tensors, so a consumer may hold the last ``buffers - 1`` batches (an
+asynchronous model call, a queue to an inference thread) while the next one fills.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from kvs_toolkit.consumer.frames import DecodedFrame, Image, fit_size
+from kvs_toolkit.consumer.frames import DecodedFrame, Image, fit_size, frame_to_ndarray, luma_view
+
+if TYPE_CHECKING:
+    from av.video.frame import VideoFrame
+    from av.video.reformatter import VideoReformatter
 
 __all__ = [
     "Batch",
@@ -54,10 +85,17 @@ FloatArray: TypeAlias = npt.NDArray[np.floating]
 
 #: The grey YOLO pads letterboxed images with.
 YOLO_PAD_VALUE: Final = 114
+#: swscale's filter for each OpenCV interpolation, for pictures the decoder hands over
+#: (:meth:`FrameBatcher.write_picture`): swscale's ``FAST_BILINEAR`` into planar float
+#: gives what ``cv2.resize`` ``INTER_LINEAR`` gives from BGR, within 0.6-0.7 grey levels
+#: (mean; 1080p, 720p and 540p into 640x360 and 416x234), and is the cheapest filter.
+_SWSCALE_FILTERS: Final = {0: "POINT", 1: "FAST_BILINEAR", 2: "BICUBIC", 3: "AREA", 4: "LANCZOS"}
 #: ``cv2.INTER_LINEAR``. OpenCV is imported on first use, not with this module: the
 #: ``kvs_toolkit.consumer`` package imports this module, and a process that never
 #: batches (``kvs consume`` without a model) need not load OpenCV (~15 ms, ~20 MB).
 INTER_LINEAR: Final = 1
+# Pictures remembered by write_picture() to recognise their frames (see add()).
+_MAX_WRITTEN: Final = 64
 # Resize targets kept (one per frame size seen; a stream has one or two).
 _MAX_SCRATCH: Final = 8
 
@@ -205,7 +243,10 @@ def letterbox(
 class Batch:
     """A model-ready tensor and, per frame, how it was placed (for :func:`unletterbox_boxes`).
 
-    ``tensor`` is the batcher's buffer, overwritten by its next call.
+    ``tensor`` is the batcher's buffer, overwritten when the batcher next writes into it
+    (see the module docstring: with ``buffers=1``, the next call or the next
+    :meth:`FrameBatcher.add` after this batch; ``buffers=k`` keeps it for ``k - 1`` more
+    batches).
     """
 
     tensor: npt.NDArray[np.float32] | npt.NDArray[np.uint8]
@@ -230,18 +271,25 @@ class FrameBatcher:
     output; the input's is taken from each :class:`DecodedFrame`'s format, or
     ``input_order`` for bare arrays (2-D arrays are gray).
 
-    Decoder-side scaling: ``FragmentDecoder(fit=batcher.size)`` has swscale scale each
-    frame to the letterbox's inner size (e.g. 640x360 for 1920x1080 into 640x640) in the
-    colour conversion it does anyway; the batcher then only copies it in, pads and
-    normalises (no ``cv2.resize``). The reported :class:`LetterboxParams` are the same
-    as for the full-size frame (taken from :attr:`DecodedFrame.source_size`), so boxes
-    map back to the decoded picture's pixels. Pixels differ slightly from the OpenCV
-    path (swscale's bilinear filter from YUV, not ``INTER_LINEAR`` from BGR).
+    Decoder-side scaling: ``FragmentDecoder(fit=batcher)`` (the fastest) hands each
+    decoded picture to the batcher, whose swscale converts it straight into the next
+    slot, scaled to the letterbox's inner size (e.g. 640x360 for 1920x1080 into
+    640x640); see :meth:`write_picture`. ``FragmentDecoder(fit=batcher.size)`` instead
+    has the decoder make BGR frames at the inner size, which the batcher only copies
+    in, pads and normalises (no ``cv2.resize``). Either way the reported
+    :class:`LetterboxParams` are the same as for the full-size frame (from the decoded
+    picture's size), so boxes map back to the decoded picture's pixels. Pixels differ
+    slightly from the OpenCV path (swscale's filter from YUV, not ``INTER_LINEAR`` from
+    BGR): within a grey level with ``fit=batcher``, a few with ``AREA``.
 
-    Buffers for ``batch_size`` frames are allocated once and reused by every call; a
-    call with more frames grows them (once). With exactly ``batch_size`` frames the
-    returned tensor is the same ndarray object every time; with fewer it is a view of
-    its first N entries.
+    Frames arrive one at a time with :meth:`add` (written at once, the batch returned
+    when ``batch_size`` frames are in; :meth:`flush` returns a partial one) or as a list
+    with a call. Buffers for ``batch_size`` frames are allocated once and reused; a call
+    with more frames grows them (once). ``buffers``: how many such tensors to rotate
+    through, one per batch, so that a consumer can hold the last ``buffers - 1`` batches
+    while the next fills (default 1: a batch is valid until the batcher's next write).
+    With exactly ``batch_size`` frames and ``buffers=1`` the returned tensor is the same
+    ndarray object every time; with fewer it is a view of its first N entries.
     """
 
     def __init__(
@@ -259,12 +307,15 @@ class FrameBatcher:
         std: Sequence[float] | None = None,
         input_order: ChannelOrder = "BGR",
         interpolation: int = INTER_LINEAR,
+        buffers: int = 1,
     ) -> None:
         width, height = (size, size) if isinstance(size, int) else size
         if width <= 0 or height <= 0:
             raise ValueError(f"size must be positive, not {size}")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if buffers < 1:
+            raise ValueError("buffers must be at least 1")
         if layout not in ("NCHW", "NHWC"):
             raise ValueError(f"layout must be NCHW or NHWC, not {layout!r}")
         if channel_order not in ("RGB", "BGR") or input_order not in ("RGB", "BGR"):
@@ -287,10 +338,30 @@ class FrameBatcher:
         self.input_order: ChannelOrder = input_order
         self.interpolation = interpolation
         self._alpha, self._beta = self._normalisation(scale, mean, std)
+        # The same factors per output channel, as scalars, for the planar path.
+        alphas = np.broadcast_to(self._alpha, (3,)) if np.ndim(self._alpha) == 0 else self._alpha
+        self._channel_factors = (
+            [np.float32(a) for a in np.ravel(alphas)],
+            None if self._beta is None else [np.float32(b) for b in np.ravel(self._beta)],
+        )
+        self.buffers = buffers
         self._capacity = 0
+        self._outs: list[npt.NDArray[np.float32] | npt.NDArray[np.uint8]] = []
+        # Per buffer and slot: the placement its padding was last written for.
+        self._slot_params: list[list[LetterboxParams | None]] = []
+        self._current = 0  # the buffer the next batch goes into
         self._out: npt.NDArray[np.float32] | npt.NDArray[np.uint8] = np.empty(0, np.uint8)
-        self._slot_params: list[LetterboxParams | None] = []
+        self._pending: list[LetterboxParams] = []  # placements of the frames add()ed so far
         self._scratch: dict[tuple[int, ...], Image] = {}
+        self._planes: dict[tuple[int, int], list[Image]] = {}
+        # write_picture(): swscale contexts (one per output format, so neither is rebuilt
+        # for every frame), and the picture written but not yet add()ed: (the image its
+        # frame carries, its placement).
+        self._reformatters: dict[str, VideoReformatter] = {}
+        self._staged: tuple[Image, LetterboxParams] | None = None
+        # The images of the last pictures written, to refuse a frame whose picture was
+        # overwritten (its image is only luma: batching it would put gray in the tensor).
+        self._written: deque[weakref.ref[Image]] = deque(maxlen=_MAX_WRITTEN)
         self._allocate(batch_size)
 
     # --- public -------------------------------------------------------------------------
@@ -298,17 +369,114 @@ class FrameBatcher:
     def capacity(self) -> int:
         return self._capacity
 
+    @property
+    def pending(self) -> int:
+        """Frames added (:meth:`add`) since the last batch was returned."""
+        return len(self._pending)
+
     def __call__(self, frames: Sequence[DecodedFrame | Image]) -> Batch:
         """Resize/letterbox, reorder, lay out and normalise ``frames`` into the buffer."""
         count = len(frames)
         if count == 0:
             raise ValueError("no frames to batch")
+        if self._pending:
+            raise ValueError(
+                f"{len(self._pending)} frames were added one by one and not yet returned: "
+                "flush() them before batching a list"
+            )
         if count > self._capacity:
             log.debug("growing batch buffers from %d to %d frames", self._capacity, count)
             self._allocate(count)
+        self._staged = None  # a picture written for add() is overwritten now
+        self._select_buffer()
         params = tuple(self._put(i, frame) for i, frame in enumerate(frames))
-        out = self._out if count == self._capacity else self._out[:count]
-        return Batch(out, params)
+        return self._finish(params)
+
+    def add(self, frame: DecodedFrame | Image) -> Batch | None:
+        """Write one frame into the next slot now; return the batch once ``batch_size``
+        (the capacity) frames are in, else None.
+
+        Writing each frame as it is decoded, while its pixels are still in the CPU's
+        cache, is what makes batching cheap (see the module docstring). The returned
+        batch's tensor is the whole buffer (``(capacity, ...)``).
+        """
+        staged = self._staged
+        if staged is not None and isinstance(frame, DecodedFrame) and frame.image is staged[0]:
+            self._staged = None
+            self._pending.append(staged[1])  # written by write_picture(): only count it
+        elif isinstance(frame, DecodedFrame) and any(r() is frame.image for r in self._written):
+            raise ValueError(
+                "this frame's picture was overwritten by a later one: with "
+                "FragmentDecoder(fit=batcher), add each frame as the decoder yields it "
+                "(iterate iter_decode or decode_all, not the list decode returns)"
+            )
+        else:
+            self._staged = None  # its slot is this frame's now
+            if not self._pending:
+                self._select_buffer()
+            self._pending.append(self._put(len(self._pending), frame))
+        if len(self._pending) < self._capacity:
+            return None
+        return self.flush()
+
+    def write_picture(
+        self, picture: VideoFrame, *, interpolation: str | None, threads: int | None
+    ) -> tuple[Image, bool]:
+        """Convert a decoded picture straight into the next slot (the
+        :class:`~kvs_toolkit.consumer.frames.PictureSink` of ``FragmentDecoder(fit=batcher)``).
+
+        For a float32 NCHW tensor swscale converts the picture, scaled to the
+        letterbox's inner size, to planar float RGB (``gbrpf32le``, 0-1), and each
+        plane is copied to its channel's rows: one conversion, no uint8 image in
+        between, no ``cv2.resize``. Its filter (``interpolation`` None) is the swscale
+        one matching the batcher's own ``interpolation``: for ``INTER_LINEAR``,
+        ``FAST_BILINEAR``, the same picture as the OpenCV path within a grey level.
+        Other layouts and dtypes go through ``bgr24`` at the inner size, with
+        ``AREA`` by default as ``FragmentDecoder(fit=size)`` (swscale's packed 8-bit
+        output with ``FAST_BILINEAR`` is several grey levels off at a 3x shrink).
+
+        Returns the picture's luma plane, which the decoder's frame carries as its
+        ``gray`` image (its colour is in the tensor), and whether that shares the
+        decoder's memory (a view; 10-bit and RGB pictures get a converted copy). The
+        frame counts once it is added (:meth:`add`), which must happen before the next
+        picture is written: the decoder's frames are added in the order they come, and
+        a picture whose frame is not added is overwritten by the next.
+        """
+        if not self._pending:
+            self._select_buffer()
+        index = len(self._pending)
+        params = LetterboxParams.fit(picture.width, picture.height, self.size, self.mode)
+        size = {"width": params.resized_width, "height": params.resized_height}
+        if self.layout == "NCHW" and self.dtype == "float32":
+            region = self._padded_slot(index, params)
+            if interpolation is None:
+                interpolation = _SWSCALE_FILTERS.get(self.interpolation, "FAST_BILINEAR")
+            planar = self._reformatter("gbrpf32le").reformat(
+                picture, format="gbrpf32le", interpolation=interpolation, threads=threads,
+                **size,
+            )  # fmt: skip
+            self._put_float_planes(planar, region)
+        else:
+            image, _ = frame_to_ndarray(
+                picture, "bgr24", self._reformatter("bgr24"), interpolation=interpolation or "AREA",
+                threads=threads, **size,
+            )  # fmt: skip
+            self._put(index, image, order="BGR", source=(picture.width, picture.height))
+        luma = luma_view(picture)
+        shared = luma is not None
+        if luma is None:  # no 8-bit luma plane to view (RGB, 10-bit): convert one
+            luma, _ = frame_to_ndarray(picture, "gray", self._reformatter("gray"), threads=threads)
+        self._staged = (luma, params)
+        self._written.append(weakref.ref(luma))
+        return luma, shared
+
+    def flush(self) -> Batch | None:
+        """The frames added (:meth:`add`) since the last batch, as a batch of that many (its
+        tensor a view of the buffer's first entries), or None when there are none."""
+        if not self._pending:
+            return None
+        params, self._pending = tuple(self._pending), []
+        return self._finish(params)
 
     # --- internals ----------------------------------------------------------------------
     def _normalisation(
@@ -329,17 +497,72 @@ class FrameBatcher:
         beta = (mean_v / std_v).astype(np.float32).reshape(shape)
         return alpha, beta
 
+    def _reformatter(self, format: str) -> VideoReformatter:
+        reformatter = self._reformatters.get(format)
+        if reformatter is None:
+            from av.video.reformatter import VideoReformatter
+
+            reformatter = self._reformatters[format] = VideoReformatter()
+        return reformatter
+
+    def _padded_slot(self, index: int, params: LetterboxParams) -> Image:
+        """Slot ``index`` of the current buffer, padded for ``params`` (written only when
+        its last placement differed); returns the picture's region in it."""
+        slot = self._out[index]
+        slot_params = self._slot_params[self._current]
+        if slot_params[index] != params:
+            slot[...] = self._pad
+            slot_params[index] = params
+        h, w = params.resized_height, params.resized_width
+        x, y = params.pad_x, params.pad_y
+        if self.layout == "NCHW":
+            return cast("Image", slot[:, y : y + h, x : x + w])
+        return cast("Image", slot[y : y + h, x : x + w])
+
+    def _put_float_planes(self, planar: VideoFrame, region: Image) -> None:
+        """swscale's ``gbrpf32le`` planes (G, B, R; 0-1) into ``region`` (3, h, w)."""
+        h, w = region.shape[1], region.shape[2]
+        green, blue, red = (
+            np.ndarray((h, w), np.float32, buffer=memoryview(plane), strides=(plane.line_size, 4))
+            for plane in planar.planes
+        )
+        planes = (red, green, blue) if self.channel_order == "RGB" else (blue, green, red)
+        alphas, betas = self._channel_factors
+        for channel, plane in enumerate(planes):
+            rows = region[channel]
+            # The planes are x / 255 already: the default scale is a copy.
+            factor = np.float32(alphas[channel] * np.float32(255))
+            if factor == 1:
+                np.copyto(rows, plane)
+            else:
+                np.multiply(plane, factor, out=rows)
+            if betas is not None:
+                np.subtract(rows, betas[channel], out=rows)
+
+    def _select_buffer(self) -> None:
+        """Point the slots at the buffer the next batch goes into."""
+        self._out = self._outs[self._current]
+
+    def _finish(self, params: tuple[LetterboxParams, ...]) -> Batch:
+        out = self._out if len(params) == self._capacity else self._out[: len(params)]
+        self._current = (self._current + 1) % self.buffers
+        return Batch(out, params)
+
     def _allocate(self, capacity: int) -> None:
         width, height = self.size
         self._capacity = capacity
-        self._slot_params = [None] * capacity
+        self._slot_params = [[None] * capacity for _ in range(self.buffers)]
         shape = (
             (capacity, 3, height, width) if self.layout == "NCHW" else (capacity, height, width, 3)
         )
-        if self.dtype == "uint8":
-            self._out = np.empty(shape, dtype=np.uint8)
-        else:
-            self._out = np.empty(shape, dtype=np.float32)
+        self._outs = []
+        for _ in range(self.buffers):
+            if self.dtype == "uint8":
+                self._outs.append(np.empty(shape, dtype=np.uint8))
+            else:
+                self._outs.append(np.empty(shape, dtype=np.float32))
+        self._current = 0
+        self._out = self._outs[0]
         # The padding's value in the output: pad_value through the same operations as a
         # pixel (so a pad equals a pixel of that grey exactly).
         channel_shape = (3, 1, 1) if self.layout == "NCHW" else (3,)
@@ -370,17 +593,31 @@ class FrameBatcher:
         )  # fmt: skip
         return scratch
 
-    def _put(self, index: int, frame: DecodedFrame | Image) -> LetterboxParams:
+    def _put(
+        self,
+        index: int,
+        frame: DecodedFrame | Image,
+        *,
+        order: ChannelOrder | None = None,
+        source: tuple[int, int] | None = None,
+    ) -> LetterboxParams:
+        """Write ``frame`` into slot ``index`` of the current buffer. ``order`` and
+        ``source`` (the decoded picture's size, when ``frame`` is a bare array the
+        decoder already scaled) override what the frame says."""
         if isinstance(frame, DecodedFrame):
             image = frame.image
-            order: ChannelOrder = "RGB" if frame.format == "rgb24" else "BGR"
+            frame_order: ChannelOrder = "RGB" if frame.format == "rgb24" else "BGR"
             # Geometry is from the decoded picture, so boxes map back to its pixels even
             # when the decoder already scaled it (then no resize happens here).
             source_width, source_height = frame.source_size
         else:
             image = np.asarray(frame)
-            order = self.input_order
+            frame_order = self.input_order
             source_width, source_height = image.shape[1], image.shape[0]
+        if order is not None:
+            frame_order = order
+        if source is not None:
+            source_width, source_height = source
         if image.dtype != np.uint8:
             raise ValueError(f"frame {index}: expected uint8 pixels, got {image.dtype}")
         gray = image.ndim == 2
@@ -389,36 +626,59 @@ class FrameBatcher:
                 f"expected an (H, W) or (H, W, 3) uint8 image, got shape {image.shape}"
             )
         params = LetterboxParams.fit(source_width, source_height, self.size, self.mode)
-        slot = self._out[index]
-        # Padding only needs writing when this slot's layout changed since its last use.
-        if self._slot_params[index] != params:
-            slot[...] = self._pad
-            self._slot_params[index] = params
+        region = self._padded_slot(index, params)
         picture = self._resized(image, params)
         h, w = params.resized_height, params.resized_width
-        x, y = params.pad_x, params.pad_y
+        if self.layout == "NCHW" and self.dtype == "float32":
+            self._put_planar_float(picture, region, frame_order)
+            return params
         # A view of the picture in the output's layout and channel order: no copy. Gray
         # is broadcast (B = G = R, so its order is moot); a swapped order reverses the
         # channel axis with a negative stride.
-        source: npt.NDArray[np.uint8]
+        view: npt.NDArray[np.uint8]
+        same_order = frame_order == self.channel_order
         if self.layout == "NCHW":
-            region = slot[:, y : y + h, x : x + w]
             if gray:
-                source = np.broadcast_to(picture, (3, h, w))
+                view = np.broadcast_to(picture, (3, h, w))
             else:
-                source = picture.transpose(2, 0, 1)
-                if order != self.channel_order:
-                    source = source[::-1]
+                view = (
+                    picture.transpose(2, 0, 1) if same_order else picture.transpose(2, 0, 1)[::-1]
+                )
+        elif gray:
+            view = np.broadcast_to(picture[..., np.newaxis], (h, w, 3))
         else:
-            region = slot[y : y + h, x : x + w]
-            if gray:
-                source = np.broadcast_to(picture[..., np.newaxis], (h, w, 3))
-            else:
-                source = picture if order == self.channel_order else picture[..., ::-1]
+            view = picture if same_order else picture[..., ::-1]
         if self.dtype == "uint8":
-            np.copyto(region, source)
+            np.copyto(region, view)
         else:
-            np.multiply(source, self._alpha, out=region)
+            np.multiply(view, self._alpha, out=region)
             if self._beta is not None:
                 np.subtract(region, self._beta, out=region)
         return params
+
+    def _put_planar_float(self, picture: Image, region: Image, order: ChannelOrder) -> None:
+        """``picture`` (H, W[, 3]) uint8 into ``region`` (3, H, W) float32, normalised:
+        one contiguous pass per channel (see the module docstring)."""
+        planes: Sequence[Image]
+        if picture.ndim == 2:
+            planes = (picture, picture, picture)
+        else:
+            import cv2
+
+            size = (picture.shape[0], picture.shape[1])
+            buffers = self._planes.get(size)
+            if buffers is None:
+                if len(self._planes) >= _MAX_SCRATCH:
+                    self._planes.clear()
+                buffers = self._planes[size] = [np.empty(size, np.uint8) for _ in range(3)]
+            # Into the reused buffers (no allocation); what it returns is what it wrote.
+            planes = cast("Sequence[Image]", cv2.split(picture, buffers))
+            if order != self.channel_order:
+                planes = planes[::-1]
+        alphas, betas = self._channel_factors
+        for channel in range(3):
+            rows = region[channel]
+            # The same float32 arithmetic, element by element, as the interleaved path.
+            np.multiply(planes[channel], alphas[channel], out=rows)
+            if betas is not None:
+                np.subtract(rows, betas[channel], out=rows)

@@ -18,6 +18,7 @@ from kvs_toolkit.consumer import (
     letterbox_boxes,
     unletterbox_boxes,
 )
+from kvs_toolkit.consumer.tensor import Layout, TensorDType
 from kvs_toolkit.mkv import Fragment
 
 from .media import read_fragments
@@ -241,7 +242,9 @@ def test_batches_equal_letterbox_then_numpy_for_every_layout_and_input(
             assert np.array_equal(batch.tensor[index], expected), (index, image.shape)
 
 
-def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
+def test_the_batcher_module_loads_opencv_only_when_it_needs_it() -> None:
+    # `kvs_toolkit.consumer` imports the module; a process that never batches colour
+    # frames (kvs consume without a model) must not pay for OpenCV's import.
     import subprocess
     import sys
 
@@ -249,12 +252,154 @@ def test_the_batcher_module_loads_opencv_only_when_it_resizes() -> None:
         "import sys, numpy as np\n"
         "from kvs_toolkit.consumer.tensor import FrameBatcher\n"
         "batcher = FrameBatcher(32)\n"
-        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # already the input size: no resize
         "print('cv2' in sys.modules)\n"
-        "batcher([np.zeros((64, 32, 3), np.uint8)])\n"
+        "batcher([np.zeros((32, 32), np.uint8)])\n"  # gray at the input size: numpy only
+        "FrameBatcher(32, layout='NHWC')([np.zeros((32, 32, 3), np.uint8)])\n"
+        "print('cv2' in sys.modules)\n"
+        "batcher([np.zeros((32, 32, 3), np.uint8)])\n"  # colour planes: cv2.split
         "print('cv2' in sys.modules)\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
-    assert out == ["False", "True"]
+    assert out == ["False", "False", "True"]
+
+
+def test_frames_added_one_by_one_equal_a_batch_of_the_list() -> None:
+    rng = np.random.default_rng(5)
+    images = [rng.integers(0, 256, (90, 160, 3), dtype=np.uint8) for _ in range(5)]
+    images[3] = rng.integers(0, 256, (64, 64), dtype=np.uint8)  # gray among colour
+    expected = FrameBatcher(64, batch_size=5)(images)
+    batcher = FrameBatcher(64, batch_size=2)
+    batches = [batcher.add(image) for image in images]
+    assert [b is None for b in batches] == [True, False, True, False, True]
+    assert batcher.pending == 1
+    last = batcher.flush()
+    assert last is not None and last.tensor.shape == (1, 3, 64, 64)
+    assert batcher.pending == 0 and batcher.flush() is None
+    # Each full batch was the same buffer (buffers=1): compare as they came.
+    batcher = FrameBatcher(64, batch_size=2)
+    for start in (0, 2):
+        assert batcher.add(images[start]) is None
+        batch = batcher.add(images[start + 1])
+        assert batch is not None and batch.tensor.shape == (2, 3, 64, 64)
+        assert np.array_equal(batch.tensor, expected.tensor[start : start + 2])
+        assert batch.params == expected.params[start : start + 2]
+    batcher.add(images[4])
+    with pytest.raises(ValueError, match="flush"):
+        batcher(images[:1])  # would overwrite the frame waiting in slot 0
+
+
+def test_buffers_let_a_consumer_hold_the_previous_batches() -> None:
+    rng = np.random.default_rng(6)
+    images = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(6)]
+    single = FrameBatcher(32, batch_size=2)
+    first = single(images[:2]).tensor
+    assert single(images[2:4]).tensor is first  # overwritten: the contract of buffers=1
+    rotating = FrameBatcher(32, batch_size=2, buffers=2)
+    held = [rotating.add(image) for image in images]
+    batches = [b for b in held if b is not None]
+    assert len(batches) == 3
+    assert batches[0].tensor is not batches[1].tensor
+    assert batches[2].tensor is batches[0].tensor  # the third reuses the first buffer
+    # The second batch is still intact after the third was written.
+    np.testing.assert_array_equal(
+        batches[1].tensor, FrameBatcher(32, batch_size=2)(images[2:4]).tensor
+    )
+    with pytest.raises(ValueError, match="buffers"):
+        FrameBatcher(32, buffers=0)
+
+
+def test_decoder_writes_pictures_straight_into_the_batch(get_media: bytes) -> None:
+    fragment = read_fragments(get_media)[0]
+    reference = FrameBatcher(320, batch_size=4)
+    full = FragmentDecoder(fps=2).decode(fragment)
+    expected = reference(full)
+    batcher = FrameBatcher(320, batch_size=4)
+    decoder = FragmentDecoder(fps=2, fit=batcher)
+    assert decoder.fit == (320, 320) and decoder.format == "gray"
+    batches = []
+    frames = []
+    for frame in decoder.iter_decode(fragment):
+        frames.append(frame)
+        batch = batcher.add(frame)
+        if batch is not None:
+            batches.append(batch)
+    assert len(batches) == 1 and batcher.pending == 0
+    batch = batches[0]
+    # Same placement as the OpenCV path, reported against the decoded picture.
+    assert batch.params == expected.params
+    assert all(p.resized_height == 180 and p.pad_y == 70 for p in batch.params)
+    # The pads are exactly 114/255; the picture is swscale's (FAST_BILINEAR from YUV to
+    # float, no uint8 step) against cv2.resize INTER_LINEAR of the BGR frame: within a
+    # grey level or so (measured 0.9 mean), not equal.
+    pad = np.float32(114) * np.float32(1 / 255)
+    assert (batch.tensor[:, :, :70] == pad).all() and (batch.tensor[:, :, 250:] == pad).all()
+    inner = batch.tensor[:, :, 70:250]
+    assert inner.min() >= 0.0 and inner.max() <= 1.0
+    assert np.abs(inner - expected.tensor[:, :, 70:250]).mean() < 1.5 / 255
+    # RGB order: the red channel of the tensor follows the frames' red, not their blue.
+    red = full[0].image[..., 2].mean() / 255
+    assert abs(float(inner[0, 0].mean()) - red) < 3 / 255
+    # The frames carry the luma plane (a view), the same as a gray decode.
+    gray = FragmentDecoder(fps=2, format="gray").decode(fragment)
+    for ours, theirs in zip(frames, gray, strict=True):
+        assert ours.format == "gray" and ours.shares_decoder_memory
+        assert np.array_equal(ours.image, theirs.image)
+        assert ours.source_size == (640, 360)
+    with pytest.raises(ValueError, match="gray frames"):
+        FragmentDecoder(fit=batcher, format="rgb24")
+    # decode() returns a list: every picture was written over the one before, and the
+    # early frames carry only their luma. Refused, not batched as gray.
+    listed = FragmentDecoder(fps=2, fit=batcher).decode(fragment)
+    with pytest.raises(ValueError, match="overwritten"):
+        batcher.add(listed[0])
+    assert batcher.add(listed[-1]) is None and batcher.pending == 1  # the last one is there
+
+
+@pytest.mark.parametrize(("layout", "dtype"), [("NHWC", "uint8"), ("NCHW", "float32")])
+def test_a_picture_whose_frame_is_not_added_is_overwritten(
+    get_media: bytes, layout: Layout, dtype: TensorDType
+) -> None:
+    fragment = read_fragments(get_media)[0]
+    batcher = FrameBatcher(
+        (160, 160),
+        batch_size=2,
+        layout=layout,
+        dtype=dtype,
+    )
+    frames = FragmentDecoder(fps=2, fit=batcher)
+    kept = []
+    for n, frame in enumerate(frames.iter_decode(fragment)):
+        if n % 2 == 0:  # frames 1 and 3 are left out
+            kept.append(batcher.add(frame))
+    assert kept[0] is None and kept[1] is not None
+    reference = FrameBatcher((160, 160), batch_size=2, layout=layout, dtype=dtype)
+    full = FragmentDecoder(fps=2).decode(fragment)
+    expected = reference([full[0], full[2]])
+    difference = np.abs(kept[1].tensor.astype(np.float32) - expected.tensor.astype(np.float32))
+    scale = 255.0 if dtype == "uint8" else 1.0
+    assert difference.mean() < 8.0 * scale / 255  # AREA against INTER_LINEAR at 4x
+    # The second slot holds frame 2, written over the left-out frame 1's picture.
+    slot = kept[1].tensor[1].astype(np.float32)
+    other = FrameBatcher((160, 160), layout=layout, dtype=dtype)
+    skipped = other([full[1]]).tensor[0].astype(np.float32)
+    wanted = expected.tensor[1].astype(np.float32)
+    assert np.abs(slot - wanted).mean() < np.abs(slot - skipped).mean()
+
+
+def test_decoder_written_stretch_batches_fill_the_whole_input(get_media: bytes) -> None:
+    fragment = read_fragments(get_media)[0]
+    batcher = FrameBatcher((160, 120), mode="resize", mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.4))
+    decoder = FragmentDecoder(keyframes_only=True, fit=batcher)
+    batch = next(b for b in map(batcher.add, decoder.decode(fragment)) if b is not None)
+    params = batch.params[0]
+    assert (params.pad_x, params.pad_y, params.resized_width, params.resized_height) == (
+        0, 0, 160, 120,
+    )  # fmt: skip
+    reference = FrameBatcher((160, 120), mode="resize", mean=(0.5, 0.4, 0.3),
+                             std=(0.2, 0.3, 0.4))  # fmt: skip
+    expected = reference(FragmentDecoder(keyframes_only=True).decode(fragment)).tensor
+    # Normalised per channel the same way (x / 255 - mean) / std; pixels within ~1 level.
+    difference = np.abs(batch.tensor - expected) * np.array([0.2, 0.3, 0.4]).reshape(3, 1, 1)
+    assert difference.mean() < 2.0 / 255

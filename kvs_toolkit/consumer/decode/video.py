@@ -19,6 +19,7 @@ from kvs_toolkit.consumer.decode.sampling import DuplicateFilter, FrameSampler
 from kvs_toolkit.consumer.frames import (
     PIXEL_FORMATS,
     DecodedFrame,
+    PictureSink,
     PixelFormat,
     fit_size,
     frame_to_ndarray,
@@ -70,6 +71,16 @@ class FragmentDecoder:
     for 1.0 ms, about one grey level (mean) from the bilinear result. ``track``: the
     track number to decode (default: the first video track of each fragment).
 
+    ``fit=batcher`` (a :class:`~kvs_toolkit.consumer.FrameBatcher`, or any
+    :class:`~kvs_toolkit.consumer.frames.PictureSink`): the decoder hands each picture
+    to the batcher, which has swscale convert it straight into the next slot of its
+    tensor (planar float RGB at the inner size: no BGR image in between), and each
+    frame's ``image`` is the picture's luma plane (``gray``, a zero-copy view), for
+    whatever else looks at the frame; pass each frame to ``batcher.add`` as it is
+    yielded (:meth:`iter_decode`, :meth:`decode_all`) to count it in the batch.
+    ``format`` must then be left as it is (or ``gray``), and the filter is the
+    batcher's unless ``interpolation`` is given (see ``FrameBatcher.write_picture``).
+
     Sampling (see the module docstring): ``keyframes_only``, ``fps`` or ``every``
     (seconds), and ``skip_nonref`` (allow leaving out non-reference pictures that the
     sampler does not want; on by default).
@@ -107,7 +118,7 @@ class FragmentDecoder:
         format: PixelFormat = "bgr24",
         width: int | None = None,
         height: int | None = None,
-        fit: int | tuple[int, int] | None = None,
+        fit: int | tuple[int, int] | PictureSink | None = None,
         interpolation: str | None = None,
         keyframes_only: bool = False,
         fps: float | None = None,
@@ -126,6 +137,12 @@ class FragmentDecoder:
         for name, value in (("width", width), ("height", height)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be positive, not {value}")
+        self._sink: PictureSink | None = None
+        if isinstance(fit, PictureSink):
+            if format == "rgb24":
+                raise ValueError("fit=batcher gives gray frames: the colour goes into the batch")
+            format = "gray"
+            self._sink, fit = fit, fit.size
         if fit is not None:
             if width is not None or height is not None:
                 raise ValueError("give fit or width/height, not both")
@@ -136,7 +153,9 @@ class FragmentDecoder:
         self.format: PixelFormat = format
         self.width = width
         self.height = height
-        self.interpolation = "AREA" if interpolation is None and fit is not None else interpolation
+        # With fit=batcher, None lets the batcher choose (it matches its own resize).
+        area = fit is not None and self._sink is None
+        self.interpolation = "AREA" if interpolation is None and area else interpolation
         self.keyframes_only = keyframes_only
         self.skip_nonref = skip_nonref
         self.track = track
@@ -425,17 +444,22 @@ class FragmentDecoder:
                 self.stats.frames_not_sampled += 1
                 continue
             width, height = self.width, self.height
-            if self.fit is not None:
-                width, height = fit_size(picture.width, picture.height, self.fit)
-            image, shared = frame_to_ndarray(
-                picture,
-                self.format,
-                self._reformatter,
-                width=width,
-                height=height,
-                interpolation=self.interpolation,
-                threads=self.convert_threads,
-            )
+            if self._sink is not None:  # fit=batcher: the colour goes into its tensor
+                image, shared = self._sink.write_picture(
+                    picture, interpolation=self.interpolation, threads=self.convert_threads
+                )
+            else:
+                if self.fit is not None:
+                    width, height = fit_size(picture.width, picture.height, self.fit)
+                image, shared = frame_to_ndarray(
+                    picture,
+                    self.format,
+                    self._reformatter,
+                    width=width,
+                    height=height,
+                    interpolation=self.interpolation,
+                    threads=self.convert_threads,
+                )
             context = pending.context
             self.stats.frames_converted += 1
             yield DecodedFrame(
