@@ -348,3 +348,43 @@ def test_sample_boxes_are_at_their_ground_truth_positions(
     assert not box_means_match(frames[0].image, sample.spec, sample.frame_count // 2)
     assert frames[0].timestamp_ns == PRODUCER_START_MS * 1_000_000
     assert decoder.stats.corrupt_frames == decoder.stats.decode_errors == 0
+
+
+def _x264_clip(path: Path, slices: int) -> list[Fragment]:
+    """Half a second of 320x240 H.264 whose pictures are coded in ``slices`` slices."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        stream.codec_context.thread_type = "FRAME"  # x264's slice threads would add slices
+        stream.codec_context.options = {"preset": "ultrafast", "slices": str(slices)}
+        for index in range(15):
+            image = np.full((240, 320, 3), index * 8, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    from .media import read_fragments
+
+    return read_fragments(path.read_bytes())
+
+
+@pytest.mark.parametrize(("slices", "threads", "expected"), [
+    (1, 2, "frame"),  # one slice a picture: only frame threads use both cores
+    (2, 2, "slice"),  # as many slices as threads: each picture split, no frame pipeline
+    (2, 4, "frame"),  # fewer slices than threads: frame threads use them all
+])  # fmt: skip
+def test_threading_follows_the_slices_of_the_first_key_frame(
+    tmp_path: Path, slices: int, threads: int, expected: str
+) -> None:
+    fragments = _x264_clip(tmp_path / "clip.mkv", slices)
+    decoder = FragmentDecoder(threads=threads)
+    assert decoder.threading is None
+    frames = list(decoder.decode_all(fragments))
+    assert len(frames) == 15
+    assert decoder.threading == expected
+    assert FragmentDecoder(keyframes_only=True, threads=threads).threading is None
+    keys = FragmentDecoder(keyframes_only=True, threads=threads)
+    assert len(list(keys.decode_all(fragments))) == 1
+    assert keys.threading == "slice"  # one picture at a time: never a frame pipeline

@@ -39,7 +39,9 @@ class CodecSetup:
 
     ``nal_length_size`` is set for codecs whose packets are length-prefixed NAL units
     (H.264/H.265); ``nonref_check`` says whether a packet holds only non-reference
-    pictures, so that a frame the sampler does not want can go unsent.
+    pictures, so that a frame the sampler does not want can go unsent; ``slice_count``
+    how many slices (slice segments) a packet's picture was coded in, which decides
+    between FFmpeg's slice and frame threads.
     """
 
     decoder: str
@@ -48,6 +50,7 @@ class CodecSetup:
     intra_only: bool = False
     nal_length_size: int | None = None
     nonref_check: Callable[[memoryview, int], bool] | None = None
+    slice_count: Callable[[memoryview, int], int] | None = None
     sample_rate: int | None = None
     channels: int | None = None
     description: str = ""
@@ -107,6 +110,16 @@ def _h265_nonref(data: memoryview, length_size: int) -> bool:
     return vcl
 
 
+def _h264_slices(data: memoryview, length_size: int) -> int:
+    # H.264 7.4.1.2.3: an access unit's coded slices are NAL types 1-5.
+    return sum(1 for nal in split_length_prefixed(data, length_size) if 1 <= nal[0] & 0x1F <= 5)
+
+
+def _h265_slices(data: memoryview, length_size: int) -> int:
+    # H.265 7.4.2.2: VCL NAL unit types are 0-31, one per slice segment.
+    return sum(1 for nal in split_length_prefixed(data, length_size) if (nal[0] >> 1) & 0x3F < 32)
+
+
 @register_codec("V_MPEG4/ISO/AVC")
 def _avc(track: TrackInfo) -> CodecSetup:
     try:
@@ -119,6 +132,7 @@ def _avc(track: TrackInfo) -> CodecSetup:
         extradata=track.codec_private,
         nal_length_size=config.length_size,
         nonref_check=_h264_nonref,
+        slice_count=_h264_slices,
         description=f"H.264 profile {config.profile_idc} level {config.level_idc}",
     )
 
@@ -138,6 +152,7 @@ def _hevc(track: TrackInfo) -> CodecSetup:
         extradata=track.codec_private,
         nal_length_size=config.length_size,
         nonref_check=_h265_nonref if single_layer else None,
+        slice_count=_h265_slices,
         description=f"H.265 profile {config.general_profile_idc}",
     )
 

@@ -4,6 +4,7 @@ the package docstring for sampling, threading and robustness)."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Final
@@ -25,6 +26,7 @@ from kvs_toolkit.consumer.frames import (
     frame_to_ndarray,
 )
 from kvs_toolkit.errors import BitstreamError, DecodeError
+from kvs_toolkit.memory import reuse_frame_buffers
 from kvs_toolkit.mkv.model import TRACK_TYPE_VIDEO, Fragment, Frame, TrackInfo
 
 __all__ = ["FragmentDecoder"]
@@ -39,6 +41,14 @@ _MAX_PENDING: Final = 512
 # only every so often (the rest go to DEBUG; the stats count them all).
 _WARN_FIRST: Final = 20
 _WARN_EVERY: Final = 1000
+
+
+def _usable_cores() -> int:
+    """The cores this process may run on (its affinity: a pinned worker has fewer)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +115,19 @@ class FragmentDecoder:
     ``drop_duplicates`` (default True): a fragment that repeats one of the last
     fragments is dropped and counted in ``stats.duplicate_fragments``.
 
-    ``threads``: FFmpeg decoder threads (0: one per core, frame and slice threading).
-    ``convert_threads``: swscale threads per conversion, 1 by default: the decoder's
-    frame threads already keep the other cores busy decoding ahead while a frame is
-    converted, and at 720p one swscale thread measured faster than automatic threading
-    even alone on a 2-core machine. 0 lets swscale choose (large frames, many cores).
+    ``threads``: FFmpeg decoder threads (0: one per core this process may run on).
+    Which kind is chosen from the first key frame: a stream whose pictures are coded in
+    at least as many slices as there are threads (many cameras' hardware encoders, x264
+    with slice threads) is decoded with slice threads, each picture split across the
+    cores and out of the call that sent it; other streams with frame threads, which
+    decode several pictures at once (and hold ``threads`` - 1 of them inside). On this
+    2-core machine a 1080p stream of two-slice pictures decoded 13% faster with slice
+    threads and one of one-slice pictures 40% faster with frame threads (see
+    docs/benchmarks.md). ``convert_threads``: swscale threads per conversion; None
+    (the default) picks 1 with frame threads, which keep the other cores decoding
+    ahead while a frame is converted (and at 720p one swscale thread measured faster
+    than automatic threading even alone), and 0 (swscale's choice) with slice threads,
+    where the conversion is the part left on one core.
     """
 
     def __init__(
@@ -128,7 +146,7 @@ class FragmentDecoder:
         drop_duplicates: bool = True,
         flush_each_fragment: bool = True,
         threads: int = 0,
-        convert_threads: int = 1,
+        convert_threads: int | None = None,
     ) -> None:
         if format not in PIXEL_FORMATS:
             raise ValueError(f"format must be one of {sorted(PIXEL_FORMATS)}, not {format!r}")
@@ -162,6 +180,8 @@ class FragmentDecoder:
         self.flush_each_fragment = flush_each_fragment
         self.threads = threads
         self.convert_threads = convert_threads
+        # swscale threads for the decoder open now (convert_threads, or chosen with it)
+        self._convert_threads = 1 if convert_threads is None else convert_threads
         self._sampler: FrameSampler | None = None
         if fps is not None:
             self._sampler = FrameSampler.per_second(fps)
@@ -169,8 +189,12 @@ class FragmentDecoder:
             self._sampler = FrameSampler.every(every)
         self._duplicates = DuplicateFilter() if drop_duplicates else None
         self._reformatter = VideoReformatter()
+        # Each decoded frame's pixels are a large new buffer: let glibc reuse them
+        # instead of mapping fresh pages for every frame (kvs_toolkit.memory).
+        reuse_frame_buffers()
         self._ctx: VideoCodecContext | None = None
         self._setup: CodecSetup | None = None
+        self._threading: str | None = None
         self._codec_key: tuple[str, bytes] | None = None
         self._pending: dict[int, _Pending] = {}
         self._next_pts = 0
@@ -185,6 +209,12 @@ class FragmentDecoder:
     def codec(self) -> CodecSetup | None:
         """The setup of the decoder currently open (None before the first frame)."""
         return self._setup
+
+    @property
+    def threading(self) -> str | None:
+        """FFmpeg's threading for the decoder open now: ``"slice"`` or ``"frame"`` (frame
+        and slice threads); None before the first frame (see ``threads``)."""
+        return self._threading
 
     def decode(self, fragment: Fragment) -> list[DecodedFrame]:
         """Decode one fragment; return its frames (plus any a previous call left inside).
@@ -230,6 +260,7 @@ class FragmentDecoder:
         self._active = None
         self._ctx = None
         self._setup = None
+        self._threading = None
         self._codec_key = None
         self._pending.clear()
 
@@ -290,7 +321,10 @@ class FragmentDecoder:
         track = select_track(fragment, self.track, TRACK_TYPE_VIDEO)
         if track is None or not fragment.frames:
             return
-        ctx, setup = yield from self._decoder_for(track)
+        first_key = next(
+            (f for f in fragment.frames if f.track_number == track.number and f.keyframe), None
+        )
+        ctx, setup = yield from self._decoder_for(track, first_key)
         context = FragmentContext.of(fragment)
         index = 0
         for frame in fragment.frames:
@@ -312,7 +346,7 @@ class FragmentDecoder:
         yield from self._drain()
 
     def _decoder_for(
-        self, track: TrackInfo
+        self, track: TrackInfo, first_key: Frame | None
     ) -> Generator[DecodedFrame, None, tuple[VideoCodecContext, CodecSetup]]:
         key = (track.codec_id, track.codec_private)
         if self._ctx is not None and self._setup is not None and key == self._codec_key:
@@ -326,14 +360,11 @@ class FragmentDecoder:
             yield from self._drain()
             self.stats.codec_changes += 1
             log.info("track %d: CodecPrivate changed, re-opening the decoder", track.number)
-        # Key frames only, drained after every fragment: one picture per fragment, so
-        # frame threads can never overlap two, and their pipeline only adds a hand-off
-        # and a drain per key frame. Without frame threads each key frame comes out of
-        # the decode call that sent it, nothing is left inside at the fragment's end,
-        # and the decoder stays open and warm (see _drain). Kept warm across fragments
-        # (flush_each_fragment=False), frame threads decode several key frames at once.
-        thread_type = "SLICE" if self.keyframes_only and self.flush_each_fragment else "AUTO"
+        thread_type = self._thread_type(setup, first_key)
+        if self.convert_threads is None:
+            self._convert_threads = 0 if thread_type == "SLICE" else 1
         ctx = open_context(setup, track, self.threads, thread_type)
+        self._threading = "slice" if thread_type == "SLICE" else "frame"
         if not isinstance(ctx, VideoCodecContext):  # pragma: no cover - registry guarantees
             raise DecodeError(f"{setup.decoder} is not a video decoder")
         if self.keyframes_only:
@@ -343,8 +374,29 @@ class FragmentDecoder:
         self._reformatter = VideoReformatter()
         self.stats.decoder_opens += 1
         self.stats.by_codec[setup.decoder] = self.stats.by_codec.get(setup.decoder, 0) + 1
-        log.debug("track %d: opened %s (%s)", track.number, setup.decoder, setup.description)
+        log.debug(
+            "track %d: opened %s (%s), %s threads",
+            track.number, setup.decoder, setup.description, thread_type.lower(),
+        )  # fmt: skip
         return ctx, setup
+
+    def _thread_type(self, setup: CodecSetup, first_key: Frame | None) -> str:
+        """FFmpeg's threading for this stream: ``SLICE`` or ``AUTO`` (frame and slice)."""
+        if self.keyframes_only:
+            # Drained after every fragment: one picture per fragment, so frame threads
+            # can never overlap two, and their pipeline only adds a hand-off and a drain
+            # per key frame. Without them each key frame comes out of the decode call
+            # that sent it, nothing is left inside at the fragment's end, and the
+            # decoder stays open and warm (see _drain). Kept warm across fragments
+            # (flush_each_fragment=False), frame threads decode several key frames at once.
+            return "SLICE" if self.flush_each_fragment else "AUTO"
+        if first_key is None or setup.slice_count is None or setup.nal_length_size is None:
+            return "AUTO"
+        try:
+            slices = setup.slice_count(first_key.data, setup.nal_length_size)
+        except (BitstreamError, IndexError):
+            return "AUTO"  # the decoder will judge the damaged packet
+        return "SLICE" if slices >= (self.threads or _usable_cores()) else "AUTO"
 
     def _admit(self, frame: Frame, setup: CodecSetup, context: FragmentContext) -> bool | None:
         """None: do not send the packet. Otherwise send it, and convert it if True."""
@@ -446,7 +498,7 @@ class FragmentDecoder:
             width, height = self.width, self.height
             if self._sink is not None:  # fit=batcher: the colour goes into its tensor
                 image, shared = self._sink.write_picture(
-                    picture, interpolation=self.interpolation, threads=self.convert_threads
+                    picture, interpolation=self.interpolation, threads=self._convert_threads
                 )
             else:
                 if self.fit is not None:
@@ -458,7 +510,7 @@ class FragmentDecoder:
                     width=width,
                     height=height,
                     interpolation=self.interpolation,
-                    threads=self.convert_threads,
+                    threads=self._convert_threads,
                 )
             context = pending.context
             self.stats.frames_converted += 1
