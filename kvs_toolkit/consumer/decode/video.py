@@ -122,7 +122,8 @@ class FragmentDecoder:
     cores and out of the call that sent it; other streams with frame threads, which
     decode several pictures at once (and hold ``threads`` - 1 of them inside). On this
     2-core machine a 1080p stream of two-slice pictures decoded 13% faster with slice
-    threads and a one-slice re-encode of it 40% faster with frame threads. ``convert_threads``: swscale threads per conversion; None
+    threads and a one-slice re-encode of it 40% faster with frame threads.
+    ``convert_threads``: swscale threads per conversion; None
     (the default) picks 1 with frame threads, which keep the other cores decoding
     ahead while a frame is converted (and at 720p one swscale thread measured faster
     than automatic threading even alone), and 0 (swscale's choice) with slice threads,
