@@ -559,11 +559,14 @@ def _key_rows(
     due = count * window / GOP_S
     rows = []
     ratio = processes["cores"] / max(threads["cores"], 1e-6)
-    winner = "threads" if ratio > 1 else "processes"
-    verdict = (
-        f"{winner} win: {min(ratio, 1 / ratio):.2f}x the other's CPU for the same key frames "
-        f"(processes/threads {ratio:.2f}x)"
-    )
+    if abs(ratio - 1) < 0.05:  # CPU seconds over a 10 s window move more than that
+        verdict = f"no winner: the same CPU within 5% (processes/threads {ratio:.2f}x)"
+    else:
+        winner = "threads" if ratio > 1 else "processes"
+        verdict = (
+            f"{winner} win: {min(ratio, 1 / ratio):.2f}x the other's CPU for the same key "
+            f"frames (processes/threads {ratio:.2f}x)"
+        )
     for pool, run in (("threads", threads), ("processes", processes)):
         per_core = count / max(run["cores"], 1e-6)
         in_time = run["late"] == 0 and run["analysed"] >= 0.8 * due
