@@ -114,18 +114,8 @@ def sample_clip(quick: bool) -> Clip:
     camera = encoded_clip()
     seconds = 4 if quick else 20
     spec = SampleSpec(width=camera.width, height=camera.height, fps=camera.fps, seconds=seconds)
-    path = cache_dir() / f"{camera.mkv.stem}-first{seconds}s.mkv"
-    if not path.exists():
-        ffmpeg = shutil.which("ffmpeg")
-        if ffmpeg is None:
-            raise RuntimeError("the ffmpeg command is needed to cut the benchmark clip")
-        partial = path.with_suffix(".partial.mkv")
-        subprocess.run(
-            [ffmpeg, "-v", "error", "-y", "-i", str(camera.mkv), "-frames:v",
-             str(spec.frame_count), "-c", "copy", str(partial)],
-            check=True,
-        )  # fmt: skip
-        partial.replace(path)
+    path = _cut_clip(camera.mkv, cache_dir() / f"{camera.mkv.stem}-first{seconds}s.mkv",
+                     spec.frame_count)  # fmt: skip
     getmedia, frames, keyframes = package_as_getmedia(path.read_bytes())
     return Clip(spec, path, getmedia, frames, keyframes)
 
@@ -133,15 +123,20 @@ def sample_clip(quick: bool) -> Clip:
 def one_frame_file(clip: Clip) -> Path:
     """The clip's first frame alone as an MKV file (cached): what a process's start-up
     costs, imports and opening included, with almost no decoding."""
-    path = clip.path.with_name(f"{clip.path.stem}-1frame.mkv")
+    return _cut_clip(clip.path, clip.path.with_name(f"{clip.path.stem}-1frame.mkv"), 1)
+
+
+def _cut_clip(source: Path, path: Path, frames: int) -> Path:
+    """``source``'s first ``frames`` frames, cut without re-encoding into ``path`` (once:
+    the cut is deterministic)."""
     if not path.exists():
         ffmpeg = shutil.which("ffmpeg")
         if ffmpeg is None:
             raise RuntimeError("the ffmpeg command is needed to cut the benchmark clip")
         partial = path.with_suffix(".partial.mkv")
         subprocess.run(
-            [ffmpeg, "-v", "error", "-y", "-i", str(clip.path), "-frames:v", "1", "-c", "copy",
-             str(partial)],
+            [ffmpeg, "-v", "error", "-y", "-i", str(source), "-frames:v", str(frames),
+             "-c", "copy", str(partial)],
             check=True,
         )  # fmt: skip
         partial.replace(path)
