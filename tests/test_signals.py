@@ -1,7 +1,8 @@
 """SIGINT and SIGTERM in the middle of `kvs produce` and `kvs consume` (real processes,
 the emulator as a process of its own): the first signal says what the command waits for
 and the command ends with its summary and its normal exit code; a second signal exits
-at once (130 for SIGINT, 143 for SIGTERM)."""
+at once (130 for SIGINT, 143 for SIGTERM), while the first delivered twice back to back
+(as GNU timeout does) is one request."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from kvs_toolkit.cli.common import REPEAT_SIGNAL_WINDOW_S
 from kvs_toolkit.samples import SampleSpec, write_sample
 
 KVS = [sys.executable, "-m", "kvs_toolkit.cli"]
@@ -76,16 +78,24 @@ def start_produce(url: str, sample: Path, tmp_path: Path, log: Path) -> subproce
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(("signum", "deliveries"), [
+    (signal.SIGINT, 1),
+    (signal.SIGTERM, 1),
+    (signal.SIGTERM, 2),  # GNU timeout signals the command and its group: one request
+])  # fmt: skip
 def test_produce_first_signal_flushes_and_prints_its_summary(
-    emulator: tuple[str, subprocess.Popen[str]], tmp_path: Path, signum: signal.Signals
+    emulator: tuple[str, subprocess.Popen[str]],
+    tmp_path: Path,
+    signum: signal.Signals,
+    deliveries: int,
 ) -> None:
     url, _ = emulator
     sample = write_sample(tmp_path / "sample.mkv", SPEC)
     log = tmp_path / "produce.log"
     producer = start_produce(url, sample, tmp_path, log)
     wait_for(lambda: "fragments 2/" in log.read_text() or producer.poll() is not None)
-    producer.send_signal(signum)
+    for _ in range(deliveries):
+        producer.send_signal(signum)
     assert producer.wait(30) == 0  # everything acknowledged
     err = log.read_text()
     assert f"{signum.name}: flushing the last fragment and waiting up to 30 s" in err
@@ -106,6 +116,8 @@ def test_produce_second_signal_exits_at_once(
     server.send_signal(signal.SIGSTOP)  # no more acks: the graceful stop would wait 30 s
     producer.send_signal(signal.SIGINT)
     wait_for(lambda: "waiting up to 30 s" in log.read_text(), timeout=10)
+    # A person's second Ctrl-C, not the first delivered twice (REPEAT_SIGNAL_WINDOW_S).
+    time.sleep(2 * REPEAT_SIGNAL_WINDOW_S)
     sent = time.monotonic()
     producer.send_signal(signal.SIGINT)
     assert producer.wait(5) == 130
@@ -113,8 +125,9 @@ def test_produce_second_signal_exits_at_once(
     assert "SIGINT again: exiting now" in log.read_text()
 
 
+@pytest.mark.parametrize("deliveries", [1, 2])
 def test_consume_signal_prints_the_summary(
-    emulator: tuple[str, subprocess.Popen[str]], tmp_path: Path
+    emulator: tuple[str, subprocess.Popen[str]], tmp_path: Path, deliveries: int
 ) -> None:
     url, _ = emulator
     sample = write_sample(tmp_path / "sample.mkv", SPEC)
@@ -132,10 +145,23 @@ def test_consume_signal_prints_the_summary(
         tmp_path, log,
     )  # fmt: skip
     wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= SPEC.frame_count)
-    consumer.send_signal(signal.SIGTERM)  # live: it would wait for new fragments forever
+    for _ in range(deliveries):  # live: it would wait for new fragments forever
+        consumer.send_signal(signal.SIGTERM)
     assert consumer.wait(20) == 0
     err = log.read_text()
     assert "SIGTERM: finishing the fragment in progress" in err
     assert f": {SPEC.frame_count} frames analysed" in err, err  # the model's summary
     assert "queue: block, size 4" in err  # and the queue's
     assert "Traceback" not in err
+
+
+def test_the_first_signal_delivered_twice_is_one_request() -> None:
+    from kvs_toolkit.cli.common import is_second_request
+
+    now = time.monotonic()
+    assert is_second_request(None, 0.0, signal.SIGTERM) is None  # the first request
+    # GNU timeout's second delivery, microseconds later: the same request
+    assert is_second_request(signal.SIGTERM, now, signal.SIGTERM) is False
+    # a second request: after the window, or another signal
+    assert is_second_request(signal.SIGTERM, now - 2 * REPEAT_SIGNAL_WINDOW_S, signal.SIGTERM)
+    assert is_second_request(signal.SIGTERM, now, signal.SIGINT)

@@ -51,6 +51,20 @@ EXIT_OK: Final = 0
 EXIT_INCOMPLETE: Final = 1
 EXIT_INVALID: Final = 2
 EXIT_SIGNAL: Final = {signal.SIGINT: 130, signal.SIGTERM: 143}
+# The same signal again this soon after the first is the one request delivered twice,
+# not a second one: GNU timeout (without --foreground) sends its signal to the command
+# and then to its process group, so the command gets it twice within microseconds.
+REPEAT_SIGNAL_WINDOW_S: Final = 0.5
+
+
+def is_second_request(
+    first: signal.Signals | None, first_at: float, received: signal.Signals
+) -> bool | None:
+    """The two-signal rule: None for the first request, False for the first delivered
+    twice (see REPEAT_SIGNAL_WINDOW_S), True for a second request (exit at once)."""
+    if first is None:
+        return None
+    return not (received == first and time.monotonic() - first_at < REPEAT_SIGNAL_WINDOW_S)
 
 
 def _attempts(text: str) -> int:
@@ -179,7 +193,8 @@ class GracefulStop:
 
     The first SIGINT/SIGTERM calls ``on_first`` (ask the work to stop) and prints
     ``waiting`` (what the command now waits for and how long at most); a second one
-    exits the process at once with 130/143. Use as a context manager around the work;
+    exits the process at once with 130/143 (the first delivered twice is one request:
+    ``REPEAT_SIGNAL_WINDOW_S``). Use as a context manager around the work;
     the previous handlers come back on exit.
     """
 
@@ -188,15 +203,19 @@ class GracefulStop:
         self.on_first = on_first
         self.waiting = waiting
         self.received: signal.Signals | None = None
+        self._received_at = 0.0
         self._previous: dict[signal.Signals, object] = {}
 
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         received = signal.Signals(signum)
-        if self.received is not None:
+        second = is_second_request(self.received, self._received_at, received)
+        if second is False:
+            return
+        if second:
             sys.stderr.write(f"\nkvs {self.command}: {received.name} again: exiting now\n")
             sys.stderr.flush()
             os._exit(EXIT_SIGNAL.get(received, 128 + signum))
-        self.received = received
+        self.received, self._received_at = received, time.monotonic()
         sys.stderr.write(
             f"\nkvs {self.command}: {received.name}: {self.waiting} (send it again to exit now)\n"
         )

@@ -11,9 +11,15 @@ import math
 import os
 import signal
 import sys
+import time
 from typing import TYPE_CHECKING, Final, Literal
 
-from kvs_toolkit.cli.common import EXIT_SIGNAL, add_global_options, aws_from_args
+from kvs_toolkit.cli.common import (
+    EXIT_SIGNAL,
+    add_global_options,
+    aws_from_args,
+    is_second_request,
+)
 
 if TYPE_CHECKING:
     from kvs_toolkit.aws import AwsAccess
@@ -209,15 +215,22 @@ def program_parser(description: str) -> argparse.ArgumentParser:
 def stop_event_on_signals(program: str, waiting: str) -> asyncio.Event:
     """The two-signal rule on the running event loop: the first SIGINT/SIGTERM sets the
     returned event and says ``waiting`` (what the program now waits for, and how long at
-    most); a second one exits at once with 130/143."""
+    most); a second one exits at once with 130/143 (the first delivered twice is one
+    request: ``REPEAT_SIGNAL_WINDOW_S``)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    first: list[tuple[signal.Signals, float]] = []
 
     def on_signal(received: signal.Signals) -> None:
-        if stop.is_set():
+        first_signal, first_at = first[0] if first else (None, 0.0)
+        second = is_second_request(first_signal, first_at, received)
+        if second is False:
+            return
+        if second:
             sys.stderr.write(f"\n{program}: {received.name} again: exiting now\n")
             sys.stderr.flush()
             os._exit(EXIT_SIGNAL.get(received, 128 + int(received)))
+        first.append((received, time.monotonic()))
         sys.stderr.write(f"\n{program}: {received.name}: {waiting} (send it again to exit now)\n")
         sys.stderr.flush()
         stop.set()
