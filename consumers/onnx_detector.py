@@ -33,17 +33,20 @@ from kvs_toolkit.cli.common import (
     configure_logging,
     fail,
 )
-from kvs_toolkit.cli.options import fraction, positive_float, positive_int, program_parser
+from kvs_toolkit.cli.options import (
+    add_live_stream_options,
+    fraction,
+    positive_float,
+    positive_int,
+    program_parser,
+)
 
 PROGRAM = "onnx_detector"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = program_parser((__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument(
-        "--start", default="now", help="now (default), earliest, fragment:N, producer:TIME"
-    )
+    add_live_stream_options(parser)
     parser.add_argument("--model", required=True, metavar="PATH", help="the .onnx file")
     parser.add_argument("--labels", metavar="FILE", help="class names, one a line")
     parser.add_argument(
@@ -57,9 +60,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", default="-", metavar="FILE.jsonl", help="JSON lines (default stdout)"
     )
     parser.add_argument("--max-fragments", type=positive_int, metavar="N", help="stop after N")
-    parser.add_argument(
-        "--idle-exit", type=positive_float, metavar="S", help="stop after S s without a fragment"
-    )
     return parser.parse_args(argv)
 
 

@@ -27,22 +27,20 @@ from kvs_toolkit.cli.common import (
     configure_logging,
     fail,
 )
-from kvs_toolkit.cli.options import positive_float, positive_int, program_parser
+from kvs_toolkit.cli.options import (
+    add_live_stream_options,
+    positive_int,
+    program_parser,
+)
 
 PROGRAM = "print_frames"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = program_parser((__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--stream", required=True, help="stream name")
-    parser.add_argument(
-        "--start", default="now", help="now (default), earliest, fragment:N, producer:TIME"
-    )
+    add_live_stream_options(parser)
     parser.add_argument("--keyframes-only", action="store_true", help="decode key frames only")
     parser.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N")
-    parser.add_argument(
-        "--idle-exit", type=positive_float, metavar="S", help="stop after S s without a fragment"
-    )
     return parser.parse_args(argv)
 
 

@@ -30,7 +30,12 @@ from kvs_toolkit.cli.common import (
     configure_logging,
     fail,
 )
-from kvs_toolkit.cli.options import positive_float, positive_int, program_parser
+from kvs_toolkit.cli.options import (
+    add_live_stream_options,
+    positive_float,
+    positive_int,
+    program_parser,
+)
 from kvs_toolkit.consumer import DecodedFrame, StartSelector, open_checkpoint_store
 
 PROGRAM = "save_snapshots"
@@ -38,23 +43,17 @@ PROGRAM = "save_snapshots"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = program_parser((__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--stream", required=True, help="stream name")
+    add_live_stream_options(parser)
     parser.add_argument(
         "--every", type=positive_float, default=10.0, metavar="S",
         help="seconds of video between snapshots (default 10)",
     )  # fmt: skip
     parser.add_argument("--out", default="snapshots", metavar="DIR", help="folder for the JPEGs")
     parser.add_argument(
-        "--start", default="now", help="now (default), earliest, fragment:N, producer:TIME"
-    )
-    parser.add_argument(
         "--checkpoint", metavar="PATH",
         help="resume after the last saved fragment: a SQLite file, a .json file or dynamodb:TABLE",
     )  # fmt: skip
     parser.add_argument("--max-snapshots", type=positive_int, metavar="N", help="stop after N")
-    parser.add_argument(
-        "--idle-exit", type=positive_float, metavar="S", help="stop after S s without a fragment"
-    )
     return parser.parse_args(argv)
 
 

@@ -212,6 +212,18 @@ def program_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_live_stream_options(parser: argparse.ArgumentParser) -> None:
+    """``--stream``, ``--start`` and ``--idle-exit``: the options every program in
+    consumers/ reads a live stream with, spelled as ``kvs consume`` spells them."""
+    parser.add_argument("--stream", required=True, help="stream name")
+    parser.add_argument(
+        "--start", default="now", help="now (default), earliest, fragment:N, producer:TIME"
+    )
+    parser.add_argument(
+        "--idle-exit", type=positive_float, metavar="S", help="stop after S s without a fragment"
+    )
+
+
 def stop_event_on_signals(program: str, waiting: str) -> asyncio.Event:
     """The two-signal rule on the running event loop: the first SIGINT/SIGTERM sets the
     returned event and says ``waiting`` (what the program now waits for, and how long at

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kvs_toolkit.memory import FRAME_BUFFER_THRESHOLD, reuse_frame_buffers
+from kvs_toolkit.memory import FRAME_BUFFER_THRESHOLD
 from kvs_toolkit.samples import SampleSpec, write_sample
 
 # A 1920x1080 BGR frame is 6,220,800 bytes: 1,519 pages of 4 KiB.
@@ -75,6 +75,23 @@ def test_the_users_malloc_settings_win(full_hd_clip: Path) -> None:
     assert faults_per_frame(full_hd_clip, env) >= PAGES_PER_FRAME
 
 
-def test_reuse_frame_buffers_is_done_once() -> None:
-    assert reuse_frame_buffers() is reuse_frame_buffers()
-    assert FRAME_BUFFER_THRESHOLD >= 1920 * 1080 * 3
+@glibc_only
+@pytest.mark.parametrize(("setting", "expected"), [
+    (None, "True True"),  # set once, and the second call says so without setting again
+    ("MALLOC_TRIM_THRESHOLD_", "False False"),
+])  # fmt: skip
+def test_reuse_frame_buffers_reports_what_it_did(setting: str | None, expected: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env.pop("GLIBC_TUNABLES", None)
+    if setting is not None:
+        env[setting] = str(FRAME_BUFFER_THRESHOLD)
+    code = (
+        "from kvs_toolkit.memory import reuse_frame_buffers as r; "
+        "print(r(), r(), r.cache_info().misses)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [*expected.split(), "1"]

@@ -321,10 +321,7 @@ class FragmentDecoder:
         track = select_track(fragment, self.track, TRACK_TYPE_VIDEO)
         if track is None or not fragment.frames:
             return
-        first_key = next(
-            (f for f in fragment.frames if f.track_number == track.number and f.keyframe), None
-        )
-        ctx, setup = yield from self._decoder_for(track, first_key)
+        ctx, setup = yield from self._decoder_for(track, fragment)
         context = FragmentContext.of(fragment)
         index = 0
         for frame in fragment.frames:
@@ -346,7 +343,7 @@ class FragmentDecoder:
         yield from self._drain()
 
     def _decoder_for(
-        self, track: TrackInfo, first_key: Frame | None
+        self, track: TrackInfo, fragment: Fragment
     ) -> Generator[DecodedFrame, None, tuple[VideoCodecContext, CodecSetup]]:
         key = (track.codec_id, track.codec_private)
         if self._ctx is not None and self._setup is not None and key == self._codec_key:
@@ -360,6 +357,9 @@ class FragmentDecoder:
             yield from self._drain()
             self.stats.codec_changes += 1
             log.info("track %d: CodecPrivate changed, re-opening the decoder", track.number)
+        first_key = next(
+            (f for f in fragment.frames if f.track_number == track.number and f.keyframe), None
+        )
         thread_type = self._thread_type(setup, first_key)
         if self.convert_threads is None:
             self._convert_threads = 0 if thread_type == "SLICE" else 1
