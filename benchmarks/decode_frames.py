@@ -24,7 +24,7 @@ returns them: one EBML document per 2 s fragment with the AWS tags around the Cl
   as it is decoded (``batcher.add``; 640x640 letterbox, float32 NCHW RGB scaled to 0-1),
   against our plain BGR output; with the decoder handing each picture to the batcher
   (``FragmentDecoder(fit=batcher)``, the way to feed a model: swscale converts it once,
-  straight to planar float RGB at the letterbox's inner size, copied into its slot),
+  straight to planar float RGB at the letterbox's inner size, written into its slot),
   and with full-size BGR frames resized by OpenCV in the batcher.
 * Whole process: ``kvs consume --from-file`` on the 20 s MKV file (JSON lines to a
   file), against a plain PyAV script decoding the same file to BGR, both timed as child
@@ -501,8 +501,10 @@ def decode_rows(options: Options) -> list[Result]:
         "BGR frames. Decoder scaling: FragmentDecoder(fit=batcher) hands each picture to the "
         "batcher, whose swscale converts it straight to planar float RGB (gbrpf32le, 0-1) "
         f"at the letterbox's inner size ({MODEL_SIZE}x360; FAST_BILINEAR, the batcher's match "
-        "for cv2 INTER_LINEAR, the same picture as the OpenCV row within a grey level) and "
-        "copies the three planes into the slot's channel rows; no BGR image in between. "
+        "for cv2 INTER_LINEAR, the same picture as the OpenCV row within a grey level), "
+        "swscale writing the three planes into the slot's channel rows themselves "
+        "(kvs_toolkit.consumer.direct_scale; before it, copying them in from swscale's own "
+        "frame cost a fifth of the conversion); no BGR image in between. "
         "OpenCV: full-size BGR frames, cv2.resize in the batcher, then cv2.split and one "
         "contiguous multiply per channel. Writing each frame at once, while its pixels are "
         "in the cache, instead of 8 at batch time, was most of the gain."

@@ -26,9 +26,12 @@ is 4.9 MB a frame, 39 MB for 8, several times the CPU's cache. What keeps it che
 
 * With ``FragmentDecoder(fit=batcher)`` the decoder hands each picture to
   :meth:`FrameBatcher.write_picture`: swscale scales and converts it once, from YUV
-  straight to planar float RGB (0-1) at the inner size, and the three planes are copied
-  into the slot's channel rows. No uint8 BGR image is made, split or converted; that
-  copy (2.8 MB a 640x360 frame) is the only work on top of the decoder's own conversion.
+  straight to planar float RGB (0-1) at the inner size, writing the three planes into
+  the slot's channel rows themselves (:mod:`~kvs_toolkit.consumer.direct_scale`). No
+  uint8 BGR image is made, split or converted, and nothing is copied: the conversion is
+  the only work on top of decoding. Where that direct write is not available (another
+  PyAV, a region width swscale would overrun) swscale writes a frame of its own whose
+  planes are copied in (2.8 MB a 640x360 frame, a fifth of the conversion's time).
 * :meth:`FrameBatcher.add` writes each frame while its pixels are still in the cache
   (swscale has just written them); batching 8 frames at once reads them back from
   memory, and the 22 MB of floats written in one go evict the decoder's reference
@@ -63,6 +66,8 @@ from kvs_toolkit.consumer.frames import DecodedFrame, Image, fit_size, frame_to_
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
     from av.video.reformatter import VideoReformatter
+
+    from kvs_toolkit.consumer.direct_scale import DirectScaler
 
 __all__ = [
     "Batch",
@@ -358,6 +363,10 @@ class FrameBatcher:
         # for every frame), and the picture written but not yet add()ed: (the image its
         # frame carries, its placement).
         self._reformatters: dict[str, VideoReformatter] = {}
+        # write_picture()'s swscale into the slots themselves: made on first use, None
+        # where unavailable (then the picture is converted by PyAV and copied in).
+        self._direct: DirectScaler | None = None
+        self._direct_tried = False
         self._staged: tuple[Image, LetterboxParams] | None = None
         # The images of the last pictures written, to refuse a frame whose picture was
         # overwritten (its image is only luma: batching it would put gray in the tensor).
@@ -426,9 +435,10 @@ class FrameBatcher:
         :class:`~kvs_toolkit.consumer.frames.PictureSink` of ``FragmentDecoder(fit=batcher)``).
 
         For a float32 NCHW tensor swscale converts the picture, scaled to the
-        letterbox's inner size, to planar float RGB (``gbrpf32le``, 0-1), and each
-        plane is copied to its channel's rows: one conversion, no uint8 image in
-        between, no ``cv2.resize``. Its filter (``interpolation`` None) is the swscale
+        letterbox's inner size, to planar float RGB (``gbrpf32le``, 0-1), written
+        into its channels' rows (or copied there, where that is not available; see the
+        module docstring): one conversion, no uint8 image in between, no
+        ``cv2.resize``. Its filter (``interpolation`` None) is the swscale
         one matching the batcher's own ``interpolation``: for ``INTER_LINEAR``,
         ``FAST_BILINEAR``, the same picture as the OpenCV path within a grey level.
         Other layouts and dtypes go through ``bgr24`` at the inner size, with
@@ -451,11 +461,12 @@ class FrameBatcher:
             region = self._padded_slot(index, params)
             if interpolation is None:
                 interpolation = _SWSCALE_FILTERS.get(self.interpolation, "FAST_BILINEAR")
-            planar = self._reformatter("gbrpf32le").reformat(
-                picture, format="gbrpf32le", interpolation=interpolation, threads=threads,
-                **size,
-            )  # fmt: skip
-            self._put_float_planes(planar, region)
+            if not self._scale_into_slot(picture, region, interpolation, threads):
+                planar = self._reformatter("gbrpf32le").reformat(
+                    picture, format="gbrpf32le", interpolation=interpolation, threads=threads,
+                    **size,
+                )  # fmt: skip
+                self._put_float_planes(planar, region)
         else:
             image, _ = frame_to_ndarray(
                 picture, "bgr24", self._reformatter("bgr24"), interpolation=interpolation or "AREA",
@@ -518,6 +529,35 @@ class FrameBatcher:
         if self.layout == "NCHW":
             return cast("Image", slot[:, y : y + h, x : x + w])
         return cast("Image", slot[y : y + h, x : x + w])
+
+    def _scale_into_slot(
+        self, picture: VideoFrame, region: Image, interpolation: str, threads: int | None
+    ) -> bool:
+        """swscale's planar float picture written straight into ``region`` (3, h, w), then
+        normalised in place: no frame of its own to copy from (see
+        :mod:`~kvs_toolkit.consumer.direct_scale`). False when that is not available for
+        this picture; the region is then untouched."""
+        if not self._direct_tried:
+            from kvs_toolkit.consumer.direct_scale import DirectScaler
+
+            self._direct, self._direct_tried = DirectScaler.create(), True
+        if self._direct is None:
+            return False
+        red, green, blue = region if self.channel_order == "RGB" else region[::-1]
+        if not self._direct.scale_into(
+            picture, (green, blue, red), "gbrpf32le", interpolation=interpolation,
+            threads=threads,
+        ):  # fmt: skip
+            return False
+        alphas, betas = self._channel_factors
+        for channel in range(3):
+            rows = region[channel]
+            factor = np.float32(alphas[channel] * np.float32(255))  # the planes are x / 255
+            if factor != 1:
+                np.multiply(rows, factor, out=rows)
+            if betas is not None:
+                np.subtract(rows, betas[channel], out=rows)
+        return True
 
     def _put_float_planes(self, planar: VideoFrame, region: Image) -> None:
         """swscale's ``gbrpf32le`` planes (G, B, R; 0-1) into ``region`` (3, h, w)."""
