@@ -15,7 +15,7 @@ from kvs_toolkit.analysis import (
     decode_yolo_output,
     nms,
 )
-from kvs_toolkit.analysis.yolo import xywh_to_xyxy
+from kvs_toolkit.analysis.yolo import greedy_nms, xywh_to_xyxy
 
 from .conftest import make_frame
 
@@ -91,6 +91,38 @@ def test_nms_is_greedy_in_score_order() -> None:
     iou = box_iou(boxes[kept], boxes[kept])
     np.fill_diagonal(iou, 0)
     assert iou.max() <= 0.3  # no two survivors overlap more than the threshold
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_in_cpp_keeps_what_the_greedy_loop_keeps(seed: int) -> None:
+    """OpenCV's NMSBoxes against the numpy loop on crowded, tied, degenerate input."""
+    rng = np.random.default_rng(seed)
+    count = 400
+    centres = rng.uniform(0, 600, (12, 2))[rng.integers(0, 12, count)]
+    centres += rng.normal(0, 6, (count, 2))
+    sizes = rng.uniform(20, 120, (count, 2))
+    sizes[rng.random(count) < 0.05] = 0  # boxes with no area
+    sizes[rng.random(count) < 0.02, 0] = -5  # inverted ones
+    boxes = np.concatenate([centres - sizes / 2, centres + sizes / 2], axis=1).round(1)
+    scores = rng.choice(np.linspace(0.25, 0.95, 30), count)  # many equal scores
+    classes = rng.integers(0, 3, count)
+    boxes[rng.integers(0, count, 3), 1] = np.nan  # dropped by both
+    for threshold in (0.3, 0.45, 0.7):
+        for class_ids in (None, classes):
+            for limit in (None, 5):
+                ours = nms(boxes, scores, threshold, class_ids, max_detections=limit)
+                loop = greedy_nms(boxes, scores, threshold, class_ids, max_detections=limit)
+                np.testing.assert_array_equal(ours, loop)
+    assert 5 < nms(boxes, scores, 0.45).size < count - 20  # suppression happened
+
+
+def test_nms_drops_what_is_not_finite() -> None:
+    boxes = [[0, 0, 10, 10], [np.nan, 0, 10, 10], [0, 0, 10, 10], [50, 50, 60, 60]]
+    scores = [0.5, 0.9, np.inf, 0.6]
+    np.testing.assert_array_equal(nms(boxes, scores, 0.5), [3, 0])
+    np.testing.assert_array_equal(greedy_nms(boxes, scores, 0.5), [3, 0])
+    with pytest.raises(ValueError, match="class ids"):
+        nms(boxes, scores, 0.5, [0, 1])
 
 
 # --- ONNX Runtime ----------------------------------------------------------------------------
