@@ -549,33 +549,31 @@ class FrameBatcher:
             threads=threads,
         ):  # fmt: skip
             return False
-        alphas, betas = self._channel_factors
-        for channel in range(3):
-            rows = region[channel]
-            factor = np.float32(alphas[channel] * np.float32(255))  # the planes are x / 255
-            if factor != 1:
-                np.multiply(rows, factor, out=rows)
-            if betas is not None:
-                np.subtract(rows, betas[channel], out=rows)
+        self._normalise_unit_planes(region)
         return True
 
     def _put_float_planes(self, planar: VideoFrame, region: Image) -> None:
-        """swscale's ``gbrpf32le`` planes (G, B, R; 0-1) into ``region`` (3, h, w)."""
+        """swscale's ``gbrpf32le`` planes (G, B, R; 0-1), from a frame of its own, into
+        ``region`` (3, h, w)."""
         h, w = region.shape[1], region.shape[2]
         green, blue, red = (
             np.ndarray((h, w), np.float32, buffer=memoryview(plane), strides=(plane.line_size, 4))
             for plane in planar.planes
         )
         planes = (red, green, blue) if self.channel_order == "RGB" else (blue, green, red)
-        alphas, betas = self._channel_factors
         for channel, plane in enumerate(planes):
+            np.copyto(region[channel], plane)
+        self._normalise_unit_planes(region)
+
+    def _normalise_unit_planes(self, region: Image) -> None:
+        """Scale and shift, in place, the channels of a picture written as x / 255 (the
+        default scale leaves it as it is)."""
+        alphas, betas = self._channel_factors
+        for channel in range(3):
             rows = region[channel]
-            # The planes are x / 255 already: the default scale is a copy.
             factor = np.float32(alphas[channel] * np.float32(255))
-            if factor == 1:
-                np.copyto(rows, plane)
-            else:
-                np.multiply(plane, factor, out=rows)
+            if factor != 1:
+                np.multiply(rows, factor, out=rows)
             if betas is not None:
                 np.subtract(rows, betas[channel], out=rows)
 
