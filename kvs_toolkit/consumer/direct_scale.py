@@ -148,10 +148,10 @@ def _loaded_library(
         maps = Path("/proc/self/maps").read_text()
     except OSError:
         return None
+    # address perms offset device inode path: a library is mapped several times.
+    mapped = (line.split(maxsplit=5) for line in maps.splitlines())
     paths = dict.fromkeys(
-        line.split(maxsplit=5)[5]
-        for line in maps.splitlines()
-        if line.count(" ") >= 5 and Path(line.split(maxsplit=5)[-1]).name.startswith(stem)
+        fields[5] for fields in mapped if len(fields) == 6 and Path(fields[5]).name.startswith(stem)
     )
     for path in sorted(paths, key=lambda p: Path(p).parent != preferred):
         try:
