@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from collections.abc import Callable, Sequence
@@ -19,6 +20,17 @@ def captures() -> Path:
     if not CAPTURES.is_dir():
         pytest.fail(f"GetMedia captures missing from the checkout: {CAPTURES}")
     return CAPTURES
+
+
+@pytest.fixture
+def no_aws_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No AWS variables, no config files, no instance metadata: a fresh machine."""
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def require_tool(name: str) -> str:

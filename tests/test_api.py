@@ -22,18 +22,6 @@ SPEC = SampleSpec(width=320, height=240, fps=10, seconds=4.0, gop_seconds=1.0)
 
 
 @pytest.fixture
-def no_aws_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No AWS variables, no config files: a fresh machine."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("AWS_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-
-
-@pytest.fixture
 def emulator() -> Iterator[Emulator]:
     with Emulator() as emu:
         yield emu

@@ -44,8 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, cast
 
+import av
 import numpy as np
 import numpy.typing as npt
+from av.video.reformatter import Interpolation, VideoReformatter
 
 if TYPE_CHECKING:
     from av.video.frame import VideoFrame
@@ -104,10 +106,6 @@ class _Libraries:
 
 @functools.cache  # the libraries a process has loaded do not change
 def _libraries() -> _Libraries | None:
-    try:
-        import av
-    except ImportError:  # pragma: no cover - PyAV is a dependency
-        return None
     major = int(av.__version__.split(".")[0])
     if major not in CHECKED_PYAV_MAJORS:
         log.debug("direct scaling off: PyAV %s's frame layout is not checked", av.__version__)
@@ -230,8 +228,6 @@ class DirectScaler:
         source = _frame_pointer(picture, self._libraries)
         if source is None:
             return False
-        from av.video.reformatter import Interpolation
-
         height, width = planes[0].shape
         destination = _Destination(
             tuple(plane.ctypes.data for plane in planes),
@@ -314,8 +310,6 @@ class DirectScaler:
         """Whether the direct path writes PyAV's pixels, and only them, for this geometry:
         into a scratch copy of the destination's layout (same row strides, same
         alignment) with a guard row above and below, compared with PyAV's ``reformat``."""
-        from av.video.reformatter import VideoReformatter
-
         width, height, format = destination.width, destination.height, destination.format
         scratches = []
         for address, stride in zip(destination.addresses, destination.strides, strict=True):
